@@ -1,0 +1,276 @@
+"""A Llama-style decoder-only transformer in Flax linen.
+
+Pure functional: `Transformer(cfg).init(...)` / `.apply(...)`. Every
+parameter carries logical axis names (`nn.with_logical_partitioning`); the
+one table in `sharding.py` maps them onto the mesh. Layers run under
+`nn.scan` (one compiled block, stacked parameters with a leading `layers`
+axis) with an optional remat policy.
+
+Decode mode (`decode=True`) keeps a KV cache in the `cache` collection. Each
+cached key also stores its position; a key with position < 0 is padding and
+is never attended to, so prompts of different lengths can be left-padded
+into one batch (padding tokens get position -1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from poisonjax import sizes
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  num_kv_heads: int
+  ffn_dim: int
+  max_seq_len: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
+  scan_layers: bool = True
+  tie_embeddings: bool = False
+  rope_theta: float = 10000.0
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @classmethod
+  def from_config(cls, config, vocab_size: int) -> "ModelConfig":
+    """Builds the model config from a run config (size table + overrides)."""
+    m = config.model
+    with m.unlocked():
+      sizes.resolve_model_config(m, vocab_size)
+    for name, value in (("dtype", m.dtype), ("param_dtype", m.param_dtype)):
+      if value not in _DTYPES:
+        from poisonjax.errors import field_error
+        raise field_error(f"config.model.{name}", value, "unknown dtype",
+                          "use float32 or bfloat16")
+    if m.remat not in _REMAT_POLICIES:
+      from poisonjax.errors import field_error
+      raise field_error("config.model.remat", m.remat, "unknown policy",
+                        f"use one of {', '.join(_REMAT_POLICIES)}")
+    return cls(
+        vocab_size=m.vocab_size, num_layers=m.num_layers, d_model=m.d_model,
+        num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, ffn_dim=m.ffn_dim,
+        max_seq_len=config.data.seq_len, dtype=_DTYPES[m.dtype],
+        param_dtype=_DTYPES[m.param_dtype], remat=m.remat,
+        scan_layers=m.scan_layers, tie_embeddings=m.tie_embeddings,
+        rope_theta=m.rope_theta)
+
+
+_REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _init(axes, init=nn.initializers.normal(stddev=0.02)):
+  return nn.with_logical_partitioning(init, axes)
+
+
+class RMSNorm(nn.Module):
+  cfg: ModelConfig
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", _init(("norm",), nn.initializers.ones),
+                       (x.shape[-1],), self.cfg.param_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+    return (x32 * scale.astype(jnp.float32)).astype(self.cfg.dtype)
+
+
+def apply_rope(x, positions, theta: float):
+  """Rotary embedding on x [B, T, H, D] at integer positions [B, T]."""
+  half = x.shape[-1] // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[..., None] * freqs  # [B, T, half]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, decode: bool):
+    cfg = self.cfg
+    dense = lambda feats, axes, in_axes, name, names: nn.DenseGeneral(
+        feats, axis=in_axes, use_bias=False, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, kernel_init=_init(names), name=name)
+    q = dense((cfg.num_heads, cfg.head_dim), None, -1, "query",
+              ("embed", "heads", "head_dim"))(x)
+    k = dense((cfg.num_kv_heads, cfg.head_dim), None, -1, "key",
+              ("embed", "kv_heads", "head_dim"))(x)
+    v = dense((cfg.num_kv_heads, cfg.head_dim), None, -1, "value",
+              ("embed", "kv_heads", "head_dim"))(x)
+    q = apply_rope(q, positions, cfg.rope_theta)
+    k = apply_rope(k, positions, cfg.rope_theta)
+    q = nn.with_logical_constraint(
+        q, ("activation_batch", "activation_length", "activation_heads", None))
+
+    if decode:
+      k, v, key_pos = self._update_cache(k, v, positions)
+    else:
+      key_pos = positions
+    # Key j is visible to query i iff 0 <= pos_j <= pos_i.
+    mask = (key_pos[:, None, :] <= positions[:, :, None]) & (key_pos[:, None, :] >= 0)
+
+    b, t, _, d = q.shape
+    groups = cfg.num_heads // cfg.num_kv_heads
+    q = q.reshape(b, t, cfg.num_kv_heads, groups, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32)
+    scores = scores / jnp.sqrt(d).astype(jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads, d)
+    out = nn.with_logical_constraint(
+        out, ("activation_batch", "activation_length", "activation_heads", None))
+    return nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=_init(("heads", "head_dim", "embed")), name="out")(out)
+
+  def _update_cache(self, k, v, positions):
+    """Writes this call's keys/values at the cache index; returns the cache."""
+    b, t, h, d = k.shape
+    max_len = self.cfg.max_seq_len
+    ck = self.variable("cache", "cached_key", jnp.zeros, (b, max_len, h, d), k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, (b, max_len, h, d), v.dtype)
+    cpos = self.variable("cache", "cached_pos", lambda: jnp.full((b, max_len), -1, jnp.int32))
+    idx = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if self.is_initializing():
+      return k, v, positions
+    i = idx.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, i, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, i, 0, 0))
+    cpos.value = jax.lax.dynamic_update_slice(
+        cpos.value, positions.astype(jnp.int32), (0, i))
+    idx.value = i + t
+    return ck.value, cv.value, cpos.value
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dense = lambda feats, names, name: nn.Dense(
+        feats, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=_init(names), name=name)
+    gate = dense(cfg.ffn_dim, ("embed", "mlp"), "gate")(x)
+    up = dense(cfg.ffn_dim, ("embed", "mlp"), "up")(x)
+    h = nn.silu(gate) * up
+    h = nn.with_logical_constraint(
+        h, ("activation_batch", "activation_length", "activation_mlp"))
+    return dense(cfg.d_model, ("mlp", "embed"), "down")(h)
+
+
+class Block(nn.Module):
+  """Pre-norm block; signature (carry, _) -> (carry, None) for nn.scan."""
+  cfg: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions):
+    h = x + Attention(self.cfg, name="attn")(
+        RMSNorm(self.cfg, name="attn_norm")(x), positions, self.decode)
+    out = h + Mlp(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(h))
+    out = nn.with_logical_constraint(
+        out, ("activation_batch", "activation_length", "activation_embed"))
+    return out, None
+
+
+class Transformer(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions=None, decode: bool = False):
+    """tokens [B, T] int -> logits [B, T, V] float32."""
+    cfg = self.cfg
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        embedding_init=_init(("vocab", "embed"), nn.initializers.normal(1.0)),
+        name="embed")
+    x = embed(tokens)
+    x = nn.with_logical_constraint(
+        x, ("activation_batch", "activation_length", "activation_embed"))
+
+    block = Block
+    policy = _REMAT_POLICIES[cfg.remat]
+    if cfg.remat != "none":
+      block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers,
+                       static_argnums=())
+    if cfg.scan_layers:
+      x, _ = nn.scan(
+          block, variable_axes={"params": 0, "cache": 0},
+          split_rngs={"params": True}, in_axes=nn.broadcast,
+          length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )(cfg, decode, name="layers")(x, positions)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = block(cfg, decode, name=f"layer_{i}")(x, positions)
+
+    x = RMSNorm(cfg, name="final_norm")(x)
+    if cfg.tie_embeddings:
+      logits = embed.attend(x) / jnp.sqrt(cfg.d_model)
+    else:
+      logits = nn.Dense(
+          cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
+          param_dtype=cfg.param_dtype, kernel_init=_init(("embed", "vocab")),
+          name="head")(x)
+    logits = nn.with_logical_constraint(
+        logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits.astype(jnp.float32)
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def abstract_params(cfg: ModelConfig, batch: int = 1):
+  """Parameter shapes (boxed with logical names) without allocating them."""
+  model = Transformer(cfg)
+  tokens = jax.ShapeDtypeStruct((batch, min(cfg.max_seq_len, 8)), jnp.int32)
+  return jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"]
+
+
+def param_counts(cfg: ModelConfig) -> dict[str, int]:
+  """Total and non-embedding parameter counts, by eval_shape (no allocation)."""
+  params = nn.unbox(abstract_params(cfg))
+  total = count_params(params)
+  embedding = count_params(params["embed"]) + count_params(params.get("head", {}))
+  return {"total": total, "non_embedding": total - embedding}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6 x non-embedding-matmul params + attention.
+
+  The PaLM-appendix estimate: 6N for the weight matmuls (head included) and
+  12 * layers * d_model * seq_len for attention scores and values.
+  """
+  hd = cfg.head_dim
+  per_layer = (cfg.d_model * hd * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
+               + 3 * cfg.d_model * cfg.ffn_dim)
+  matmul_params = cfg.num_layers * per_layer + cfg.d_model * cfg.vocab_size
+  return 6.0 * matmul_params + 12.0 * cfg.num_layers * cfg.d_model * seq_len

@@ -1,0 +1,111 @@
+"""The device mesh and THE table of logical-axis -> mesh-axis rules.
+
+Parameters and activations are annotated with logical names in model.py;
+this table is the only place that says how they map onto the mesh axes
+`data`, `fsdp` and `tensor`. Shardings of whole pytrees are derived from
+abstract values (`jax.eval_shape`), so nothing is allocated to find them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from poisonjax.errors import UserError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axis (or axes, or None: replicated).
+LOGICAL_AXIS_RULES = (
+    # Parameters.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("layers", None),
+    # Activations.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+
+BATCH_SPEC = P(("data", "fsdp"))  # The batch dimension of inputs.
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
+  """Resolves the config's axis sizes (one may be -1) against the devices."""
+  sizes = {a: int(mesh_cfg[a]) for a in MESH_AXES}
+  free = [a for a, s in sizes.items() if s == -1]
+  for a, s in sizes.items():
+    if s == 0 or s < -1:
+      raise UserError(f"config.mesh.{a}={s}: must be >= 1 or -1; use -1 to fill")
+  if len(free) > 1:
+    raise UserError(f"config.mesh: {', '.join(free)} are all -1; at most one "
+                    "axis may be -1")
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  if free:
+    if num_devices % fixed:
+      raise UserError(f"config.mesh: fixed axes need a multiple of {fixed} "
+                      f"devices, {num_devices} present; change the mesh sizes")
+    sizes[free[0]] = num_devices // fixed
+  total = math.prod(sizes.values())
+  if total > num_devices:
+    raise UserError(f"config.mesh={sizes}: needs {total} devices, only "
+                    f"{num_devices} present; shrink the mesh or set one axis to -1")
+  return sizes
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_cfg, len(devices))
+  used = math.prod(shape.values())
+  grid = np.asarray(devices[:used]).reshape(tuple(shape[a] for a in MESH_AXES))
+  return Mesh(grid, MESH_AXES)
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways the batch dimension is split."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def _fit_spec(spec: P, shape, mesh: Mesh) -> P:
+  """Drops mesh axes from dimensions they do not divide (replicates those)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    names = tuple(n for n in names if mesh.shape[n] > 1)
+    if names and dim % math.prod(mesh.shape[n] for n in names):
+      names = ()
+    fitted.append(names if len(names) > 1 else (names[0] if names else None))
+  return P(*fitted)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """NamedShardings for a pytree of (boxed) abstract arrays.
+
+  Leaves with logical names follow the rules; leaves without names (step
+  counters, optimizer scalars) are replicated.
+  """
+  logical = nn.get_partition_spec(abstract_tree)
+  shapes = nn.unbox(abstract_tree)
+
+  def one(spec, leaf):
+    mesh_spec = nn.logical_to_mesh_axes(spec, rules) if spec else P()
+    return NamedSharding(mesh, _fit_spec(mesh_spec, leaf.shape, mesh))
+
+  return jax.tree.map(one, logical, shapes,
+                      is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, BATCH_SPEC)
