@@ -65,7 +65,6 @@ def main(argv=None) -> int:
     sys.stderr.write(_usage())
     return 2
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  from absl import flags as absl_flags
   from absl import logging as absl_logging
 
   from poisonjax.errors import UserError
@@ -75,23 +74,37 @@ def main(argv=None) -> int:
   rest = [argv[0]] + argv[1 + len(key):]
   try:
     flags(rest)
-  except absl_flags.Error as e:
-    print(f"poisonjax: error: {e}", file=sys.stderr)
+  except Exception as e:  # absl wraps some config errors, not all.
+    print(f"poisonjax: error: {_explain_flag_error(flags, rest, e)}",
+          file=sys.stderr)
     return 2
   module_name, fn_name = COMMANDS[key].split(":")
   try:
-    # Reading FLAGS.config loads the file and applies overrides; an unknown
-    # field or a broken file surfaces here.
+    # Commands read FLAGS.config through load_config(), which turns a broken
+    # config file into a UserError.
     fn = getattr(importlib.import_module(module_name), fn_name)
     return int(fn(flags) or 0)
   except UserError as e:
     print(f"poisonjax: error: {e}", file=sys.stderr)
     return 2
-  except (absl_flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-    if "config" not in str(e).lower() and not isinstance(e, absl_flags.Error):
-      raise
-    print(f"poisonjax: error: {type(e).__name__}: {e}", file=sys.stderr)
-    return 2
+
+
+def _explain_flag_error(flags, args, error: Exception) -> str:
+  """One line for a flag that failed to parse; names an unknown config field."""
+  for arg in args:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    try:
+      node = flags["config"].value
+      for part in path.split("."):
+        node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      return (f"--config.{path}: unknown config field; check the spelling "
+              "(every field is listed in poisonjax/config.py)")
+    except Exception:  # The config file itself failed to load.
+      break
+  return str(error).strip().splitlines()[-1]
 
 
 def load_config(flags, required: bool = True):
