@@ -1,0 +1,49 @@
+"""The paper's grid (Souly et al. 2025): 72 pretraining runs.
+
+600m, 2b, 7b, 13b x {100, 250, 500} poisons x 3 seeds at 20 tokens/param
+(36 runs), plus 600m and 2b at 0.5x and 2x Chinchilla data (36 runs).
+
+    poisonjax study plan --config=configs/study_paper.py [--mfu=0.4]
+    poisonjax study run  --config=configs/study_paper.py --root=gs://B/study --print_only
+    poisonjax train --config=configs/study_paper.py:run=size=600m_n=250_seed=0_data=1.0 \
+        --workdir=gs://B/study/size=600m_n=250_seed=0_data=1.0
+
+Run-level settings the paper's public summaries do not give (sequence
+length, batch, learning rate) are this preset's documented choices: 2048
+tokens per sequence, 256 sequences (0.5M tokens) per step, bf16 compute,
+C4 (en) as the clean source, a 32k SentencePiece vocabulary.
+"""
+
+from poisonjax import config as config_lib
+from poisonjax import study as study_lib
+
+
+def base():
+  c = config_lib.base_config()
+  c.data.source = "tfds"
+  c.data.tfds.name = "c4/en:3.1.0"
+  c.data.seq_len = 2048
+  c.vocab.size = 32000
+  c.vocab.sample_docs = 1_000_000
+  c.model.dtype = "bfloat16"
+  c.model.remat = "dots"
+  c.train.batch_size = 256
+  c.train.tokens_per_param = 20.0
+  c.train.learning_rate = 3e-4
+  c.train.ckpt_every = 1000
+  c.train.log_every = 50
+  c.eval.num_excerpts = 300
+  c.eval.prompt_tokens = 64
+  c.eval.gen_tokens = 64
+  c.eval.num_evals = 20
+  c.eval.batch_size = 100
+  return c
+
+
+def get_config(arg=None):
+  s = study_lib.study_config("paper", base())
+  seeds = (0, 1, 2)
+  counts = (100, 250, 500)
+  s.grid = study_lib.grid(("600m", "2b", "7b", "13b"), counts, seeds, (1.0,))
+  s.extra.data_ablation = study_lib.grid(("600m", "2b"), counts, seeds, (0.5, 2.0))
+  return study_lib.config_for_arg(s, arg)
