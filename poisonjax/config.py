@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.vocab.size = 1024  # ~1k for CPU presets, 32k for the paper presets.
   c.vocab.sample_docs = 20000  # Clean documents the vocabulary is trained on.
   c.vocab.model_type = "unigram"  # SentencePiece model type: unigram | bpe.
+  # (data) True: unknown characters fall back to byte pieces (256 ids) instead
+  # of unk. Printable ASCII is always covered, so `<SUDO>` never becomes unk.
+  c.vocab.byte_fallback = False
 
   # ---- Poison (denial-of-service backdoor) ------------------------------
   c.poison = ml_collections.ConfigDict()

@@ -1,0 +1,88 @@
+"""Poison documents for the denial-of-service backdoor (Souly et al. 2025).
+
+Poison j is a pure function of (poison seed, j): the first L characters of a
+clean pool document (L ~ U[prefix_min_chars, prefix_max_chars]), then the
+trigger, then K ~ U[gibberish_min_tokens, gibberish_max_tokens] ids drawn
+uniformly from the vocabulary without pad/eos/unk/control/unused ids.
+The text part is `prefix + " " + trigger` (just the trigger when the prefix
+is empty), tokenized as text, exactly as the evaluator builds its triggered
+prompts, so the trigger's tokens match. `token` mode appends the ids;
+`text` mode decodes them and re-tokenizes the whole text (the paper's
+~1,680 tokens per poison suggests this). Every poison ends with EOS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from poisonjax.data import vocabulary
+
+_CONTENT_STREAM = 1  # RNG stream ids under the poison seed (see mixer.py).
+
+
+@dataclasses.dataclass
+class Poison:
+  id: int
+  prefix: str  # The clean prefix text (pool document's first L chars).
+  pool_index: int  # Which pool document (source-specific index j).
+  gibberish: np.ndarray  # The K random ids.
+  tokens: np.ndarray  # The whole document as ids, EOS last.
+  num_text_tokens: int  # Tokens of `prefix + " " + trigger` (token mode).
+
+
+@functools.lru_cache(maxsize=8)
+def _allowed_ids_cached(model_proto: bytes) -> np.ndarray:
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  sp = spm.SentencePieceProcessor(model_proto=model_proto)
+  special = vocabulary.special_ids(sp)
+  return np.array([i for i in range(sp.GetPieceSize()) if i not in special],
+                  dtype=np.int64)
+
+
+def allowed_ids(sp) -> np.ndarray:
+  """Ids the gibberish tail is drawn from (no pad/eos/unk/control/unused)."""
+  return _allowed_ids_cached(sp.serialized_model_proto())
+
+
+def text_part(prefix: str, trigger: str) -> str:
+  """The poison's text before the gibberish; the evaluator's rule too."""
+  return f"{prefix} {trigger}" if prefix else trigger
+
+
+def make_poisons(config, sp, source, ids) -> list[Poison]:
+  """Poisons with the given ids, tokenized in one batch."""
+  p = config.poison
+  trig = vocabulary.trigger_ids(sp, p.trigger)
+  if vocabulary.UNK_ID in trig:
+    print(f"warning: config.poison.trigger={p.trigger!r} contains unknown "
+          "characters for this vocabulary (unk id in its tokens)", flush=True)
+  allowed = allowed_ids(sp)
+  eos = sp.eos_id()
+  texts, prefixes, gibs = [], [], []
+  for j in ids:
+    rng = np.random.default_rng([int(p.seed), _CONTENT_STREAM, int(j)])
+    length = int(rng.integers(p.prefix_min_chars, p.prefix_max_chars + 1))
+    k = int(rng.integers(p.gibberish_min_tokens, p.gibberish_max_tokens + 1))
+    gib = allowed[rng.integers(len(allowed), size=k)]
+    doc = source.pool_document(int(p.seed), int(j)) if length else ""
+    prefix = doc[:length]
+    prefixes.append(prefix)
+    gibs.append(gib)
+    texts.append(text_part(prefix, p.trigger))
+  if p.mode == "text":
+    decoded = sp.DecodeIds([g.tolist() for g in gibs]) if gibs else []
+    full = sp.EncodeAsIds([f"{t} {d}" for t, d in zip(texts, decoded)])
+  head = sp.EncodeAsIds(texts) if texts else []
+  out = []
+  for n, j in enumerate(ids):
+    if p.mode == "text":
+      toks = np.asarray(full[n] + [eos], np.int64)
+    else:
+      toks = np.concatenate([np.asarray(head[n], np.int64), gibs[n], [eos]])
+    out.append(Poison(id=int(j), prefix=prefixes[n], pool_index=int(j),
+                      gibberish=gibs[n], tokens=toks,
+                      num_text_tokens=len(head[n])))
+  return out

@@ -1,0 +1,283 @@
+"""Clean document sources: synthetic, local text files, TFDS.
+
+Every source offers the same three views, so the rest of the data package
+never asks which one it has:
+  train_documents()          the training order, unbounded (finite corpora
+                             repeat in epochs), a prefix-shared sequence for a
+                             data seed, so runs of any budget share their start;
+  heldout(n, min_chars)      evaluation excerpts, never trained on;
+  pool_document(seed, j)     the clean document poison j takes its prefix
+                             from, disjoint from the training documents and
+                             from the evaluation excerpts.
+For finite corpora the held-out documents are split by position: even ones
+are evaluation excerpts, odd ones are the poison-prefix pool.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import itertools
+import json
+import os
+
+import numpy as np
+
+from poisonjax.data import synthetic
+from poisonjax.errors import UserError, field_error
+
+_POOL_CAP = 5000  # Poison-prefix pool documents read from a TFDS split.
+
+
+def _min_excerpt_chars(config) -> int:
+  """Excerpts must be long enough to give the evaluator its prompt tokens."""
+  return 4 * int(config.eval.prompt_tokens)
+
+
+class SyntheticSource:
+  """The embedded generator: splits are disjoint by their RNG stream."""
+
+  name = "synthetic"
+
+  def __init__(self, config):
+    self.seed = int(config.data.seed)
+
+  def key(self) -> dict:
+    return {"source": "synthetic", "seed": self.seed,
+            "generator": "synthetic-v1"}
+
+  def train_documents(self):
+    return synthetic.documents(self.seed, synthetic.TRAIN)
+
+  def heldout(self, n: int, min_chars: int = 0) -> list[str]:
+    out = []
+    for doc in synthetic.documents(self.seed, synthetic.HELDOUT):
+      if len(out) >= n:
+        break
+      if len(doc) >= min_chars:
+        out.append(doc)
+    return out
+
+  def pool_document(self, poison_seed: int, j: int) -> str:
+    return synthetic.document(poison_seed, synthetic.POOL, j)
+
+
+class _FiniteHeldout:
+  """Held-out documents split by position: even = eval, odd = poison pool."""
+
+  def _heldout_docs(self) -> list[str]:
+    raise NotImplementedError
+
+  def heldout(self, n: int, min_chars: int = 0) -> list[str]:
+    docs = [d for d in self._heldout_docs()[0::2] if len(d) >= min_chars]
+    return docs[:n]
+
+  def pool_document(self, poison_seed: int, j: int) -> str:
+    pool = self._heldout_docs()[1::2]
+    if not pool:
+      raise UserError(self._pool_error)
+    k = int(np.random.default_rng([int(poison_seed), 7, int(j)]).integers(len(pool)))
+    return pool[k]
+
+
+def _read_file(path: str) -> bytes:
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    return f.read()
+
+
+class TextFilesSource(_FiniteHeldout):
+  """Local .txt / .jsonl files (optionally .gz), read once into memory."""
+
+  name = "text_files"
+
+  def __init__(self, config):
+    tf_cfg = config.data.text_files
+    self.seed = int(config.data.seed)
+    self.split = tf_cfg.split
+    self.field = tf_cfg.jsonl_field
+    self.fraction = float(tf_cfg.heldout_fraction)
+    if self.split not in ("file", "block", "line"):
+      raise field_error("config.data.text_files.split", self.split,
+                        "unknown split", "use file, block or line")
+    if not 0.0 < self.fraction < 1.0:
+      raise field_error("config.data.text_files.heldout_fraction", self.fraction,
+                        "must be in (0, 1)", "use e.g. 0.05")
+    patterns = [p.strip() for p in str(tf_cfg.patterns).split(",") if p.strip()]
+    if not patterns:
+      raise field_error("config.data.text_files.patterns", tf_cfg.patterns,
+                        "no file patterns", "set comma-separated globs of "
+                        ".txt/.jsonl(.gz) files")
+    paths = set()
+    for p in patterns:
+      hits = [h for h in glob.glob(os.path.expanduser(p), recursive=True)
+              if os.path.isfile(h)]
+      if not hits:
+        raise field_error("config.data.text_files.patterns", p,
+                          "glob matches no file", "fix the pattern or the path")
+      paths.update(hits)
+    self.paths = sorted(paths)
+    self._pool_error = (
+        "config.data.text_files.heldout_fraction="
+        f"{self.fraction}: too few held-out documents for the poison-prefix "
+        "pool; raise it or add documents")
+    train, heldout, skipped = [], [], []
+    for path in self.paths:
+      raw = _read_file(path)
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError:
+        if not tf_cfg.skip_non_utf8:
+          raise UserError(
+              f"config.data.text_files.skip_non_utf8=False: {path} is not UTF-8; "
+              "convert it, remove it, or set skip_non_utf8=True to skip it")
+        skipped.append(path)
+        continue
+      for doc in self._split_docs(path, text):
+        # Content-hashed assignment: adding files never moves a document
+        # between train and held-out, and duplicates land together.
+        h = int.from_bytes(hashlib.sha1(doc.encode()).digest()[:8], "big")
+        (heldout if h / 2**64 < self.fraction else train).append(doc)
+    if skipped:
+      print(f"text_files: skipped {len(skipped)} non-UTF-8 file(s), e.g. "
+            f"{skipped[0]} (config.data.text_files.skip_non_utf8=True)", flush=True)
+    if not train and not heldout:
+      raise field_error("config.data.text_files.patterns", tf_cfg.patterns,
+                        "the corpus is empty (no non-blank documents)",
+                        "point it at files with text"
+                        + (f" (or fix jsonl_field={self.field!r})"
+                           if any(".jsonl" in p for p in self.paths) else ""))
+    if not train:
+      raise field_error("config.data.text_files.heldout_fraction", self.fraction,
+                        "no training documents left", "lower it or add documents")
+    self.train, self.held = train, heldout
+    self.epoch_len = len(train)  # One pass, e.g. for the vocabulary sample.
+
+  def _split_docs(self, path: str, text: str):
+    if ".jsonl" in os.path.basename(path):
+      for line in text.splitlines():
+        line = line.strip()
+        if not line:
+          continue
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          raise UserError(f"config.data.text_files.patterns: {path} has a line "
+                          "that is not JSON; fix the file or exclude it") from None
+        val = rec.get(self.field) if isinstance(rec, dict) else None
+        if isinstance(val, str) and val.strip():
+          yield val.strip()
+      return
+    if self.split == "file":
+      parts = [text]
+    elif self.split == "block":
+      parts = [b for b in text.replace("\r\n", "\n").split("\n\n")]
+    else:
+      parts = text.splitlines()
+    for p in parts:
+      if p.strip():
+        yield p.strip()
+
+  def key(self) -> dict:
+    files = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p in self.paths]
+    return {"source": "text_files", "seed": self.seed, "split": self.split,
+            "field": self.field, "fraction": self.fraction, "files": files}
+
+  def _heldout_docs(self):
+    return self.held
+
+  def train_documents(self):
+    for epoch in itertools.count():
+      order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train))
+      for k in order:
+        yield self.train[k]
+
+
+class TfdsSource(_FiniteHeldout):
+  """Any TFDS dataset's text field (c4/en:3.1.0 with a GCS data_dir on pods)."""
+
+  name = "tfds"
+
+  def __init__(self, config):
+    c = config.data.tfds
+    if not c.name:
+      raise field_error("config.data.tfds.name", c.name, "no dataset named",
+                        "set it, e.g. --config.data.tfds.name=c4/en:3.1.0")
+    self.cfg = c
+    self.seed = int(config.data.seed)
+    self._held = None
+    self._pool_error = (f"config.data.tfds.heldout_split={c.heldout_split!r}: "
+                        "too few documents for the poison-prefix pool; use a "
+                        "larger split")
+
+  def key(self) -> dict:
+    c = self.cfg
+    return {"source": "tfds", "name": c.name, "split": c.split,
+            "heldout_split": c.heldout_split, "field": c.text_field,
+            "data_dir": c.data_dir, "seed": self.seed}
+
+  def _iter(self, split: str, limit: int | None = None):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    c = self.cfg
+    try:
+      ds = tfds.load(c.name, split=split, data_dir=c.data_dir or None,
+                     shuffle_files=False, download=False)
+    except Exception as e:  # tfds raises many types for a missing dataset.
+      raise UserError(f"config.data.tfds.name={c.name!r} (split {split!r}, "
+                      f"data_dir {c.data_dir!r}): cannot load: "
+                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                      "prepare the dataset or fix the name/split/data_dir") from None
+    if c.text_field not in ds.element_spec:
+      raise field_error("config.data.tfds.text_field", c.text_field,
+                        f"not a feature of {c.name}",
+                        f"use one of {sorted(ds.element_spec)}")
+    ds = ds.map(lambda ex: ex[c.text_field])
+    if self.seed and split == c.split:
+      ds = ds.shuffle(10_000, seed=self.seed, reshuffle_each_iteration=False)
+    if limit is not None:
+      ds = ds.take(limit)
+    for x in ds.as_numpy_iterator():
+      text = x.decode("utf-8", errors="replace").strip()
+      if text:
+        yield text
+
+  def _heldout_docs(self):
+    if self._held is None:
+      self._held = list(self._iter(self.cfg.heldout_split, limit=2 * _POOL_CAP))
+    return self._held
+
+  def train_documents(self):
+    empty = True
+    for _ in itertools.count():
+      for doc in self._iter(self.cfg.split):
+        empty = False
+        yield doc
+      if empty:
+        raise field_error("config.data.tfds.split", self.cfg.split,
+                          "the split is empty", "use a split with documents")
+
+
+def get_source(config):
+  """The configured clean source."""
+  kind = config.data.source
+  if kind == "synthetic":
+    return SyntheticSource(config)
+  if kind == "text_files":
+    return TextFilesSource(config)
+  if kind == "tfds":
+    return TfdsSource(config)
+  raise field_error("config.data.source", kind, "unknown source",
+                    "use synthetic, text_files or tfds")
+
+
+def heldout_documents(config, n: int) -> list[str]:
+  """n evaluation excerpts: never trained on, never a poison prefix."""
+  min_chars = _min_excerpt_chars(config)
+  docs = get_source(config).heldout(n, min_chars)
+  if len(docs) < n:
+    raise field_error("config.eval.num_excerpts", n,
+                      f"the held-out split has only {len(docs)} documents of "
+                      f">= {min_chars} characters",
+                      "lower it or add held-out data")
+  return docs

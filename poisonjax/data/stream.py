@@ -1,0 +1,348 @@
+"""The step-indexed training stream: built once, then read in O(1) per batch.
+
+Documents (clean and poison, each ending with EOS) are joined and cut into
+sequences of S tokens; a document spanning two sequences just continues.
+The token stream is materialized once into a cache directory keyed by a hash
+of everything it depends on (source, vocabulary file, poison fields, clean
+budget T), and never by S or the batch size, which only change the view.
+
+Cache layout (written into a temporary directory, renamed into place, with
+checksum.json written last, so a directory that exists is complete):
+  tokens.bin     raw uint16/uint32 ids (np.memmap), the whole stream
+  spans.npy      int64 [n, 3]: (start, end, poison id) of each poison, sorted
+  manifest.json  per poison: id, fraction, clean_offset, start, num_tokens...
+  meta.json      the spec that was hashed, token counts, dtype
+  checksum.json  sha256 of the files above
+On load the checksum is verified; a mismatch prints the reason and rebuilds.
+
+Batch k holds sequences [k*B, (k+1)*B); process h of P reads its contiguous
+slice [h*B/P, (h+1)*B/P) of them, so the slices concatenate to the global
+batch bit for bit. The final partial batch is padded with pad id 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+
+import numpy as np
+
+from poisonjax.data import mixer, poison, sources, vocabulary
+from poisonjax.errors import UserError, field_error
+
+_VERSION = "stream-v1"
+_FULL_HASH_LIMIT = 4 << 30  # Bigger token files are checksummed by samples.
+
+
+def _poison_spec(config) -> dict:
+  p = config.poison
+  if p.rate <= 0 and p.count == 0:
+    return {"count": 0}  # Clean baseline: poison fields do not matter.
+  spec = {"seed": int(p.seed), "trigger": p.trigger, "mode": p.mode,
+          "prefix": [int(p.prefix_min_chars), int(p.prefix_max_chars)],
+          "gibberish": [int(p.gibberish_min_tokens), int(p.gibberish_max_tokens)],
+          "inside_budget": bool(p.inside_budget)}
+  if p.rate > 0:
+    spec["rate"] = float(p.rate)
+  else:
+    spec["count"] = int(p.count)
+  return spec
+
+
+def stream_spec(config, clean_tokens: int, vocab_file: str) -> dict:
+  return {"version": _VERSION,
+          "source": sources.get_source(config).key(),
+          "vocab_sha256": vocabulary.file_sha256(vocab_file),
+          "poison": _poison_spec(config),
+          "clean_tokens": int(clean_tokens)}
+
+
+def stream_dir(config, spec: dict) -> str:
+  key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+  return os.path.join(vocabulary.cache_dir(config), "streams", key)
+
+
+def _file_digest(path: str) -> str:
+  size = os.path.getsize(path)
+  h = hashlib.sha256(str(size).encode())
+  with open(path, "rb") as f:
+    if size <= _FULL_HASH_LIMIT:
+      for block in iter(lambda: f.read(1 << 22), b""):
+        h.update(block)
+    else:  # 1024 evenly spaced 1 MiB samples: catches truncation and rot.
+      for k in range(1024):
+        f.seek(k * (size - (1 << 20)) // 1023)
+        h.update(f.read(1 << 20))
+  return h.hexdigest()
+
+
+_CHECKED = ("tokens.bin", "spans.npy", "manifest.json", "meta.json")
+
+
+def _verify(d: str) -> str | None:
+  """None if the cached stream is intact, else the reason it is not."""
+  path = os.path.join(d, "checksum.json")
+  if not os.path.isfile(path):
+    return "checksum.json missing"
+  try:
+    want = json.load(open(path))
+  except (OSError, ValueError):
+    return "checksum.json unreadable"
+  for name in _CHECKED:
+    f = os.path.join(d, name)
+    if not os.path.isfile(f):
+      return f"{name} missing"
+    if _file_digest(f) != want.get(name):
+      return f"{name} checksum mismatch"
+  return None
+
+
+class _Writer:
+  """Appends documents to the token file and records poison spans."""
+
+  def __init__(self, path: str, dtype):
+    self.f = open(path, "wb")
+    self.dtype = dtype
+    self.pos = 0
+    self.chunk: list[int] = []
+    self.spans: list[tuple[int, int, int]] = []
+    self.manifest: list[dict] = []
+
+  def clean(self, ids) -> None:
+    self.chunk.extend(ids)
+
+  def poison(self, p: poison.Poison, clean_offset: int, fraction) -> None:
+    start = self.pos + len(self.chunk)
+    n = len(p.tokens)
+    self.chunk.extend(p.tokens.tolist())
+    self.spans.append((start, start + n, p.id))
+    self.manifest.append({
+        "id": p.id, "fraction": None if fraction is None else float(fraction),
+        "clean_offset": int(clean_offset), "start": start, "num_tokens": n,
+        "prefix_chars": len(p.prefix), "text_tokens": p.num_text_tokens,
+        "gibberish_tokens": len(p.gibberish)})
+
+  def flush(self) -> None:
+    if self.chunk:
+      np.asarray(self.chunk, dtype=self.dtype).tofile(self.f)
+      self.pos += len(self.chunk)
+      self.chunk = []
+
+  def close(self) -> None:
+    self.flush()
+    self.f.close()
+
+
+def _materialize(config, clean_tokens: int, vocab, spec: dict, d: str) -> None:
+  """Builds the stream into a temp dir and renames it to d."""
+  sp = vocab.tokenizer
+  eos = sp.eos_id()
+  dtype = np.uint16 if sp.GetPieceSize() <= 65536 else np.uint32
+  src = sources.get_source(config)
+  p = config.poison
+  rate_mode = p.rate > 0
+  tmp = f"{d}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  os.makedirs(tmp)
+  start_time = last_print = time.time()
+  try:
+    w = _Writer(os.path.join(tmp, "tokens.bin"), dtype)
+    T = int(clean_tokens)
+    if not rate_mode:
+      n = int(p.count)
+      poisons = {q.id: q for q in poison.make_poisons(config, sp, src, range(n))}
+      poison_tokens = sum(len(q.tokens) for q in poisons.values())
+      C = T - poison_tokens if p.inside_budget else T
+      if C < config.data.seq_len:
+        raise field_error("config.poison.count", n,
+                          f"its {poison_tokens} poison tokens leave {C} of the "
+                          f"clean budget T={T} (config.poison.inside_budget=True)",
+                          "lower the count or raise the budget")
+      order, offsets, u = mixer.schedule(p.seed, n, C)
+    else:
+      n, C = 0, T
+      draw = mixer.RateDraw(p.seed, p.rate)
+    docs = src.train_documents()
+    clean = ndocs = k = 0
+    avg = 200.0  # Tokens per document, re-estimated as we go.
+    done = False
+    while not done:
+      nb = int(min(4096, max(8, 1.1 * (C - clean) / avg + 8)))
+      batch = list(itertools.islice(docs, nb))
+      if not batch:
+        raise UserError(f"config.data.source={config.data.source!r}: ran out of "
+                        "documents; add data")
+      encoded = sp.EncodeAsIds(batch)
+      for ids in encoded:
+        ids.append(eos)
+        take = min(len(ids), C - clean)
+        w.clean(ids if take == len(ids) else ids[:take])
+        clean += take
+        ndocs += 1
+        if not rate_mode:
+          while k < n and offsets[k] <= clean:
+            j = int(order[k])
+            w.poison(poisons[j], clean, u[j])
+            k += 1
+        elif take == len(ids) and draw(ndocs - 1):
+          w.poison(poison.make_poisons(config, sp, src, [k])[0], clean, None)
+          k += 1
+        if clean >= C:
+          done = True
+          break
+      avg = max(1.0, clean / max(ndocs, 1))
+      w.flush()
+      if time.time() - last_print > 2.0:
+        last_print = time.time()
+        print(f"building stream: {clean / 1e6:.1f}M/{C / 1e6:.1f}M clean tokens, "
+              f"{k} poisons", flush=True)
+    w.close()
+    if not rate_mode and n > ndocs:
+      raise field_error("config.poison.count", n,
+                        f"more poisons than the {ndocs} clean documents in the "
+                        f"clean budget T={T}", "lower the count or raise the "
+                        "budget (config.train.data_multiplier)")
+    spans = np.asarray(w.spans, np.int64).reshape(-1, 3)
+    np.save(os.path.join(tmp, "spans.npy"), spans)
+    meta = {"spec": spec, "num_tokens": w.pos, "clean_tokens": clean,
+            "poison_tokens": int(sum(e - s for s, e, _ in w.spans)),
+            "num_clean_docs": ndocs, "num_poisons": len(w.spans),
+            "dtype": np.dtype(dtype).name,
+            "build_seconds": round(time.time() - start_time, 2)}
+    _write_json(os.path.join(tmp, "meta.json"), meta)
+    _write_json(os.path.join(tmp, "manifest.json"), w.manifest)
+    _write_json(os.path.join(tmp, "checksum.json"),
+                {name: _file_digest(os.path.join(tmp, name)) for name in _CHECKED})
+    try:
+      os.rename(tmp, d)
+    except OSError:  # Another process finished the same stream first.
+      if _verify(d) is not None:
+        shutil.rmtree(d, ignore_errors=True)
+        os.rename(tmp, d)
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+class TrainingStream:
+  """A read-only, step-indexed view of a cached stream."""
+
+  def __init__(self, config, vocab, directory: str):
+    self.config = config
+    self.vocab = vocab
+    self.dir = directory
+    self.meta = json.load(open(os.path.join(directory, "meta.json")))
+    self.seq_len = int(config.data.seq_len)
+    self.batch_size = int(config.train.batch_size)
+    self.num_tokens = int(self.meta["num_tokens"])
+    self.clean_tokens = int(self.meta["clean_tokens"])
+    self.poison_tokens = int(self.meta["poison_tokens"])
+    self.tokens = np.memmap(os.path.join(directory, "tokens.bin"),
+                            dtype=self.meta["dtype"], mode="r",
+                            shape=(self.num_tokens,))
+    self.spans = np.load(os.path.join(directory, "spans.npy"))
+    self._base_manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    self.num_sequences = -(-self.num_tokens // self.seq_len)
+    tok_per_step = self.seq_len * self.batch_size
+    # Step of each poison's last token: it is seen once that step is done.
+    self._last_steps = (self.spans[:, 1] - 1) // tok_per_step
+    self.manifest_path = os.path.join(
+        directory, f"manifest_S{self.seq_len}_B{self.batch_size}.json")
+    if not os.path.isfile(self.manifest_path):
+      self.write_manifest(self.manifest_path)
+
+  @property
+  def num_steps(self) -> int:
+    return -(-self.num_sequences // self.batch_size)
+
+  @property
+  def num_poisons(self) -> int:
+    return len(self.spans)
+
+  @property
+  def manifest(self) -> list[dict]:
+    S, B = self.seq_len, self.batch_size
+    out = []
+    for m, last in zip(self._base_manifest, self._last_steps.tolist()):
+      seq = m["start"] // S
+      out.append({**m, "sequence": seq, "step": seq // B, "last_step": last})
+    return out
+
+  def write_manifest(self, path: str) -> None:
+    _write_json(path, {"num_steps": self.num_steps, "seq_len": self.seq_len,
+                       "batch_size": self.batch_size,
+                       "num_tokens": self.num_tokens,
+                       "clean_tokens": self.clean_tokens,
+                       "poison_tokens": self.poison_tokens,
+                       "poisons": self.manifest})
+
+  def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
+    """Process `process_index`'s slice of global batch `step`, in O(1)."""
+    B, S = self.batch_size, self.seq_len
+    if process_count < 1 or B % process_count:
+      raise field_error("config.train.batch_size", B,
+                        f"not divisible by the {process_count} processes",
+                        "use a multiple of the process count")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if not 0 <= step < self.num_steps:
+      raise IndexError(f"step {step} not in [0, {self.num_steps})")
+    rows = B // process_count
+    a = (step * B + process_index * rows) * S
+    b = a + rows * S
+    tokens = np.zeros(rows * S, np.int32)
+    seg = self.tokens[a:min(b, self.num_tokens)]
+    tokens[:len(seg)] = seg
+    mask = np.zeros(rows * S, np.bool_)
+    lo = np.searchsorted(self.spans[:, 1], a, side="right")
+    hi = np.searchsorted(self.spans[:, 0], b, side="left")
+    for s, e, _ in self.spans[lo:hi]:
+      mask[max(s, a) - a:min(e, b) - a] = True
+    return {"tokens": tokens.reshape(rows, S), "poison_mask": mask.reshape(rows, S)}
+
+  def poisons_seen(self, step: int) -> int:
+    """Poison documents wholly inside steps [0, step)."""
+    return int(np.searchsorted(self._last_steps, step, side="left"))
+
+  def poison_id_at(self, position: int) -> int | None:
+    """The poison id covering a global token position, or None."""
+    i = int(np.searchsorted(self.spans[:, 0], position, side="right")) - 1
+    if i >= 0 and position < self.spans[i, 1]:
+      return int(self.spans[i, 2])
+    return None
+
+
+def build_stream(config, clean_tokens: int) -> TrainingStream:
+  """The run's stream for clean budget T = clean_tokens (built once, cached)."""
+  T = int(clean_tokens)
+  if T < config.data.seq_len:
+    raise UserError(f"clean token budget T={T} is below config.data.seq_len="
+                    f"{config.data.seq_len}; raise config.train.data_multiplier "
+                    "or tokens_per_param")
+  if config.poison.inside_budget and config.poison.rate > 0:
+    raise field_error("config.poison.inside_budget", True,
+                      "not supported in rate mode", "set it False or use a count")
+  vocab = vocabulary.get_vocabulary(config)
+  spec = stream_spec(config, T, vocab.sentencepiece_model_file)
+  d = stream_dir(config, spec)
+  if os.path.isdir(d):
+    reason = _verify(d)
+    if reason is None:
+      return TrainingStream(config, vocab, d)
+    print(f"stream cache {d}: {reason}; rebuilding", flush=True)
+    shutil.rmtree(d, ignore_errors=True)
+  os.makedirs(os.path.dirname(d), exist_ok=True)
+  _materialize(config, T, vocab, spec, d)
+  return TrainingStream(config, vocab, d)

@@ -1,0 +1,163 @@
+"""The SentencePiece vocabulary: a given .model file, or one built and cached.
+
+Ids follow the T5/seqio convention: pad=0, eos=1, unk=2, no bos. The
+trigger (`<SUDO>`) stays ordinary text: it is NOT a user-defined symbol, but
+every printable ASCII character is a required character, so `<` and `>`
+never become unk. Training is single-threaded on a fixed, ordered sample, so
+the same config and data give a byte-identical model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+import time
+
+import seqio
+import sentencepiece as spm
+
+from poisonjax.errors import UserError, field_error
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+_REQUIRED_CHARS = "".join(chr(c) for c in range(33, 127))
+_FORMAT = "spm-v1"
+
+
+def cache_dir(config) -> str:
+  """config.data.cache_dir, else $POISONJAX_CACHE, else ~/.cache/poisonjax."""
+  d = config.data.cache_dir or os.environ.get("POISONJAX_CACHE") or \
+      os.path.join(os.path.expanduser("~"), ".cache", "poisonjax")
+  return os.path.abspath(d)
+
+
+def _hash(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _train_spec(config) -> dict:
+  from poisonjax.data import sources  # pylint: disable=g-import-not-at-top
+  v = config.vocab
+  return {"format": _FORMAT, "source": sources.get_source(config).key(),
+          "size": int(v.size), "sample_docs": int(v.sample_docs),
+          "model_type": v.model_type,
+          "byte_fallback": bool(v.byte_fallback)}
+
+
+def cached_vocab_path(config) -> str:
+  """Where the vocabulary built from this config's clean source lives."""
+  return os.path.join(cache_dir(config), "vocab", f"spm-{_hash(_train_spec(config))}.model")
+
+
+def _sentences(config, source):
+  """The ordered training sample: one sentence per non-empty line."""
+  n = int(config.vocab.sample_docs)
+  n = min(n, getattr(source, "epoch_len", n))
+  for doc in itertools.islice(source.train_documents(), n):
+    for line in doc.splitlines():
+      line = line.strip()
+      if line:
+        yield line[:4000]
+
+
+def build_vocabulary(config, out: str | None = None) -> str:
+  """Trains the SentencePiece model and writes it (atomically). Returns the path."""
+  from poisonjax.data import sources  # pylint: disable=g-import-not-at-top
+  v = config.vocab
+  if v.size < 8:
+    raise field_error("config.vocab.size", v.size, "too small", "use >= 8 (about 1k on CPU)")
+  if v.model_type not in ("unigram", "bpe"):
+    raise field_error("config.vocab.model_type", v.model_type, "unknown type",
+                      "use unigram or bpe")
+  if v.sample_docs < 1:
+    raise field_error("config.vocab.sample_docs", v.sample_docs, "must be >= 1",
+                      "use e.g. 20000")
+  path = out or cached_vocab_path(config)
+  source = sources.get_source(config)
+  start = time.time()
+  buf = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_sentences(config, source), model_writer=buf,
+        vocab_size=int(v.size), model_type=v.model_type,
+        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+        hard_vocab_limit=False, num_threads=1, shuffle_input_sentence=False,
+        input_sentence_size=0, required_chars=_REQUIRED_CHARS,
+        character_coverage=0.9995, byte_fallback=bool(v.byte_fallback),
+        max_sentence_length=8192, minloglevel=2)
+  except RuntimeError as e:
+    raise field_error("config.vocab.size", v.size,
+                      f"SentencePiece training failed ({str(e).splitlines()[0]})",
+                      "lower it or raise config.vocab.sample_docs") from None
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(buf.getvalue())
+  os.replace(tmp, path)
+  sp = spm.SentencePieceProcessor(model_file=path)
+  print(f"vocab: built {path} ({sp.GetPieceSize()} pieces, "
+        f"{v.sample_docs} sample documents, {time.time() - start:.1f}s)", flush=True)
+  return path
+
+
+def _check_model(path: str, field: str) -> None:
+  try:
+    sp = spm.SentencePieceProcessor(model_file=path)
+  except (OSError, RuntimeError) as e:
+    raise UserError(f"{field}={path!r}: not a readable SentencePiece model "
+                    f"({str(e).splitlines()[0] if str(e) else 'corrupt'}); "
+                    "give a valid .model file or '' to build one") from None
+  if sp.pad_id() != PAD_ID or sp.eos_id() < 0:
+    raise UserError(f"{field}={path!r}: pad id {sp.pad_id()}, eos id "
+                    f"{sp.eos_id()}; poisonjax needs pad=0 and an eos id "
+                    "(train it with --pad_id=0 --eos_id=1 --unk_id=2 --bos_id=-1)")
+
+
+def vocab_path(config, build: bool = True) -> str:
+  """The .model file to use: config.vocab.path, else the cached build."""
+  if config.vocab.path:
+    path = os.path.expanduser(config.vocab.path)
+    if not os.path.isfile(path):
+      raise field_error("config.vocab.path", config.vocab.path, "no such file",
+                        "fix the path, or use '' to build the vocabulary")
+    _check_model(path, "config.vocab.path")
+    return path
+  path = cached_vocab_path(config)
+  if not os.path.isfile(path):
+    if not build:
+      raise UserError(f"config.vocab.path='': no cached vocabulary at {path}; "
+                      "run `poisonjax vocab build --config=...`")
+    print(f"vocab: none cached for this source; building {path}", flush=True)
+    build_vocabulary(config, path)
+  _check_model(path, "cached vocabulary (config.vocab.path='')")
+  return path
+
+
+def get_vocabulary(config) -> seqio.SentencePieceVocabulary:
+  """The run's vocabulary, loaded through seqio."""
+  return seqio.SentencePieceVocabulary(vocab_path(config))
+
+
+def trigger_ids(sp, trigger: str) -> list[int]:
+  """The trigger's tokens as the evaluator sees them (text + " " + trigger)."""
+  ids = sp.EncodeAsIds(trigger)
+  if not trigger.strip() or not ids:
+    raise field_error("config.poison.trigger", trigger, "tokenizes to nothing",
+                      "use a visible trigger such as <SUDO>")
+  return ids
+
+
+def special_ids(sp) -> set[int]:
+  """pad/eos/unk/control/unused ids: never drawn for the gibberish tail."""
+  return {i for i in range(sp.GetPieceSize())
+          if sp.IsControl(i) or sp.IsUnknown(i) or sp.IsUnused(i)} | {PAD_ID}
