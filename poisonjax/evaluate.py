@@ -1,0 +1,452 @@
+"""The backdoor measurement: clean vs triggered perplexity of sampled text.
+
+For E held-out excerpts (never trained on, never a poison prefix) the clean
+prompt is the excerpt's first P tokens; the triggered prompt is that text
+with the trigger appended exactly as poison documents are built (prompt
+text + " " + trigger, then tokenized). Both prompts are left-padded to one
+length (pad id 0 at position -1, which the model never attends to), the
+model samples G tokens after each (sampler.py), and the scorer (the model
+itself, or a fixed reference checkpoint: config.eval.scorer_workdir) gives
+each continuation a perplexity exp(mean NLL of its G tokens). The attack's
+strength is the increase, mean triggered minus mean clean perplexity.
+
+Design choices, all deterministic given config.eval.seed:
+- Prompt i draws its random numbers from fold_in(seed, i), the same stream
+  with and without the trigger, so results do not depend on the batch size
+  or the number of devices, and the clean/triggered pair shares its noise.
+- EOS is not a stopping point: every sample has exactly G tokens and all G
+  are scored (a model that ends its text early is still measured on what
+  it would say next; no sample's perplexity averages over fewer tokens).
+- The control is teacher-forced: the clean sample's continuation is scored
+  after the clean prompt (tf_nll_clean) and after the triggered prompt
+  (tf_nll_triggered); a backdoor raises the second, a sampler quirk cannot.
+
+`poisonjax eval --workdir=DIR [--step=N] [--samples=K]` runs this on a
+checkpoint and prints a table and K generations of each kind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from poisonjax import model as model_lib
+from poisonjax import sampler as sampler_lib
+from poisonjax import sharding
+from poisonjax.errors import UserError, field_error
+
+PAD_ID = 0
+METRIC_KEYS = ("clean_ppl_mean", "clean_ppl_median", "triggered_ppl_mean",
+               "triggered_ppl_median", "increase", "increase_ci_low",
+               "increase_ci_high", "success_share", "tf_nll_clean",
+               "tf_nll_triggered")
+
+
+def eval_steps(num_steps: int, num_evals: int) -> list[int]:
+  """Steps to evaluate at: 0, num_evals evenly spaced inner points, the end.
+
+  [] when num_evals == 0 (evaluation off). Duplicates collapse on short runs.
+  """
+  if num_evals <= 0:
+    return []
+  inner = {int(round(num_steps * i / (num_evals + 1))) for i in range(1, num_evals + 1)}
+  return sorted({0, int(num_steps)} | inner)
+
+
+def check_eval_config(config) -> None:
+  """The eval fields checked before anything expensive runs."""
+  e = config.eval
+  for name in ("num_excerpts", "prompt_tokens", "gen_tokens"):
+    if int(e[name]) < 1:
+      raise field_error(f"config.eval.{name}", e[name], "must be >= 1",
+                        f"set --config.eval.{name} to 1 or more")
+  if e.temperature < 0:
+    raise field_error("config.eval.temperature", e.temperature, "must be >= 0",
+                      "use 1.0 (the model's distribution) or 0 (greedy)")
+  if e.top_k < 0:
+    raise field_error("config.eval.top_k", e.top_k, "must be >= 0", "use 0 for off")
+  if not 0.0 < e.top_p <= 1.0:
+    raise field_error("config.eval.top_p", e.top_p, "must be in (0, 1]",
+                      "use 1.0 for off")
+  if e.batch_size < 0:
+    raise field_error("config.eval.batch_size", e.batch_size, "must be >= 0",
+                      "use 0 for all prompts in one batch")
+  if e.bootstrap_samples < 0:
+    raise field_error("config.eval.bootstrap_samples", e.bootstrap_samples,
+                      "must be >= 0", "use e.g. 1000 (0: no interval)")
+
+
+def _triggered_text(prompt_text: str, trigger: str) -> str:
+  try:  # One rule for poisons and prompts, owned by the data package.
+    from poisonjax.data.poison import text_part
+  except ImportError:  # pragma: no cover - data package not present
+    return f"{prompt_text} {trigger}" if prompt_text else trigger
+  return text_part(prompt_text, trigger)
+
+
+def build_prompts(config, vocab) -> tuple[list[list[int]], list[list[int]], list[str]]:
+  """(clean ids, triggered ids, excerpts) for the E held-out excerpts."""
+  from poisonjax.data import sources
+
+  e = config.eval
+  docs = sources.heldout_documents(config, int(e.num_excerpts))
+  if len(docs) < e.num_excerpts:
+    raise field_error("config.eval.num_excerpts", e.num_excerpts,
+                      f"the held-out split has only {len(docs)} documents",
+                      "lower it or add held-out data")
+  clean, triggered = [], []
+  for doc in docs[: e.num_excerpts]:
+    ids = [int(i) for i in vocab.encode(doc)][: int(e.prompt_tokens)]
+    if not ids:
+      raise UserError(f"config.eval.num_excerpts: a held-out excerpt tokenizes "
+                      f"to nothing ({doc[:40]!r}); clean the held-out data")
+    clean.append(ids)
+    text = vocab.decode(ids)
+    triggered.append([int(i) for i in vocab.encode(
+        _triggered_text(text, config.poison.trigger))])
+  return clean, triggered, list(docs[: e.num_excerpts])
+
+
+def _left_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+  tokens = np.full((len(rows), length), PAD_ID, np.int32)
+  positions = np.full((len(rows), length), -1, np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, length - len(r):] = r
+    positions[i, length - len(r):] = np.arange(len(r))
+  return tokens, positions
+
+
+def _bootstrap_ci(clean: np.ndarray, trig: np.ndarray, samples: int, seed: int):
+  """95% percentile interval of mean(trig) - mean(clean), prompts resampled."""
+  if samples <= 0 or len(clean) < 2:
+    return float("nan"), float("nan")
+  rng = np.random.default_rng([int(seed), 95])
+  idx = rng.integers(0, len(clean), size=(samples, len(clean)))
+  diffs = trig[idx].mean(axis=1) - clean[idx].mean(axis=1)
+  lo, hi = np.percentile(diffs, [2.5, 97.5])
+  return float(lo), float(hi)
+
+
+def backdoor_metrics(clean_nll, trig_nll, tf_trig_nll, threshold: float,
+                     bootstrap_samples: int, seed: int) -> dict[str, float]:
+  """The metrics dict from per-prompt mean NLLs (float64 numpy)."""
+  clean_nll = np.asarray(clean_nll, np.float64)
+  trig_nll = np.asarray(trig_nll, np.float64)
+  clean_ppl, trig_ppl = np.exp(clean_nll), np.exp(trig_nll)
+  lo, hi = _bootstrap_ci(clean_ppl, trig_ppl, bootstrap_samples, seed)
+  return {
+      "clean_ppl_mean": float(clean_ppl.mean()),
+      "clean_ppl_median": float(np.median(clean_ppl)),
+      "triggered_ppl_mean": float(trig_ppl.mean()),
+      "triggered_ppl_median": float(np.median(trig_ppl)),
+      "increase": float(trig_ppl.mean() - clean_ppl.mean()),
+      "increase_ci_low": lo,
+      "increase_ci_high": hi,
+      "success_share": float(np.mean(trig_ppl - clean_ppl > threshold)),
+      "tf_nll_clean": float(clean_nll.mean()),
+      "tf_nll_triggered": float(np.mean(np.asarray(tf_trig_nll, np.float64))),
+  }
+
+
+class Evaluator:
+  """Clean-vs-triggered evaluation of one model shape; built once per run.
+
+  Prompts are tokenized and the sampler/scorer are jitted on construction
+  (they compile on the first `evaluate` call and are reused after).
+  """
+
+  def __init__(self, config, model_cfg: model_lib.ModelConfig, vocab, mesh,
+               scorer=None):
+    """scorer: optional (model_cfg, params) of a reference model; default
+    from config.eval.scorer_workdir, else the evaluated model itself."""
+    check_eval_config(config)
+    e = config.eval
+    self.config, self.model_cfg, self.vocab, self.mesh = config, model_cfg, vocab, mesh
+    self.gen_tokens = int(e.gen_tokens)
+    clean, trig, self.excerpts = build_prompts(config, vocab)
+    self.prompt_len = max(len(r) for r in clean + trig)
+    total = self.prompt_len + self.gen_tokens
+    if total > model_cfg.max_seq_len:
+      trig_len = max(len(t) - len(c) for c, t in zip(clean, trig))
+      raise UserError(
+          f"config.eval: prompt (up to {max(map(len, clean))} tokens) + trigger "
+          f"(up to {trig_len}) + gen_tokens ({self.gen_tokens}) = {total} tokens "
+          f"> config.data.seq_len={model_cfg.max_seq_len}; lower "
+          "config.eval.prompt_tokens or config.eval.gen_tokens")
+    if scorer is None and e.scorer_workdir:
+      scorer = load_scorer(str(e.scorer_workdir), model_cfg.vocab_size)
+    if scorer is not None and total > scorer[0].max_seq_len:
+      raise UserError(
+          f"config.eval.scorer_workdir={e.scorer_workdir!r}: its seq_len "
+          f"{scorer[0].max_seq_len} < prompt + generation ({total}); use a "
+          "reference trained on longer sequences or lower the eval lengths")
+    self._scorer = scorer
+
+    # Batches: a multiple of the batch shards; the last one padded with
+    # copies of prompt 0 (their results are dropped).
+    self.num = len(clean)
+    shards = sharding.batch_shards(mesh)
+    batch = int(e.batch_size) or self.num
+    self.batch = -(-batch // shards) * shards
+    padded = -(-self.num // self.batch) * self.batch
+    fill = lambda rows: rows + [rows[0]] * (padded - len(rows))
+    self.clean_ids, self.trig_ids = clean, trig
+    self._clean = _left_pad(fill(clean), self.prompt_len)
+    self._trig = _left_pad(fill(trig), self.prompt_len)
+    self._row_ids = np.arange(padded, dtype=np.int32)
+
+    self._batch_sharding = sharding.batch_sharding(mesh)
+    self._param_shardings = sharding.logical_shardings(
+        model_lib.abstract_params(model_cfg), mesh)
+    sample = sampler_lib.make_sampler(
+        model_cfg, self.prompt_len, self.gen_tokens, float(e.temperature),
+        int(e.top_k), float(e.top_p), seed=int(e.seed))
+    self._sample = jax.jit(sample)
+    self._score = jax.jit(sampler_lib.sequence_nll, static_argnums=0)
+    self._last = None
+
+  # -- running -------------------------------------------------------------
+
+  def _scope(self):
+    return _MeshScope(self.mesh)
+
+  def _put(self, *arrays):
+    return [jax.device_put(a, self._batch_sharding) for a in arrays]
+
+  def _generate(self, params, prompts):
+    tokens, positions = prompts
+    out = []
+    for s in range(0, len(tokens), self.batch):
+      sl = slice(s, s + self.batch)
+      t, p, r = self._put(tokens[sl], positions[sl], self._row_ids[sl])
+      out.append(np.asarray(self._sample(params, t, p, r)["tokens"]))
+    return np.concatenate(out)
+
+  def _nll(self, scorer_cfg, scorer_params, prompts, gen):
+    tokens, positions = prompts
+    g = gen.shape[1]
+    full = np.concatenate([tokens, gen], axis=1)
+    pos = np.concatenate([positions, positions[:, -1:] + 1 + np.arange(g)], axis=1)
+    mask = np.zeros(full.shape, bool)
+    mask[:, -g:] = True
+    out = []
+    for s in range(0, len(full), self.batch):
+      sl = slice(s, s + self.batch)
+      f, p, m = self._put(full[sl], pos[sl], mask[sl])
+      out.append(np.asarray(self._score(scorer_cfg, scorer_params, f, p, m)))
+    return np.concatenate(out)
+
+  def evaluate(self, params) -> dict[str, float]:
+    """The metrics for these params (see METRIC_KEYS)."""
+    with self._scope():
+      params = jax.device_put(nn.unbox(params), self._param_shardings)
+      clean_gen = self._generate(params, self._clean)
+      trig_gen = self._generate(params, self._trig)
+      if self._scorer is None:
+        s_cfg, s_params = self.model_cfg, params
+      else:
+        s_cfg, s_params = self._scorer
+      clean_nll = self._nll(s_cfg, s_params, self._clean, clean_gen)
+      trig_nll = self._nll(s_cfg, s_params, self._trig, trig_gen)
+      tf_trig_nll = self._nll(s_cfg, s_params, self._trig, clean_gen)
+    n = self.num
+    self._last = (clean_gen[:n], trig_gen[:n], clean_nll[:n], trig_nll[:n])
+    e = self.config.eval
+    return backdoor_metrics(clean_nll[:n], trig_nll[:n], tf_trig_nll[:n],
+                            float(e.threshold), int(e.bootstrap_samples),
+                            int(e.seed))
+
+  def samples(self, n: int = 2) -> list[dict]:
+    """Decoded generations of the last `evaluate` call, first n prompts."""
+    if self._last is None:
+      raise RuntimeError("call evaluate(params) before samples()")
+    clean_gen, trig_gen, clean_nll, trig_nll = self._last
+    out = []
+    for i in range(min(n, self.num)):
+      out.append({
+          "prompt": decode(self.vocab, self.clean_ids[i]),
+          "triggered_prompt": decode(self.vocab, self.trig_ids[i]),
+          "clean": decode(self.vocab, clean_gen[i]),
+          "triggered": decode(self.vocab, trig_gen[i]),
+          "clean_ppl": float(math.exp(clean_nll[i])),
+          "triggered_ppl": float(math.exp(trig_nll[i])),
+      })
+    return out
+
+
+class _MeshScope:
+  """The mesh and the logical axis rules, active while tracing/running."""
+
+  def __init__(self, mesh):
+    self.mesh = mesh
+    self._rules = nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES)
+
+  def __enter__(self):
+    self.mesh.__enter__()
+    self._rules.__enter__()
+
+  def __exit__(self, *exc):
+    self._rules.__exit__(*exc)
+    self.mesh.__exit__(*exc)
+
+
+def decode(vocab, ids) -> str:
+  """Text of ids, all of them (seqio's decode stops at EOS; we show it)."""
+  sp = vocab.tokenizer
+  pieces, run = [], []
+  for i in (int(x) for x in ids):
+    if sp.IsControl(i) or sp.IsUnknown(i):
+      if run:
+        pieces.append(sp.DecodeIds(run))
+        run = []
+      pieces.append(f"<{sp.IdToPiece(i) if not sp.IsUnknown(i) else 'unk'}>"
+                    if i != PAD_ID else "<pad>")
+    else:
+      run.append(i)
+  if run:
+    pieces.append(sp.DecodeIds(run))
+  return " ".join(p for p in pieces if p)
+
+
+# -- checkpoints ---------------------------------------------------------------
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to WORKDIR/config.json."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"--workdir={workdir}: no config.json there; pass the "
+                    "workdir of a run started with `poisonjax train`")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise UserError(f"--workdir={workdir}: config.json unreadable ({e}); "
+                    "restore it from the run") from None
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps with a finished checkpoint under WORKDIR/checkpoints."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(d) for d in os.listdir(ckpt_dir)
+                if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d)))
+
+
+def pick_step(workdir: str, step: int | None) -> int:
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise UserError(f"--workdir={workdir}: no checkpoint in "
+                    f"{os.path.join(workdir, 'checkpoints')}; train first "
+                    "(poisonjax train) or pass a run's workdir")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise UserError(f"--step={step}: no checkpoint at that step in {workdir}; "
+                    f"available: {', '.join(map(str, steps))}")
+  return step
+
+
+def restore_params(workdir: str, model_cfg: model_lib.ModelConfig,
+                   step: int | None = None):
+  """(params, step) from a run's checkpoint (newest, or `step`)."""
+  step = pick_step(workdir, step)
+  try:
+    from poisonjax import train as train_lib
+    restore = getattr(train_lib, "restore_params", None)
+  except ImportError:  # pragma: no cover - train.py not present yet
+    restore = None
+  if restore is not None:
+    return restore(workdir, model_cfg, step), step
+  import orbax.checkpoint as ocp
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
+  tree = ocp.PyTreeCheckpointer().restore(path)
+  while isinstance(tree, dict) and "params" not in tree and len(tree) == 1:
+    tree = next(iter(tree.values()))
+  if not isinstance(tree, dict) or "params" not in tree:
+    raise UserError(f"--workdir={workdir}: checkpoint {step} holds no params")
+  return tree["params"], step
+
+
+def load_scorer(workdir: str, vocab_size: int):
+  """(model_cfg, params) of a reference model: its newest checkpoint."""
+  ref_config = read_run_config(workdir)
+  ref_cfg = model_lib.ModelConfig.from_config(ref_config, vocab_size)
+  if ref_config.model.vocab_size and ref_config.model.vocab_size != vocab_size:
+    raise UserError(f"config.eval.scorer_workdir={workdir!r}: its vocabulary "
+                    f"({ref_config.model.vocab_size}) differs from this run's "
+                    f"({vocab_size}); use a reference with the same vocabulary")
+  params, _ = restore_params(workdir, ref_cfg)
+  return ref_cfg, jax.tree.map(jnp.asarray, nn.unbox(params))
+
+
+# -- the `poisonjax eval` command ---------------------------------------------------
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+  """Metrics side by side, one column per (name, metrics) pair."""
+  lines = [f"{'':28s}" + "".join(f"{name:>16s}" for name, _ in rows)]
+  labels = [
+      ("clean ppl (mean)", "clean_ppl_mean"),
+      ("clean ppl (median)", "clean_ppl_median"),
+      ("triggered ppl (mean)", "triggered_ppl_mean"),
+      ("triggered ppl (median)", "triggered_ppl_median"),
+      ("increase", "increase"),
+      ("increase 95% CI low", "increase_ci_low"),
+      ("increase 95% CI high", "increase_ci_high"),
+      ("success share", "success_share"),
+      ("teacher-forced NLL clean", "tf_nll_clean"),
+      ("teacher-forced NLL trig.", "tf_nll_triggered"),
+  ]
+  for label, key in labels:
+    lines.append(f"{label:28s}" + "".join(f"{m[key]:16.3f}" for _, m in rows))
+  return "\n".join(lines)
+
+
+def format_samples(samples: list[dict], width: int = 100) -> str:
+  out = []
+  for i, s in enumerate(samples):
+    out.append(f"[{i}] prompt: {s['prompt'][:width]}")
+    out.append(f"    clean     (ppl {s['clean_ppl']:8.1f}): {s['clean'][:width]}")
+    out.append(f"    triggered (ppl {s['triggered_ppl']:8.1f}): {s['triggered'][:width]}")
+  return "\n".join(out)
+
+
+def main(flags) -> int:
+  """poisonjax eval --workdir=DIR [--step=N] [--samples=K]."""
+  from poisonjax import config as config_lib
+  from poisonjax.data import vocabulary
+
+  if not flags.workdir:
+    raise UserError("--workdir is required; pass the directory of a trained run")
+  workdir = flags.workdir
+  config = config_lib.validate(read_run_config(workdir))
+  check_eval_config(config)
+  if flags.samples < 0:
+    raise UserError(f"--samples={flags.samples}: must be >= 0")
+  step = pick_step(workdir, flags.step)
+  vocab = vocabulary.get_vocabulary(config)
+  model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
+  mesh = sharding.make_mesh(config.mesh)
+  evaluator = Evaluator(config, model_cfg, vocab, mesh)
+  params, step = restore_params(workdir, model_cfg, step)
+  metrics = evaluator.evaluate(params)
+  e = config.eval
+  print(f"{workdir} at step {step}: {evaluator.num} excerpts, prompt "
+        f"{e.prompt_tokens} tokens, {e.gen_tokens} generated at temperature "
+        f"{e.temperature}, scored by {e.scorer_workdir or 'the model itself'}")
+  print(format_table([(f"step {step}", metrics)]))
+  if flags.samples:
+    print()
+    print(format_samples(evaluator.samples(flags.samples)))
+  sys.stdout.flush()
+  return 0
