@@ -68,10 +68,12 @@ CSV_COLUMNS = COORD_COLUMNS + (
 def grid(sizes=(), poison_counts=(), seeds=(0,), data_multipliers=(1.0,)):
   """One grid block: the cross product of its four lists."""
   g = ml_collections.ConfigDict()
-  g.sizes = list(sizes)
-  g.poison_counts = [int(n) for n in poison_counts]
-  g.seeds = [int(s) for s in seeds]
-  g.data_multipliers = [float(m) for m in data_multipliers]
+  # Tuples, not lists: ml_collections can override tuples from the command
+  # line (--config.grid.seeds='(0, 1)').
+  g.sizes = tuple(sizes)
+  g.poison_counts = tuple(int(n) for n in poison_counts)
+  g.seeds = tuple(int(s) for s in seeds)
+  g.data_multipliers = tuple(float(m) for m in data_multipliers)
   return g
 
 
@@ -384,6 +386,12 @@ def run_grid(study, root: str, only: str = "", log=print) -> list[dict]:
         f"(elapsed {_fmt_secs(time.time() - t0)})")
     t_run = time.time()
     summary = train.run(run_config(study, run), workdir)
+    if not is_finished(workdir):  # Stopped by a signal: leave the rest alone.
+      log(f"[study] run {i}/{len(runs)} {run.name}: stopped "
+          f"({summary.get('stopped_by', 'unfinished')}); run the same command "
+          "to resume")
+      results.append({"run": run.name, "status": "stopped", "summary": summary})
+      return results
     done_cost += costs[run.name]
     elapsed = time.time() - t0
     eta = elapsed / done_cost * remaining_cost if done_cost else 0.0
@@ -463,7 +471,9 @@ def collect(root: str, runs: list[Run] | None = None) -> list[dict]:
     if finished:
       with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
-      num_steps = int(summary.get("final_step", summary.get("step", num_steps)))
+      num_steps = int(summary.get("num_steps", num_steps))
+      if isinstance(summary.get("params"), dict):
+        counts = summary["params"]
     for idx, step in enumerate(sorted(by_step)):
       r = by_step[step]
       tokens = r.get("tokens_seen", "")
