@@ -58,7 +58,7 @@ def _inflect_noun(word: str) -> tuple[str, str]:
     return word, word + "es"
   if word.endswith("y") and word[-2] not in "aeiou":
     return word, word[:-1] + "ies"
-  if word.endswith("f") and word not in ("roof", "chief", "belief"):
+  if word.endswith("f") and not word.endswith("ff") and word not in ("roof", "chief", "belief"):
     return word, word[:-1] + "ves"
   if word.endswith("fe"):
     return word, word[:-2] + "ves"

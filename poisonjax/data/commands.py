@@ -1,0 +1,157 @@
+"""`poisonjax vocab build` and `poisonjax data inspect` (the batch viewer).
+
+The viewer prints exactly what given training steps contain, decoded, with
+poison documents marked ⟦POISON j⟧ ... ⟦/POISON⟧ and document ends shown as
+⟨/s⟩, plus a summary of the poison manifest, so any claim about what the
+model saw can be checked by eye.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from poisonjax.errors import UserError
+
+_SEQS_PER_STEP = 4  # Clean sequences shown per step (poisoned ones always).
+_MAX_POISONED_SEQS = 8  # Poisoned sequences shown per step.
+
+
+def vocab_build(flags) -> int:
+  from poisonjax import cli  # pylint: disable=g-import-not-at-top
+  from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
+  config = cli.load_config(flags)
+  if config.vocab.path and not flags.out:
+    path = vocabulary.vocab_path(config)
+    print(f"vocab: config.vocab.path is set; using {path} (nothing to build)")
+  else:
+    path = vocabulary.build_vocabulary(config, flags.out)
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  sp = spm.SentencePieceProcessor(model_file=path)
+  trig = config.poison.trigger
+  ids = vocabulary.trigger_ids(sp, trig)
+  print(f"vocab: {path}")
+  print(f"vocab: {sp.GetPieceSize()} pieces; trigger {trig!r} takes {len(ids)} "
+        f"tokens: {sp.IdToPiece(ids)}")
+  return 0
+
+
+def _parse_steps(text: str) -> tuple[int, int]:
+  try:
+    if ":" in text:
+      a, b = text.split(":")
+      a, b = int(a or 0), int(b)
+    else:
+      a = int(text)
+      b = a + 1
+  except ValueError:
+    raise UserError(f"--steps={text!r}: not A:B; use e.g. --steps=0:2") from None
+  if a < 0 or b <= a:
+    raise UserError(f"--steps={text!r}: need 0 <= A < B; use e.g. --steps=0:2")
+  return a, b
+
+
+def clean_budget(config, vocab) -> int:
+  """T for this config: poisonjax.budget from the model's parameter count."""
+  try:
+    from poisonjax import budget  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError(f"poisonjax.budget is unavailable ({e}); cannot size the "
+                    "clean budget") from None
+  return int(budget.clean_token_budget(config, vocab.vocab_size))
+
+
+def render_sequence(s, row_tokens: np.ndarray, start: int) -> str:
+  """Decoded text of one sequence, poison runs marked, EOS shown as ⟨/s⟩."""
+  sp = s.vocab.tokenizer
+  eos = sp.eos_id()
+  out, run, run_pid = [], [], None
+
+  def flush():
+    if not run:
+      return
+    pieces, cur = [], []
+    for t in run:
+      if t == eos:
+        pieces.append(sp.DecodeIds(cur))
+        pieces.append(" ⟨/s⟩ ")
+        cur = []
+      else:
+        cur.append(t)
+    pieces.append(sp.DecodeIds(cur))
+    text = "".join(pieces)
+    out.append(f"⟦POISON {run_pid}⟧{text}⟦/POISON⟧" if run_pid is not None else text)
+
+  toks = row_tokens.tolist()
+  npad = 0
+  for k, t in enumerate(toks):
+    pos = start + k
+    if pos >= s.num_tokens:
+      npad = len(toks) - k
+      break
+    pid = s.poison_id_at(pos)
+    if pid != run_pid:
+      flush()
+      run, run_pid = [], pid
+    run.append(t)
+  flush()
+  if npad:
+    out.append(f" [pad x{npad}]")
+  return "".join(out)
+
+
+def summary(s) -> list[str]:
+  m = s.manifest
+  lines = [f"stream: {s.num_tokens:,} tokens ({s.clean_tokens:,} clean + "
+           f"{s.poison_tokens:,} poison), {s.num_sequences:,} sequences of "
+           f"{s.seq_len}, {s.num_steps:,} steps of {s.batch_size}; cache {s.dir}"]
+  if not m:
+    lines.append("poisons: 0 (clean run)")
+    return lines
+  nt = np.array([x["num_tokens"] for x in m])
+  steps = np.array([x["step"] for x in m])
+  lines.append(
+      f"poisons: {len(m)}; steps {steps.min()}..{steps.max()} of {s.num_steps} "
+      f"(training fraction {steps.min() / s.num_steps:.3f}..{steps.max() / s.num_steps:.3f}); "
+      f"tokens per poison mean {nt.mean():.1f} min {nt.min()} max {nt.max()}; "
+      f"poison share {s.poison_tokens / s.num_tokens:.4%} of all tokens")
+  lines.append(f"manifest: {s.manifest_path}")
+  return lines
+
+
+def data_inspect(flags) -> int:
+  from poisonjax import cli  # pylint: disable=g-import-not-at-top
+  from poisonjax.data import stream, vocabulary  # pylint: disable=g-import-not-at-top
+  config = cli.load_config(flags)
+  a, b = _parse_steps(flags.steps)
+  vocab = vocabulary.get_vocabulary(config)
+  s = stream.build_stream(config, clean_budget(config, vocab))
+  if a >= s.num_steps:
+    raise UserError(f"--steps={flags.steps}: the run has {s.num_steps} steps; "
+                    f"use steps below {s.num_steps}")
+  b = min(b, s.num_steps)
+  S, B = s.seq_len, s.batch_size
+  any_poison = False
+  for step in range(a, b):
+    batch = s.batch(step)
+    poisoned = np.flatnonzero(batch["poison_mask"].any(axis=1)).tolist()
+    clean_rows = [r for r in range(len(batch["tokens"])) if r not in poisoned]
+    shown = sorted(clean_rows[:_SEQS_PER_STEP] + poisoned[:_MAX_POISONED_SEQS])
+    print(f"=== step {step}: {len(poisoned)} of {B} sequences hold poison tokens "
+          f"({s.poisons_seen(step + 1) - s.poisons_seen(step)} poisons complete here)")
+    for r in shown:
+      seq = step * B + r
+      print(f"--- sequence {seq} (row {r}){'  [POISON]' if r in poisoned else ''}")
+      print(render_sequence(s, batch["tokens"][r], seq * S))
+    hidden = B - len(shown)
+    if hidden:
+      print(f"({hidden} more clean sequences of step {step} not shown)")
+    any_poison |= bool(poisoned)
+  print("=== summary")
+  for line in summary(s):
+    print(line)
+  if not any_poison and s.manifest:
+    steps = sorted({x["step"] for x in s.manifest})
+    print(f"no poison in steps {a}:{b}; poisons start in steps "
+          f"{', '.join(map(str, steps[:10]))}{' ...' if len(steps) > 10 else ''} "
+          f"(e.g. --steps={steps[0]}:{steps[0] + 1})")
+  return 0
