@@ -182,7 +182,7 @@ class Evaluator:
           f"> config.data.seq_len={model_cfg.max_seq_len}; lower "
           "config.eval.prompt_tokens or config.eval.gen_tokens")
     if scorer is None and e.scorer_workdir:
-      scorer = load_scorer(str(e.scorer_workdir), model_cfg.vocab_size)
+      scorer = load_scorer(str(e.scorer_workdir), model_cfg.vocab_size, mesh)
     if scorer is not None and total > scorer[0].max_seq_len:
       raise UserError(
           f"config.eval.scorer_workdir={e.scorer_workdir!r}: its seq_len "
@@ -357,27 +357,39 @@ def pick_step(workdir: str, step: int | None) -> int:
 
 
 def restore_params(workdir: str, model_cfg: model_lib.ModelConfig,
-                   step: int | None = None):
-  """(params, step) from a run's checkpoint (newest, or `step`)."""
-  step = pick_step(workdir, step)
-  try:
-    from poisonjax import train as train_lib
-    restore = getattr(train_lib, "restore_params", None)
-  except ImportError:  # pragma: no cover - train.py not present yet
-    restore = None
-  if restore is not None:
-    return restore(workdir, model_cfg, step), step
+                   step: int | None = None, mesh=None):
+  """(params, step) from a run's checkpoint (newest, or `step`).
+
+  Reads only the params of the saved train state (orbax partial restore),
+  laid out on `mesh` by the logical-axis rules (default: this host's mesh
+  with all devices on the batch axes).
+  """
   import orbax.checkpoint as ocp
-  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
-  tree = ocp.PyTreeCheckpointer().restore(path)
-  while isinstance(tree, dict) and "params" not in tree and len(tree) == 1:
-    tree = next(iter(tree.values()))
-  if not isinstance(tree, dict) or "params" not in tree:
-    raise UserError(f"--workdir={workdir}: checkpoint {step} holds no params")
-  return tree["params"], step
+
+  step = pick_step(workdir, step)
+  mesh = mesh if mesh is not None else sharding.make_mesh(
+      ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+  boxed = model_lib.abstract_params(model_cfg)
+  shardings = sharding.logical_shardings(boxed, mesh)
+  target = {"params": jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      nn.unbox(boxed), shardings)}
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "default")
+  args = ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True)
+  try:
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+      restored = ckptr.restore(path, args=args)
+  except Exception as e:  # Orbax raises many types for a damaged/alien dir.
+    reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    raise UserError(f"--workdir={workdir}: checkpoint step {step} does not "
+                    f"load as this run's params ({type(e).__name__}: {reason}); "
+                    "pick another --step or check config.json") from None
+  return restored["params"], step
 
 
-def load_scorer(workdir: str, vocab_size: int):
+def load_scorer(workdir: str, vocab_size: int, mesh=None):
   """(model_cfg, params) of a reference model: its newest checkpoint."""
   ref_config = read_run_config(workdir)
   ref_cfg = model_lib.ModelConfig.from_config(ref_config, vocab_size)
@@ -385,8 +397,8 @@ def load_scorer(workdir: str, vocab_size: int):
     raise UserError(f"config.eval.scorer_workdir={workdir!r}: its vocabulary "
                     f"({ref_config.model.vocab_size}) differs from this run's "
                     f"({vocab_size}); use a reference with the same vocabulary")
-  params, _ = restore_params(workdir, ref_cfg)
-  return ref_cfg, jax.tree.map(jnp.asarray, nn.unbox(params))
+  params, _ = restore_params(workdir, ref_cfg, mesh=mesh)
+  return ref_cfg, params
 
 
 # -- the `poisonjax eval` command ---------------------------------------------------
@@ -438,7 +450,7 @@ def main(flags) -> int:
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   evaluator = Evaluator(config, model_cfg, vocab, mesh)
-  params, step = restore_params(workdir, model_cfg, step)
+  params, step = restore_params(workdir, model_cfg, step, mesh)
   metrics = evaluator.evaluate(params)
   e = config.eval
   print(f"{workdir} at step {step}: {evaluator.num} excerpts, prompt "

@@ -53,6 +53,23 @@ def sample_token(logits, keys, temperature: float, top_k: int = 0,
   return draw(keys, filtered).astype(jnp.int32)
 
 
+def empty_cache(model, batch: int, length: int):
+  """The decode cache, empty: zeros, every key's position -1 (masked).
+
+  Built from the cache's shapes (eval_shape of init), so no parameters are
+  initialised along the way.
+  """
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((batch, length), jnp.int32),
+                         decode=True)["cache"])
+
+  def fill(path, leaf):
+    value = -1 if jax.tree_util.keystr(path).endswith("['cached_pos']") else 0
+    return jnp.full(leaf.shape, value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def make_sampler(model_cfg: model_lib.ModelConfig, prompt_len: int,
                  gen_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, return_logits: bool = False):
@@ -72,8 +89,7 @@ def make_sampler(model_cfg: model_lib.ModelConfig, prompt_len: int,
 
   def sample(params, tokens, positions, rows):
     batch = tokens.shape[0]
-    cache = model.init(jax.random.key(0), jnp.zeros((batch, total), jnp.int32),
-                       decode=True)["cache"]
+    cache = empty_cache(model, batch, total)
     logits, state = model.apply({"params": params, "cache": cache}, tokens,
                                 positions, decode=True, mutable=["cache"])
     next_pos = positions[:, -1] + 1
