@@ -258,13 +258,26 @@ class TfdsSource(_FiniteHeldout):
                           "the split is empty", "use a split with documents")
 
 
+_TEXT_SOURCES: dict = {}
+
+
 def get_source(config):
   """The configured clean source."""
   kind = config.data.source
   if kind == "synthetic":
     return SyntheticSource(config)
   if kind == "text_files":
-    return TextFilesSource(config)
+    # Read the files once per process (they are re-read if they change).
+    t = config.data.text_files
+    files = sorted((p, os.path.getsize(p), os.stat(p).st_mtime_ns)
+                   for pat in str(t.patterns).split(",") if pat.strip()
+                   for p in glob.glob(os.path.expanduser(pat.strip()), recursive=True)
+                   if os.path.isfile(p))
+    key = json.dumps([t.to_dict(), int(config.data.seed), files], sort_keys=True)
+    if key not in _TEXT_SOURCES:
+      _TEXT_SOURCES.clear()
+      _TEXT_SOURCES[key] = TextFilesSource(config)
+    return _TEXT_SOURCES[key]
   if kind == "tfds":
     return TfdsSource(config)
   raise field_error("config.data.source", kind, "unknown source",
