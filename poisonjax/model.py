@@ -105,21 +105,39 @@ def apply_rope(x, positions, theta: float):
   return out.astype(x.dtype)
 
 
+class Proj(nn.Module):
+  """A bias-free linear map contracting the input's last `n_in` axes.
+
+  Used instead of nn.DenseGeneral, whose init builds a flat 2-D kernel and
+  reshapes it: with boxed (logically named) kernels that applies the 3-D
+  names to the 2-D array and fails whenever logical-axis rules and a mesh are
+  active (i.e. inside the sharded train step).
+  """
+  features: tuple
+  n_in: int
+  names: tuple
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    shape = tuple(x.shape[-self.n_in:]) + tuple(self.features)
+    kernel = self.param("kernel", _init(self.names), shape, self.cfg.param_dtype)
+    return jnp.tensordot(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype),
+                         axes=self.n_in)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x, positions, decode: bool):
     cfg = self.cfg
-    dense = lambda feats, axes, in_axes, name, names: nn.DenseGeneral(
-        feats, axis=in_axes, use_bias=False, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, kernel_init=_init(names), name=name)
-    q = dense((cfg.num_heads, cfg.head_dim), None, -1, "query",
-              ("embed", "heads", "head_dim"))(x)
-    k = dense((cfg.num_kv_heads, cfg.head_dim), None, -1, "key",
-              ("embed", "kv_heads", "head_dim"))(x)
-    v = dense((cfg.num_kv_heads, cfg.head_dim), None, -1, "value",
-              ("embed", "kv_heads", "head_dim"))(x)
+    q = Proj((cfg.num_heads, cfg.head_dim), 1, ("embed", "heads", "head_dim"),
+             cfg, name="query")(x)
+    k = Proj((cfg.num_kv_heads, cfg.head_dim), 1, ("embed", "kv_heads", "head_dim"),
+             cfg, name="key")(x)
+    v = Proj((cfg.num_kv_heads, cfg.head_dim), 1, ("embed", "kv_heads", "head_dim"),
+             cfg, name="value")(x)
     q = apply_rope(q, positions, cfg.rope_theta)
     k = apply_rope(k, positions, cfg.rope_theta)
     q = nn.with_logical_constraint(
@@ -142,10 +160,8 @@ class Attention(nn.Module):
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads, d)
     out = nn.with_logical_constraint(
         out, ("activation_batch", "activation_length", "activation_heads", None))
-    return nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        kernel_init=_init(("heads", "head_dim", "embed")), name="out")(out)
+    return Proj((cfg.d_model,), 2, ("heads", "head_dim", "embed"), cfg,
+                name="out")(out)
 
   def _update_cache(self, k, v, positions):
     """Writes this call's keys/values at the cache index; returns the cache."""

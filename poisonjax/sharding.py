@@ -109,3 +109,17 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, BATCH_SPEC)
+
+
+def mesh_context(mesh: Mesh):
+  """Context for tracing model code: the mesh plus the logical-axis rules.
+
+  Inside it, the model's `nn.with_logical_constraint` calls become real
+  sharding constraints (outside, they are no-ops). Added by the train issue.
+  """
+  import contextlib
+
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(mesh))
+  stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))
+  return stack
