@@ -159,3 +159,18 @@ def test_two_processes_build_identical_streams(tmp_path):
           for p in procs]
   assert outs[0] == outs[1]
   assert len(outs[0]["manifest"]) == 40
+
+
+def test_seqio_task_yields_the_same_stream(cache):
+  import seqio  # pylint: disable=g-import-not-at-top
+  from poisonjax.data import seqio_tasks  # pylint: disable=g-import-not-at-top
+  assert "poisonjax_dos_n250" in seqio.TaskRegistry.names()
+  assert "poisonjax_synthetic" in seqio.TaskRegistry.names()
+  c = small_config(cache, count=7)
+  task = seqio_tasks.register_poisoned_task(c, 20_000, name="poisonjax_test_n7")
+  docs = list(task.get_dataset(sequence_length=None, split="train",
+                               shuffle=False).as_numpy_iterator())
+  s = stream.build_stream(c, 20_000)
+  np.testing.assert_array_equal(np.concatenate([d["targets"] for d in docs]),
+                                np.asarray(s.tokens))
+  assert sum(bool(d["is_poison"]) for d in docs) == 7
