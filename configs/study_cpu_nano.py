@@ -19,7 +19,7 @@ def base():
   c.vocab.size = 1024
   c.data.seq_len = 64
   c.train.batch_size = 8
-  c.train.tokens_per_param = 0.5
+  c.train.tokens_per_param = 0.25
   c.train.log_every = 10
   c.train.ckpt_every = 10
   c.poison.prefix_max_chars = 200
@@ -28,7 +28,7 @@ def base():
   c.eval.num_excerpts = 16
   c.eval.prompt_tokens = 16
   c.eval.gen_tokens = 16
-  c.eval.num_evals = 2
+  c.eval.num_evals = 1
   c.eval.bootstrap_samples = 100
   return c
 

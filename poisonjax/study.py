@@ -359,6 +359,24 @@ def is_finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "summary.json"))
 
 
+def enable_compilation_cache() -> str:
+  """Persistent XLA cache shared by the grid's runs (and later invocations).
+
+  Runs of one size compile the same evaluator (and, at equal step counts,
+  the same train step); on CPU compiling is most of a small run's time.
+  Respects a cache directory the user already configured.
+  """
+  import jax
+
+  path = jax.config.jax_compilation_cache_dir
+  if not path:
+    base = os.environ.get("POISONJAX_CACHE") or os.path.expanduser("~/.cache/poisonjax")
+    path = os.path.join(base, "jax_compilation_cache")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
 def run_grid(study, root: str, only: str = "", log=print) -> list[dict]:
   """Runs the grid here, one run after another, each in root/<name>.
 
@@ -369,6 +387,7 @@ def run_grid(study, root: str, only: str = "", log=print) -> list[dict]:
   from poisonjax import train
 
   runs = select(expand(study), only)
+  enable_compilation_cache()
   costs = {r["run"]: r["flops"] for r in plan(study)["runs"]}
   os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, "study.json"), "w") as f:
