@@ -91,12 +91,15 @@ def main(argv=None) -> int:
 
 def _explain_flag_error(flags, args, error: Exception) -> str:
   """One line for a flag that failed to parse; names an unknown config field."""
+  root = flags["config"].value
+  if root is None:  # Overrides read from sys.argv failed mid-load.
+    root = _load_config_file(args)
   for arg in args:
     if not arg.startswith("--config."):
       continue
     path = arg[len("--config."):].split("=", 1)[0]
     try:
-      node = flags["config"].value
+      node = root
       for part in path.split("."):
         node = node[part]
     except (KeyError, AttributeError, TypeError):
@@ -105,6 +108,28 @@ def _explain_flag_error(flags, args, error: Exception) -> str:
     except Exception:  # The config file itself failed to load.
       break
   return str(error).strip().splitlines()[-1]
+
+
+def _load_config_file(args):
+  """The config of --config=FILE[:ARG] without overrides (None if unreadable).
+
+  ml_collections applies overrides from sys.argv while loading, so after a
+  bad override the flag holds no value; this re-reads the file to find which
+  override named an unknown field.
+  """
+  import importlib.util
+
+  spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+  if not spec:
+    return None
+  path, _, arg = spec.partition(":")
+  try:
+    mod_spec = importlib.util.spec_from_file_location("_pj_config_file", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:  # A broken file: the caller falls back to absl's text.
+    return None
 
 
 def load_config(flags, required: bool = True):
