@@ -199,14 +199,21 @@ class StopFlag:
       signal.signal(sig, old)
 
 
-def _should_stop(flag: StopFlag, ckpt: checkpointing.Checkpoints, step: int) -> bool:
+def _should_stop(flag: StopFlag, ckpt: checkpointing.Checkpoints, step: int,
+                 sync_point: bool) -> bool:
+  """Single host: the signal flag, every step. Multi-host: every host must
+  stop at the same step, so they agree (one all-gather) only at sync points
+  (log/checkpoint steps), or at orbax's preemption sync point."""
   if jax.process_count() == 1:
     return flag.signal is not None
-  # Multi-host: every host must stop at the same step.
+  if ckpt.reached_preemption(step):
+    return True
+  if not sync_point:
+    return False
   from jax.experimental import multihost_utils
   local = np.array([flag.signal is not None], np.int32)
   any_stop = bool(multihost_utils.process_allgather(local).max())
-  return any_stop or ckpt.reached_preemption(step)
+  return any_stop
 
 
 # ---------------------------------------------------------------------------
@@ -362,7 +369,7 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
         t_first, step_first = t_mark, step
       log_now = step % config.train.log_every == 0 or step == last_step
       save_now = step % config.train.ckpt_every == 0 or step == last_step
-      stop_now = _should_stop(flag, ckpt, step)
+      stop_now = _should_stop(flag, ckpt, step, log_now or save_now)
       if log_now or save_now or stop_now or (evaluator and step in evals):
         rows = check_pending(step)
         if log_now and rows:

@@ -8,10 +8,23 @@ temporary directory per test session.
 import os
 import subprocess
 import sys
+import tempfile
+
+import jax
 
 from poisonjax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Many tests train the same tiny program (in this process and in the
+# subprocesses they start, which inherit the variables): a persistent
+# compilation cache for the session compiles each program once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="poisonjax-test-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 def tiny_config(cache_dir, **overrides):
