@@ -364,3 +364,30 @@ def test_killed_grid_resumes_to_the_same_csv(nano_root, tmp_path):
   for g, w in zip(got, want):
     for col in DETERMINISTIC:
       assert g[col] == w[col], (col, g["run"], g["step"], g[col], w[col])
+
+
+def test_reproduce_script_writes_report_with_provenance(nano_root, tmp_path):
+  """The experiment script end to end on a finished grid (runs are skipped)."""
+  root = nano_root[0]
+  out = str(tmp_path / "results")
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  res = subprocess.run(
+      [sys.executable, "experiments/reproduce_cpu_micro.py",
+       "--config=configs/study_cpu_nano.py", f"--root={root}", f"--out={out}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+  assert res.stdout.count("skipped") == len(study.expand(_load("study_cpu_nano")))
+  for name in plots.FIGURES:
+    with open(os.path.join(out, f"{name}.png"), "rb") as f:
+      assert f.read(8) == PNG_MAGIC
+    assert os.path.exists(os.path.join(out, f"{name}.csv"))
+  report = open(os.path.join(out, "report.md")).read()
+  assert "experiments/reproduce_cpu_micro.py --config=configs/study_cpu_nano.py" in report
+  assert "- Machine: " in report and "- Wall time: " in report
+  assert report.index("## How this was made") < report.index("## Final results")
+  want = str(tmp_path / "want.csv")
+  study.write_csv(study.collect(root), want)
+  key = lambda r: (r["run"], r["step"])
+  assert sorted(plots.read_csv(os.path.join(out, "results.csv")), key=key) == sorted(
+      plots.read_csv(want), key=key)
