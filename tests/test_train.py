@@ -159,7 +159,7 @@ def test_sigterm_finishes_step_saves_and_exits_zero(cache, tmp_path):
 
 def test_nonfinite_loss_stops_with_diagnostics(cache, tmp_path):
   blowup = {"train.learning_rate": 1e30, "train.warmup_fraction": 0.0,
-            "train.max_steps": 12}
+            "train.max_steps": 4}
   wd = tmp_path / "nan"
   with pytest.raises(train.TrainingDiverged) as e:
     train.run(tiny_config(cache, **blowup), wd)
@@ -167,15 +167,15 @@ def test_nonfinite_loss_stops_with_diagnostics(cache, tmp_path):
   assert "\n" not in msg and "config.train.learning_rate" in msg
   assert "skip_nonfinite" in msg
   diag = json.loads((wd / "nonfinite.json").read_text())
-  assert 0 < diag["step"] < 10 and not np.isfinite(diag["loss"] * diag["grad_norm"])
+  assert 0 < diag["step"] < 4 and not np.isfinite(diag["loss"] * diag["grad_norm"])
   batch = np.load(wd / diag["batch_file"])
   assert batch["tokens"].shape == (8, 32)
-  assert not (wd / "checkpoints" / "10").exists()  # Never saves a NaN state.
+  assert not (wd / "checkpoints").exists() or not os.listdir(wd / "checkpoints")  # No NaN state saved.
 
   # skip_nonfinite: the run completes, the bad steps are counted and skipped.
   wd = tmp_path / "skip"
   summary = train.run(tiny_config(cache, **blowup, **{"train.skip_nonfinite": True}), wd)
-  assert summary["final_step"] == 12 and summary["skipped_steps"] >= 1
+  assert summary["final_step"] == 4 and summary["skipped_steps"] >= 1
   state, _ = restore(cache, wd, **blowup)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
