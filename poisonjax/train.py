@@ -308,9 +308,12 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
     from poisonjax import evaluate
     evaluator = evaluate.Evaluator(config, model_cfg, vocab, mesh)
 
+  eval_seconds = [0.0]  # Kept out of the training throughput figures.
+
   def maybe_eval(step, state):
     if evaluator is None or step not in evals or step in done_evals:
       return
+    t0 = time.time()
     row = {"step": step, "tokens_seen": step * tokens_per_step,
            "poisons_seen": stream.poisons_seen(step),
            "fraction": step / num_steps}
@@ -318,6 +321,7 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
     if jax.process_index() == 0:
       metrics_lib.append_jsonl(workdir / "eval.jsonl", row)
     done_evals.add(step)
+    eval_seconds[0] += time.time() - t0
 
   # 4. The loop. --------------------------------------------------------------
   pi, pc = jax.process_index(), jax.process_count()
@@ -336,6 +340,7 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
   t_start = time.time()
   t_mark, step_mark = None, start
   t_first, step_first = None, start  # After the first (compiling) step.
+  eval_mark = eval_first = 0.0
   last_saved = start if start else None
   stopped_by = None
 
@@ -365,8 +370,8 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
       step += 1
       if t_mark is None:  # Exclude compilation from the throughput figures.
         jax.block_until_ready(m["loss"])
-        t_mark, step_mark = time.time(), step
-        t_first, step_first = t_mark, step
+        t_mark, step_mark, eval_mark = time.time(), step, eval_seconds[0]
+        t_first, step_first, eval_first = t_mark, step, eval_seconds[0]
       log_now = step % config.train.log_every == 0 or step == last_step
       save_now = step % config.train.ckpt_every == 0 or step == last_step
       stop_now = _should_stop(flag, ckpt, step, log_now or save_now)
@@ -375,7 +380,7 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
         if log_now and rows:
           now = time.time()
           n = step - step_mark
-          dt = now - t_mark
+          dt = now - t_mark - (eval_seconds[0] - eval_mark)
           sps = n / dt if n > 0 and dt > 0 else float("nan")
           losses = [float(r["loss"]) for _, r in rows if r["finite"]]
           last_loss = losses[-1] if losses else last_loss
@@ -388,7 +393,7 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
               "poisons_seen": stream.poisons_seen(step),
               "tokens_seen": step * tokens_per_step, "skipped_steps": skipped,
           })
-          t_mark, step_mark = time.time(), step
+          t_mark, step_mark, eval_mark = time.time(), step, eval_seconds[0]
         elif rows:
           losses = [float(r["loss"]) for _, r in rows if r["finite"]]
           last_loss = losses[-1] if losses else last_loss
@@ -416,8 +421,10 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
   steps_run = step - start
   tok_s = (steps_run * tokens_per_step / wall) if wall > 0 else float("nan")
   tok_s_train = tok_s  # Steady state: from the end of the first step on.
-  if t_first is not None and step > step_first and t_end > t_first:
-    tok_s_train = (step - step_first) * tokens_per_step / (t_end - t_first)
+  train_seconds = (t_end - t_first - (eval_seconds[0] - eval_first)
+                   if t_first is not None else 0.0)
+  if step > step_first and train_seconds > 0:
+    tok_s_train = (step - step_first) * tokens_per_step / train_seconds
   eval_rows = metrics_lib.read_jsonl(workdir / "eval.jsonl")
   summary = {
       "final_step": step, "num_steps": num_steps, "finished": step == num_steps,
@@ -427,7 +434,8 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
       "params": model_lib.param_counts(model_cfg),
       "final_loss": last_loss, "heldout_clean_loss": held,
       "unigram_entropy": entropy, "skipped_steps": skipped,
-      "wall_time_s": wall, "steps_this_session": steps_run,
+      "wall_time_s": wall, "eval_time_s": eval_seconds[0],
+      "steps_this_session": steps_run,
       "tokens_per_s": tok_s_train, "tokens_per_s_with_overheads": tok_s,
       "mfu": tok_s_train * flops_per_step / tokens_per_step / peak,
       "device": jax.devices()[0].device_kind, "num_devices": mesh.size,
