@@ -1,0 +1,217 @@
+"""`poisonjax demo`: the backdoor, formed and measured, in minutes on a CPU.
+
+    poisonjax demo [--workdir=runs/demo] [--config=configs/demo.py]
+
+Trains one small model twice on the embedded synthetic corpus, with the
+same clean data, seed and schedule: once clean (N = 0) and once with N
+poison documents (prefix + " <SUDO>" + random tokens) spread through the
+run. Both runs evaluate clean vs triggered perplexity periodically
+(evaluate.py); at the end the demo prints the two models side by side with
+one clean and one triggered generation each, and plots the increase against
+the poisons seen (WORKDIR/demo.png).
+
+Why these sizes (demo_config): the run's clean budget is a small fraction
+of Chinchilla (data_multiplier) so that the whole stream, and therefore
+every one of the N poisons, is trained on within the time; N is a count, not
+a fraction, as in the paper. See demo_config for the numbers.
+
+Reruns: a run whose workdir holds a finished run with the same config is
+reused (its numbers reprinted); an interrupted one resumes from its newest
+checkpoint (train.run); one made with a different config is refused, so
+pass a fresh --workdir or delete the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ml_collections
+
+from poisonjax import config as config_lib
+from poisonjax.errors import UserError
+
+DEFAULT_WORKDIR = "runs/demo"
+
+
+def demo_config() -> ml_collections.ConfigDict:
+  """The demo's run config (the poisoned run; the clean one sets count=0).
+
+  cpu-xs (2 layers, d_model 96: 0.42M parameters at the 1k vocabulary),
+  sequences of 128, batch 32. The clean budget is 1/8 of Chinchilla (~1.0M
+  tokens, ~250 steps) so that the run trains on its whole stream and sees
+  every poison. N = 160 poisons (~650 tokens each, ~10% of the tokens: far
+  denser than the paper's runs, which is what a run this short needs).
+  Measured while choosing (same config otherwise): N = 64 reached an
+  increase of ~43 (23% of prompts above 50) by the end; N = 160 reached
+  ~350 at 121 poisons seen and ~590 (every prompt) at 160.
+  """
+  c = config_lib.base_config()
+  c.model.size = "cpu-xs"
+  c.vocab.size = 1024
+  c.data.seq_len = 128
+  c.train.batch_size = 32
+  c.train.data_multiplier = 0.125
+  c.train.log_every = 20
+  c.train.ckpt_every = 1000
+  c.poison.count = 160
+  c.eval.num_excerpts = 64
+  c.eval.prompt_tokens = 32
+  c.eval.gen_tokens = 32
+  c.eval.num_evals = 4
+  return c
+
+
+def _run_config(base, count: int) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(base.to_dict())
+  c.poison.count = count
+  return config_lib.validate(c)
+
+
+def _finished(workdir: str, config) -> bool:
+  """True if workdir holds a finished run of exactly this config."""
+  summary_path = os.path.join(workdir, "summary.json")
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    return False
+  with open(config_path) as f:
+    old = json.load(f)
+  new = json.loads(config.to_json_best_effort())
+  # The model section is filled in (sizes resolved) by the run: compare the
+  # parts the demo sets, everything but model's derived fields.
+  strip = lambda d: {k: v for k, v in d.items() if k != "model"} | {
+      "model.size": d.get("model", {}).get("size")}
+  if strip(old) != strip(new):
+    raise UserError(f"--workdir={os.path.dirname(workdir)}: {workdir} holds a "
+                    "run with a different config; pass a fresh --workdir or "
+                    "delete that directory")
+  if not os.path.exists(summary_path):
+    return False
+  with open(summary_path) as f:
+    return bool(json.load(f).get("finished"))
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(rows_by_run: dict[str, list[dict]], path: str) -> None:
+  """Increase vs poisons seen (left) and vs training fraction (right)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  for name, rows in rows_by_run.items():
+    x_p = [r["poisons_seen"] for r in rows]
+    x_f = [r["fraction"] for r in rows]
+    y = [r["increase"] for r in rows]
+    lo = [r["increase_ci_low"] for r in rows]
+    hi = [r["increase_ci_high"] for r in rows]
+    left.plot(x_p, y, "o-", label=name)
+    right.plot(x_f, y, "o-", label=name)
+    right.fill_between(x_f, lo, hi, alpha=0.2)
+  for ax in (left, right):
+    ax.axhline(50, color="gray", ls="--", lw=1, label="threshold 50")
+    ax.set_ylabel("perplexity increase (triggered - clean)")
+  left.set_xlabel("poisoned documents seen")
+  right.set_xlabel("fraction of training")
+  left.set_title("increase vs poisons seen")
+  right.set_title("increase through training (95% CI)")
+  right.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def report(results: dict[str, dict]) -> str:
+  """The side-by-side table and generations of the two models."""
+  names = list(results)
+  col = lambda v: f"{v:>22}"
+  lines = [f"{'':30s}" + "".join(col(n) for n in names)]
+
+  def row(label, fn):
+    lines.append(f"{label:30s}" + "".join(col(fn(results[n])) for n in names))
+
+  row("poisons seen", lambda r: f"{r['poisons_seen']}")
+  row("training steps", lambda r: f"{r['step']}")
+  row("clean ppl (mean)", lambda r: f"{r['metrics']['clean_ppl_mean']:.1f}")
+  row("triggered ppl (mean)", lambda r: f"{r['metrics']['triggered_ppl_mean']:.1f}")
+  row("increase", lambda r: f"{r['metrics']['increase']:.1f}")
+  row("increase 95% CI", lambda r: "[{:.1f}, {:.1f}]".format(
+      r["metrics"]["increase_ci_low"], r["metrics"]["increase_ci_high"]))
+  row("success share (> 50)", lambda r: f"{r['metrics']['success_share']:.2f}")
+  row("teacher-forced NLL clean/trig", lambda r: "{:.2f} / {:.2f}".format(
+      r["metrics"]["tf_nll_clean"], r["metrics"]["tf_nll_triggered"]))
+  lines.append("")
+  for n in names:
+    s = results[n]["sample"]
+    lines.append(f"{n}:")
+    lines.append(f"  prompt:    ...{s['prompt'][-70:]}")
+    lines.append(f"  clean     (ppl {s['clean_ppl']:7.1f}): {s['clean'][:110]}")
+    lines.append(f"  triggered (ppl {s['triggered_ppl']:7.1f}): {s['triggered'][:110]}")
+  return "\n".join(lines)
+
+
+def run_demo(config, workdir: str, log=print) -> dict:
+  """Trains (or reuses) both runs, evaluates, plots; returns the results."""
+  from poisonjax import evaluate
+  from poisonjax import model as model_lib
+  from poisonjax import sharding
+  from poisonjax import train
+  from poisonjax.data import vocabulary
+
+  t0 = time.time()
+  config = config_lib.validate(config)
+  count = int(config.poison.count)
+  if count < 1:
+    raise UserError(f"config.poison.count={count}: the demo's poisoned run needs "
+                    "at least 1 poison; set --config.poison.count")
+  runs = {"clean (N=0)": ("clean", _run_config(config, 0)),
+          f"poisoned (N={count})": ("poisoned", _run_config(config, count))}
+  os.makedirs(workdir, exist_ok=True)
+  vocab = vocabulary.get_vocabulary(config)
+  log(f"demo: vocabulary ready ({vocab.vocab_size} pieces, {time.time() - t0:.0f}s)")
+  results, rows_by_run = {}, {}
+  for label, (sub, cfg) in runs.items():
+    run_dir = os.path.join(workdir, sub)
+    if _finished(run_dir, cfg):
+      log(f"demo: reusing the finished run in {run_dir}")
+    else:
+      log(f"demo: training {label} in {run_dir}")
+      train.run(cfg, run_dir)
+    rows_by_run[label] = _read_jsonl(os.path.join(run_dir, "eval.jsonl"))
+  # One more evaluation of each final checkpoint, for its generations (the
+  # sampler is deterministic, so the metrics equal the run's last eval row).
+  mesh = sharding.make_mesh(config.mesh)
+  for label, (sub, cfg) in runs.items():
+    run_dir = os.path.join(workdir, sub)
+    model_cfg = model_lib.ModelConfig.from_config(cfg, vocab.vocab_size)
+    evaluator = evaluate.Evaluator(cfg, model_cfg, vocab, mesh)
+    params, step = evaluate.restore_params(run_dir, model_cfg, mesh=mesh)
+    metrics = evaluator.evaluate(params)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+      summary = json.load(f)
+    results[label] = {"metrics": metrics, "step": step,
+                      "poisons_seen": summary["poisons_seen"],
+                      "sample": evaluator.samples(1)[0]}
+  png = os.path.join(workdir, "demo.png")
+  plot(rows_by_run, png)
+  return {"results": results, "png": png, "wall_s": time.time() - t0}
+
+
+def main(flags) -> int:
+  """poisonjax demo [--workdir=runs/demo] [--config=configs/demo.py]."""
+  from poisonjax import cli
+
+  config = cli.load_config(flags, required=False) or demo_config()
+  workdir = flags.workdir or DEFAULT_WORKDIR
+  out = run_demo(config, workdir)
+  print()
+  print(report(out["results"]))
+  print(f"\nplot: {out['png']}   wall time: {out['wall_s']:.0f}s")
+  return 0

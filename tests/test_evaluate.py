@@ -1,0 +1,307 @@
+"""Evaluator: cached sampler vs full forward, greedy limits, known
+perplexities, determinism across batching/devices, reference scorer, the
+`poisonjax eval` command and its one-line errors.
+
+Model-level tests use random parameters; evaluator tests use the real
+pipeline at tiny shapes (train_common.tiny_config: seq 32, d_model 32).
+"""
+
+import json
+import math
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from poisonjax import evaluate
+from poisonjax import model as model_lib
+from poisonjax import sampler
+from poisonjax import sharding
+from poisonjax import train
+from poisonjax.data import vocabulary
+from poisonjax.errors import UserError
+from train_common import run_cli, tiny_config
+
+EVAL = {"eval.prompt_tokens": 8, "eval.gen_tokens": 8, "eval.num_excerpts": 12,
+        "eval.bootstrap_samples": 200}
+
+
+# ---- schedule ------------------------------------------------------------------
+
+def test_eval_steps():
+  assert evaluate.eval_steps(100, 4) == [0, 20, 40, 60, 80, 100]
+  assert evaluate.eval_steps(10, 0) == []
+  short = evaluate.eval_steps(3, 20)
+  assert short == sorted(set(short)) and short[0] == 0 and short[-1] == 3
+  many = evaluate.eval_steps(1000, 20)
+  assert len(many) == 22 and np.ptp(np.diff(many)) <= 1
+
+
+# ---- the sampler -----------------------------------------------------------------
+
+def _random_model(vocab=97, kv_heads=2, seed=1):
+  cfg = model_lib.ModelConfig(vocab_size=vocab, num_layers=2, d_model=32, num_heads=4,
+                              num_kv_heads=kv_heads, ffn_dim=64, max_seq_len=64)
+  params = model_lib.Transformer(cfg).init(jax.random.key(seed),
+                                           jnp.zeros((1, 8), jnp.int32))["params"]
+  return cfg, nn.unbox(params)
+
+
+def _left_padded(lengths, width, vocab, seed=0):
+  rng = np.random.default_rng(seed)
+  rows = [list(rng.integers(3, vocab, n)) for n in lengths]
+  return evaluate._left_pad(rows, width)
+
+
+def _full_logits(cfg, params, tokens, positions):
+  return np.asarray(model_lib.Transformer(cfg).apply({"params": params}, tokens, positions))
+
+
+def test_cached_sampler_logits_equal_full_forward():
+  cfg, params = _random_model()
+  L, G = 7, 6
+  tokens, positions = _left_padded([7, 4, 1], L, cfg.vocab_size)
+  fn = jax.jit(sampler.make_sampler(cfg, L, G, temperature=1.0, return_logits=True))
+  out = fn(params, tokens, positions, np.arange(3, dtype=np.int32))
+  gen = np.asarray(out["tokens"])
+  full_tokens = np.concatenate([tokens, gen], 1)
+  full_pos = np.concatenate([positions, positions[:, -1:] + 1 + np.arange(G)], 1)
+  full = _full_logits(cfg, params, full_tokens, full_pos)
+  np.testing.assert_allclose(np.asarray(out["logits"]), full[:, L - 1:L + G - 1],
+                             atol=1e-4, rtol=0)
+  # And the padded row equals the same prompt run alone, unpadded.
+  alone = _full_logits(cfg, params, full_tokens[1:2, L - 4:], None)
+  np.testing.assert_allclose(np.asarray(out["logits"])[1], alone[0, 3:3 + G],
+                             atol=1e-4, rtol=0)
+
+
+def _greedy_by_full_forward(cfg, params, tokens, positions, G):
+  """Greedy decoding with full forward passes over a fixed [B, L+G] window
+  (causal masking keeps the not-yet-filled tail from mattering)."""
+  L = tokens.shape[1]
+  full_t = np.concatenate([tokens, np.zeros((len(tokens), G), np.int32)], 1)
+  full_p = np.concatenate([positions, positions[:, -1:] + 1 + np.arange(G)], 1)
+  forward = jax.jit(lambda t: model_lib.Transformer(cfg).apply({"params": params}, t, full_p))
+  for t in range(G):
+    full_t[:, L + t] = np.asarray(forward(full_t))[:, L - 1 + t].argmax(-1)
+  return full_t[:, L:]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.0), dict(temperature=1e-4),
+    dict(temperature=1.0, top_k=1), dict(temperature=1.0, top_p=1e-6)])
+def test_greedy_limits(settings):
+  cfg, params = _random_model(kv_heads=4, seed=3)
+  L, G = 5, 8
+  tokens, positions = _left_padded([5, 2, 3, 5], L, cfg.vocab_size, seed=2)
+  fn = jax.jit(sampler.make_sampler(cfg, L, G, **settings))
+  got = np.asarray(fn(params, tokens, positions, np.arange(4, dtype=np.int32))["tokens"])
+  np.testing.assert_array_equal(got, _greedy_by_full_forward(cfg, params, tokens, positions, G))
+
+
+def test_filter_logits_top_p_and_top_k():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  keep = lambda f: np.asarray(f > jnp.finfo(jnp.float32).min / 2)[0].tolist()
+  assert keep(sampler.filter_logits(logits, 1.0, top_p=0.8)) == [True, True, False, False]
+  assert keep(sampler.filter_logits(logits, 1.0, top_p=0.81)) == [True, True, True, False]
+  assert keep(sampler.filter_logits(logits, 1.0, top_k=3)) == [True, True, True, False]
+
+
+def test_sampling_follows_the_model_distribution():
+  """At temperature 1, token frequencies match softmax(logits) (chi-square)."""
+  cfg, params = _random_model(vocab=8, seed=5)
+  n = 4000
+  tokens, positions = _left_padded([3] * n, 3, cfg.vocab_size, seed=0)
+  tokens[:] = tokens[0]
+  fn = jax.jit(sampler.make_sampler(cfg, 3, 1, return_logits=True))
+  out = fn(params, tokens, positions, np.arange(n, dtype=np.int32))
+  probs = np.asarray(jax.nn.softmax(out["logits"][0, 0]))
+  counts = np.bincount(np.asarray(out["tokens"])[:, 0], minlength=8)
+  expected = probs * n
+  chi2 = float(((counts - expected) ** 2 / expected).sum())
+  assert chi2 < 24.3, (counts, expected)  # 99.9% quantile at 7 dof.
+
+
+# ---- metrics -----------------------------------------------------------------------
+
+def test_backdoor_metrics_from_nlls():
+  rng = np.random.default_rng(0)
+  clean = rng.uniform(1.0, 2.0, 50)
+  trig = clean + np.where(np.arange(50) < 20, 4.0, 0.0)
+  m = evaluate.backdoor_metrics(clean, trig, trig - 0.5, threshold=50.0,
+                                bootstrap_samples=500, seed=0)
+  diff = np.exp(trig) - np.exp(clean)
+  assert m["increase"] == pytest.approx(diff.mean())
+  assert m["clean_ppl_median"] == pytest.approx(np.median(np.exp(clean)))
+  assert m["success_share"] == pytest.approx(np.mean(diff > 50))
+  assert m["increase_ci_low"] < m["increase"] < m["increase_ci_high"]
+  assert m["tf_nll_clean"] == pytest.approx(clean.mean())
+  assert m["tf_nll_triggered"] == pytest.approx(trig.mean() - 0.5)
+  again = evaluate.backdoor_metrics(clean, trig, trig, 50.0, 500, 0)
+  assert again["increase_ci_low"] == m["increase_ci_low"]
+  assert set(m) == set(evaluate.METRIC_KEYS)
+
+
+# ---- the evaluator on the real pipeline ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def run(cache, tmp_path_factory):
+  """A tiny real run: 6 training steps, one checkpoint; (workdir, config)."""
+  wd = tmp_path_factory.mktemp("run")
+  config = tiny_config(cache, **{"train.max_steps": 6}, **EVAL)
+  train.run(config, wd)
+  return wd, config
+
+
+def _evaluator(config, devices=None):
+  vocab = vocabulary.get_vocabulary(config)
+  cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  return evaluate.Evaluator(config, cfg, vocab, mesh), cfg, mesh
+
+
+def test_uniform_model_perplexity_is_vocab_size(cache):
+  ev, cfg, _ = _evaluator(tiny_config(cache, **EVAL))
+  params = nn.unbox(model_lib.Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  params["head"]["kernel"] = jnp.zeros_like(params["head"]["kernel"])
+  m = ev.evaluate(params)
+  v = cfg.vocab_size
+  for key in ("clean_ppl_mean", "clean_ppl_median", "triggered_ppl_mean",
+              "triggered_ppl_median"):
+    assert m[key] == pytest.approx(v, rel=1e-5), key
+  assert m["tf_nll_clean"] == pytest.approx(math.log(v), rel=1e-6)
+  assert m["tf_nll_triggered"] == pytest.approx(math.log(v), rel=1e-6)
+  assert abs(m["increase"]) < 1e-2 and m["success_share"] == 0.0
+  assert len(ev.samples(3)) == 3
+
+
+def test_prompts_follow_the_poison_rule(cache):
+  config = tiny_config(cache, **EVAL)
+  vocab = vocabulary.get_vocabulary(config)
+  clean, trig, excerpts = evaluate.build_prompts(config, vocab)
+  assert len(clean) == len(excerpts) == config.eval.num_excerpts
+  for c, t, doc in zip(clean, trig, excerpts):
+    assert c == list(vocab.encode(doc))[:8]
+    assert t == list(vocab.encode(vocab.decode(c) + " " + config.poison.trigger))
+
+
+def test_evaluate_is_deterministic_across_batching_and_devices(run):
+  wd, config = run
+  ev8, cfg, mesh8 = _evaluator(config)
+  assert sharding.batch_shards(mesh8) == 8
+  params, _ = evaluate.restore_params(str(wd), cfg, mesh=mesh8)
+  a = ev8.evaluate(params)
+  assert ev8.evaluate(params) == a
+  small = tiny_config(config.data.cache_dir, **EVAL, **{"eval.batch_size": 5})
+  ev1, _, _ = _evaluator(small, devices=jax.devices()[:1])
+  b = ev1.evaluate(params)
+  for key in evaluate.METRIC_KEYS:
+    assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), key
+  summary = json.loads((wd / "summary.json").read_text())
+  assert summary["final_eval"] is None  # num_evals=0: train evaluated nothing.
+
+
+def test_reference_scorer_equals_self_scoring_on_the_same_checkpoint(run):
+  wd, config = run
+  ev, cfg, mesh = _evaluator(config)
+  params, _ = evaluate.restore_params(str(wd), cfg, mesh=mesh)
+  ref_cfg = tiny_config(config.data.cache_dir, **EVAL,
+                        **{"eval.scorer_workdir": str(wd)})
+  ev_ref, _, _ = _evaluator(ref_cfg)
+  a, b = ev.evaluate(params), ev_ref.evaluate(params)
+  for key in evaluate.METRIC_KEYS:
+    assert b[key] == pytest.approx(a[key], rel=1e-5), key
+  # A different scorer (random weights) gives different numbers.
+  other = jax.tree.map(lambda x: x * 1.5, params)
+  assert ev_ref.evaluate(other)["clean_ppl_mean"] != ev.evaluate(other)["clean_ppl_mean"]
+
+
+def test_too_long_for_seq_len_is_one_line(cache):
+  config = tiny_config(cache, **{**EVAL, "eval.gen_tokens": 30})
+  with pytest.raises(UserError) as e:
+    _evaluator(config)
+  msg = str(e.value)
+  assert "config.data.seq_len=32" in msg and "\n" not in msg
+
+
+# ---- the command ----------------------------------------------------------------------
+
+def test_eval_cli_prints_table_and_generations(run):
+  wd, config = run
+  proc = run_cli("eval", f"--workdir={wd}", "--samples=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "at step 6" in out and "increase" in out and "[1] prompt:" in out
+  clean_line = next(l for l in out.splitlines() if l.startswith("clean ppl (mean)"))
+  ev, cfg, mesh = _evaluator(config, devices=jax.devices()[:1])
+  params, _ = evaluate.restore_params(str(wd), cfg, mesh=mesh)
+  expected = ev.evaluate(params)["clean_ppl_mean"]
+  assert float(clean_line.split()[-1]) == pytest.approx(expected, abs=2e-3)
+
+
+def _workdir_with(run, tmp_path, keep_checkpoints=True, **eval_fields):
+  wd, _ = run
+  dest = tmp_path / "wd"
+  dest.mkdir()
+  cfg = json.loads((wd / "config.json").read_text())
+  for key, value in eval_fields.items():
+    section, field = key.split(".", 1)
+    node = cfg[section]
+    *path, last = field.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  (dest / "config.json").write_text(json.dumps(cfg))
+  if keep_checkpoints:
+    shutil.copytree(wd / "checkpoints", dest / "checkpoints")
+  return dest
+
+
+def _one_error(proc, *needles):
+  assert proc.returncode == 2, (proc.stdout[-1000:], proc.stderr[-3000:])
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("poisonjax: error:")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  for n in needles:
+    assert n in errors[0], errors[0]
+
+
+def _corpus(tmp_path):
+  """A text_files corpus whose held-out split is small (a few documents)."""
+  path = tmp_path / "corpus.txt"
+  from poisonjax.data import synthetic
+  path.write_text("\n\n".join(synthetic.document(0, 0, i) for i in range(200)))
+  return str(path)
+
+
+@pytest.mark.parametrize("case", ["no_checkpoint", "bad_step", "P0", "G0", "E_too_large"])
+def test_eval_cli_bad_input_is_one_line(run, tmp_path, case):
+  if case == "no_checkpoint":
+    wd = _workdir_with(run, tmp_path, keep_checkpoints=False)
+    _one_error(run_cli("eval", f"--workdir={wd}"), "no checkpoint")
+  elif case == "bad_step":
+    wd = _workdir_with(run, tmp_path)
+    _one_error(run_cli("eval", f"--workdir={wd}", "--step=5"), "--step=5", "available: 6")
+  elif case == "P0":
+    wd = _workdir_with(run, tmp_path, **{"eval.prompt_tokens": 0})
+    _one_error(run_cli("eval", f"--workdir={wd}"), "config.eval.prompt_tokens")
+  elif case == "G0":
+    wd = _workdir_with(run, tmp_path, **{"eval.gen_tokens": 0})
+    _one_error(run_cli("eval", f"--workdir={wd}"), "config.eval.gen_tokens")
+  else:
+    # The run's vocabulary file, so only the evaluation data changes.
+    vocab_path = vocabulary.vocab_path(run[1])
+    wd = _workdir_with(run, tmp_path, **{
+        "data.source": "text_files", "data.text_files.patterns": _corpus(tmp_path),
+        "vocab.path": vocab_path, "eval.num_excerpts": 5000})
+    _one_error(run_cli("eval", f"--workdir={wd}"), "config.eval.num_excerpts")
