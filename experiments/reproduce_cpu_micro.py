@@ -66,6 +66,9 @@ def main(argv=None) -> int:
   p.add_argument("--config", default=os.path.join(REPO, "configs", "study_cpu_micro.py"))
   p.add_argument("--root", default=os.path.join(REPO, "runs", "study_cpu_micro"))
   p.add_argument("--out", default=os.path.join(REPO, "docs", "results", "cpu_micro"))
+  p.add_argument("--partial", action="store_true",
+                  help="Do not run anything: collect and plot the runs finished "
+                  "so far (the report says how many).")
   args = p.parse_args(argv)
 
   from poisonjax import plots, study
@@ -77,10 +80,17 @@ def main(argv=None) -> int:
   print(f"# study {s.name}: {len(runs)} runs", flush=True)
   print(study.format_plan(plan), flush=True)
 
-  study.run_grid(s, args.root, log=lambda m: print(m, flush=True))
+  if not args.partial:
+    study.run_grid(s, args.root, log=lambda m: print(m, flush=True))
   train_wall, finished = _train_wall(args.root, runs)
-  if finished < len(runs):
+  if finished < len(runs) and not args.partial:
     print(f"{finished}/{len(runs)} runs finished; run the same command to go on")
+    return 1
+  all_runs = len(runs)
+  runs = [r for r in runs
+          if os.path.exists(os.path.join(args.root, r.name, "summary.json"))]
+  if not runs:
+    print("no finished runs yet")
     return 1
 
   os.makedirs(args.out, exist_ok=True)
@@ -97,8 +107,12 @@ def main(argv=None) -> int:
   how = "\n".join([
       "", "## How this was made", "",
       f"- Command (from the repository root): `{command}`",
-      f"- Study config: `{os.path.relpath(args.config, REPO)}` ({len(runs)} runs; "
+      f"- Study config: `{os.path.relpath(args.config, REPO)}` ({all_runs} runs; "
       "plan in plan.txt)",
+      f"- Runs finished and shown here: {len(runs)} of {all_runs}"
+      + ("" if len(runs) == all_runs else
+         " (PARTIAL: the grid was still running; rerun without --partial "
+         "to finish it)"),
       f"- Machine: {_machine()}",
       f"- Wall time: {train_wall / 3600:.2f} h summed over the runs' own "
       f"sessions; this invocation {(time.time() - t0) / 60:.1f} min (runs "

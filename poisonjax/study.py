@@ -151,7 +151,7 @@ def _block_runs(label: str, block) -> list[Run]:
 
 
 def expand(study) -> list[Run]:
-  """All runs of the study, main grid first, in a stable order.
+  """All runs of the study, seed by seed, main grid first within a seed.
 
   Raises UserError on an empty grid, an unknown size or a duplicate run.
   """
@@ -165,7 +165,9 @@ def expand(study) -> list[Run]:
                         f"{seen[run]}); remove one of them")
       seen[run] = label
       runs.append(run)
-  return runs
+  # Seed-major: a grid stopped part-way still covers every size and count
+  # of the first seeds, which is what a partial figure needs.
+  return sorted(runs, key=lambda r: r.seed)
 
 
 def run_config(study, run: Run):
