@@ -14,7 +14,7 @@ from poisonjax import optim
 from poisonjax import sharding
 from poisonjax import train
 from poisonjax.errors import UserError
-from train_common import tiny_config
+from train_common import tiny_config, train_cache  # noqa: F401
 
 
 def mesh_cfg(data=-1, fsdp=1, tensor=1):
@@ -47,10 +47,10 @@ def test_state_shardings_follow_the_rule_table(tmp_path):
   assert abstract["params"]["head"]["kernel"].shape == (32, 512)
 
 
-def test_same_losses_on_three_meshes(tmp_path):
+def test_same_losses_on_three_meshes(tmp_path, train_cache):
   losses = {}
   for name, mesh in {"data8": (8, 1, 1), "fsdp8": (1, 8, 1), "2x2x2": (2, 2, 2)}.items():
-    config = tiny_config(tmp_path / "cache", **{
+    config = tiny_config(train_cache, **{
         "mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2],
         "train.max_steps": 20, "train.log_every": 1, "train.ckpt_every": 1000})
     wd = tmp_path / name

@@ -24,12 +24,12 @@ from poisonjax import optim
 from poisonjax import sharding
 from poisonjax import train
 from poisonjax.errors import UserError
-from train_common import ROOT, overrides_flags, run_cli, tiny_config
+from train_common import ROOT, overrides_flags, run_cli, tiny_config, train_cache  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("cache")
+def cache(train_cache):
+  return train_cache
 
 
 @pytest.fixture(scope="module")

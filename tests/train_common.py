@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 import jax
+import pytest
 
 from poisonjax import config as config_lib
 
@@ -25,6 +26,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+@pytest.fixture(scope="session")
+def train_cache(tmp_path_factory):
+  """One vocabulary/stream cache for every tiny run of the session."""
+  return tmp_path_factory.mktemp("train-cache")
 
 
 def tiny_config(cache_dir, **overrides):
