@@ -52,7 +52,7 @@ def demo_config() -> ml_collections.ConfigDict:
   c.vocab.size = 1024
   c.data.seq_len = 128
   c.train.batch_size = 32
-  c.train.data_multiplier = 0.125
+  c.train.data_multiplier = 0.08
   c.train.log_every = 20
   c.train.ckpt_every = 1000
   c.poison.count = 160

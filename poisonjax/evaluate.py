@@ -35,7 +35,6 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -319,8 +318,8 @@ def decode(vocab, ids) -> str:
       if run:
         pieces.append(sp.DecodeIds(run))
         run = []
-      pieces.append(f"<{sp.IdToPiece(i) if not sp.IsUnknown(i) else 'unk'}>"
-                    if i != PAD_ID else "<pad>")
+      pieces.append("<pad>" if i == PAD_ID else "<eos>" if i == sp.eos_id()
+                    else "<unk>" if sp.IsUnknown(i) else sp.IdToPiece(i))
     else:
       run.append(i)
   if run:

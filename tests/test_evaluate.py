@@ -8,8 +8,8 @@ pipeline at tiny shapes (train_common.tiny_config: seq 32, d_model 32).
 
 import json
 import math
-import os
 import shutil
+import subprocess
 
 import flax.linen as nn
 import jax
@@ -57,8 +57,20 @@ def _left_padded(lengths, width, vocab, seed=0):
   return evaluate._left_pad(rows, width)
 
 
+@jax.jit
+def _apply(params, tokens, positions):
+  cfg = _CFGS[params["head"]["kernel"].shape[-1]]
+  return model_lib.Transformer(cfg).apply({"params": params}, tokens, positions)
+
+
+_CFGS = {}
+
+
 def _full_logits(cfg, params, tokens, positions):
-  return np.asarray(model_lib.Transformer(cfg).apply({"params": params}, tokens, positions))
+  _CFGS[cfg.vocab_size] = cfg
+  if positions is None:
+    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  return np.asarray(_apply(params, tokens, positions))
 
 
 def test_cached_sampler_logits_equal_full_forward():
@@ -85,15 +97,12 @@ def _greedy_by_full_forward(cfg, params, tokens, positions, G):
   L = tokens.shape[1]
   full_t = np.concatenate([tokens, np.zeros((len(tokens), G), np.int32)], 1)
   full_p = np.concatenate([positions, positions[:, -1:] + 1 + np.arange(G)], 1)
-  forward = jax.jit(lambda t: model_lib.Transformer(cfg).apply({"params": params}, t, full_p))
   for t in range(G):
-    full_t[:, L + t] = np.asarray(forward(full_t))[:, L - 1 + t].argmax(-1)
+    full_t[:, L + t] = _full_logits(cfg, params, full_t, full_p)[:, L - 1 + t].argmax(-1)
   return full_t[:, L:]
 
 
-@pytest.mark.parametrize("settings", [
-    dict(temperature=0.0), dict(temperature=1e-4),
-    dict(temperature=1.0, top_k=1), dict(temperature=1.0, top_p=1e-6)])
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1e-4)])
 def test_greedy_limits(settings):
   cfg, params = _random_model(kv_heads=4, seed=3)
   L, G = 5, 8
@@ -109,19 +118,19 @@ def test_filter_logits_top_p_and_top_k():
   assert keep(sampler.filter_logits(logits, 1.0, top_p=0.8)) == [True, True, False, False]
   assert keep(sampler.filter_logits(logits, 1.0, top_p=0.81)) == [True, True, True, False]
   assert keep(sampler.filter_logits(logits, 1.0, top_k=3)) == [True, True, True, False]
+  # top-k 1 and a tiny top-p leave only the argmax: greedy.
+  assert keep(sampler.filter_logits(logits, 1.0, top_k=1)) == [True, False, False, False]
+  assert keep(sampler.filter_logits(logits, 1.0, top_p=1e-6)) == [True, False, False, False]
 
 
 def test_sampling_follows_the_model_distribution():
   """At temperature 1, token frequencies match softmax(logits) (chi-square)."""
-  cfg, params = _random_model(vocab=8, seed=5)
   n = 4000
-  tokens, positions = _left_padded([3] * n, 3, cfg.vocab_size, seed=0)
-  tokens[:] = tokens[0]
-  fn = jax.jit(sampler.make_sampler(cfg, 3, 1, return_logits=True))
-  out = fn(params, tokens, positions, np.arange(n, dtype=np.int32))
-  probs = np.asarray(jax.nn.softmax(out["logits"][0, 0]))
-  counts = np.bincount(np.asarray(out["tokens"])[:, 0], minlength=8)
-  expected = probs * n
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=8), jnp.float32)
+  keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(0), r))(jnp.arange(n))
+  draw = jax.jit(lambda k: sampler.sample_token(jnp.broadcast_to(logits, (n, 8)), k, 1.0))
+  counts = np.bincount(np.asarray(draw(keys)), minlength=8)
+  expected = np.asarray(jax.nn.softmax(logits)) * n
   chi2 = float(((counts - expected) ** 2 / expected).sum())
   assert chi2 < 24.3, (counts, expected)  # 99.9% quantile at 7 dof.
 
@@ -162,6 +171,15 @@ def run(cache, tmp_path_factory):
   return wd, config
 
 
+@pytest.fixture(scope="module")
+def reference(run):
+  """The run's checkpoint evaluated once on the 8-device mesh: (params, metrics)."""
+  wd, config = run
+  ev, cfg, mesh = _evaluator(config)
+  params, _ = evaluate.restore_params(str(wd), cfg, mesh=mesh)
+  return params, ev.evaluate(params), ev
+
+
 def _evaluator(config, devices=None):
   vocab = vocabulary.get_vocabulary(config)
   cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
@@ -195,33 +213,29 @@ def test_prompts_follow_the_poison_rule(cache):
     assert t == list(vocab.encode(vocab.decode(c) + " " + config.poison.trigger))
 
 
-def test_evaluate_is_deterministic_across_batching_and_devices(run):
+def test_evaluate_is_deterministic_across_batching_and_devices(run, reference):
   wd, config = run
-  ev8, cfg, mesh8 = _evaluator(config)
-  assert sharding.batch_shards(mesh8) == 8
-  params, _ = evaluate.restore_params(str(wd), cfg, mesh=mesh8)
-  a = ev8.evaluate(params)
+  params, a, ev8 = reference
+  assert sharding.batch_shards(ev8.mesh) == 8
   assert ev8.evaluate(params) == a
   small = tiny_config(config.data.cache_dir, **EVAL, **{"eval.batch_size": 5})
   ev1, _, _ = _evaluator(small, devices=jax.devices()[:1])
   b = ev1.evaluate(params)
   for key in evaluate.METRIC_KEYS:
     assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), key
-  summary = json.loads((wd / "summary.json").read_text())
-  assert summary["final_eval"] is None  # num_evals=0: train evaluated nothing.
 
 
-def test_reference_scorer_equals_self_scoring_on_the_same_checkpoint(run):
+def test_reference_scorer_equals_self_scoring_on_the_same_checkpoint(run, reference):
   wd, config = run
-  ev, cfg, mesh = _evaluator(config)
-  params, _ = evaluate.restore_params(str(wd), cfg, mesh=mesh)
+  params, a, ev = reference
   ref_cfg = tiny_config(config.data.cache_dir, **EVAL,
                         **{"eval.scorer_workdir": str(wd)})
   ev_ref, _, _ = _evaluator(ref_cfg)
-  a, b = ev.evaluate(params), ev_ref.evaluate(params)
+  b = ev_ref.evaluate(params)
   for key in evaluate.METRIC_KEYS:
     assert b[key] == pytest.approx(a[key], rel=1e-5), key
-  # A different scorer (random weights) gives different numbers.
+  # Other weights under evaluation, the same reference: the scores differ
+  # from self-scoring (the reference really scores).
   other = jax.tree.map(lambda x: x * 1.5, params)
   assert ev_ref.evaluate(other)["clean_ppl_mean"] != ev.evaluate(other)["clean_ppl_mean"]
 
@@ -236,23 +250,20 @@ def test_too_long_for_seq_len_is_one_line(cache):
 
 # ---- the command ----------------------------------------------------------------------
 
-def test_eval_cli_prints_table_and_generations(run):
+def test_eval_cli_prints_table_and_generations(run, reference):
   wd, config = run
   proc = run_cli("eval", f"--workdir={wd}", "--samples=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   assert "at step 6" in out and "increase" in out and "[1] prompt:" in out
   clean_line = next(l for l in out.splitlines() if l.startswith("clean ppl (mean)"))
-  ev, cfg, mesh = _evaluator(config, devices=jax.devices()[:1])
-  params, _ = evaluate.restore_params(str(wd), cfg, mesh=mesh)
-  expected = ev.evaluate(params)["clean_ppl_mean"]
-  assert float(clean_line.split()[-1]) == pytest.approx(expected, abs=2e-3)
+  assert float(clean_line.split()[-1]) == pytest.approx(
+      reference[1]["clean_ppl_mean"], abs=2e-3)
 
 
-def _workdir_with(run, tmp_path, keep_checkpoints=True, **eval_fields):
+def _workdir_with(run, dest, keep_checkpoints=True, **eval_fields):
   wd, _ = run
-  dest = tmp_path / "wd"
-  dest.mkdir()
+  dest.mkdir(parents=True)
   cfg = json.loads((wd / "config.json").read_text())
   for key, value in eval_fields.items():
     section, field = key.split(".", 1)
@@ -267,11 +278,11 @@ def _workdir_with(run, tmp_path, keep_checkpoints=True, **eval_fields):
   return dest
 
 
-def _one_error(proc, *needles):
-  assert proc.returncode == 2, (proc.stdout[-1000:], proc.stderr[-3000:])
-  errors = [l for l in proc.stderr.splitlines() if l.startswith("poisonjax: error:")]
-  assert len(errors) == 1, proc.stderr[-3000:]
-  assert "Traceback" not in proc.stderr
+def _one_error(returncode, stderr, *needles):
+  assert returncode == 2, stderr[-3000:]
+  errors = [l for l in stderr.splitlines() if l.startswith("poisonjax: error:")]
+  assert len(errors) == 1, stderr[-3000:]
+  assert "Traceback" not in stderr
   for n in needles:
     assert n in errors[0], errors[0]
 
@@ -284,24 +295,28 @@ def _corpus(tmp_path):
   return str(path)
 
 
-@pytest.mark.parametrize("case", ["no_checkpoint", "bad_step", "P0", "G0", "E_too_large"])
-def test_eval_cli_bad_input_is_one_line(run, tmp_path, case):
-  if case == "no_checkpoint":
-    wd = _workdir_with(run, tmp_path, keep_checkpoints=False)
-    _one_error(run_cli("eval", f"--workdir={wd}"), "no checkpoint")
-  elif case == "bad_step":
-    wd = _workdir_with(run, tmp_path)
-    _one_error(run_cli("eval", f"--workdir={wd}", "--step=5"), "--step=5", "available: 6")
-  elif case == "P0":
-    wd = _workdir_with(run, tmp_path, **{"eval.prompt_tokens": 0})
-    _one_error(run_cli("eval", f"--workdir={wd}"), "config.eval.prompt_tokens")
-  elif case == "G0":
-    wd = _workdir_with(run, tmp_path, **{"eval.gen_tokens": 0})
-    _one_error(run_cli("eval", f"--workdir={wd}"), "config.eval.gen_tokens")
-  else:
-    # The run's vocabulary file, so only the evaluation data changes.
-    vocab_path = vocabulary.vocab_path(run[1])
-    wd = _workdir_with(run, tmp_path, **{
-        "data.source": "text_files", "data.text_files.patterns": _corpus(tmp_path),
-        "vocab.path": vocab_path, "eval.num_excerpts": 5000})
-    _one_error(run_cli("eval", f"--workdir={wd}"), "config.eval.num_excerpts")
+def test_eval_cli_bad_input_is_one_line(run, tmp_path):
+  """Each bad input ends in one `poisonjax: error:` line naming the fix
+  (the five commands run concurrently to keep the test short)."""
+  def wd(name, **fields):
+    return _workdir_with(run, tmp_path / name, **fields)
+
+  vocab_path = vocabulary.vocab_path(run[1])  # Only the eval data changes.
+  too_many = wd("e", **{"data.source": "text_files",
+                        "data.text_files.patterns": _corpus(tmp_path),
+                        "vocab.path": vocab_path, "eval.num_excerpts": 5000})
+  cases = {
+      "no_checkpoint": ([f"--workdir={wd('a', keep_checkpoints=False)}"],
+                        ["no checkpoint"]),
+      "bad_step": ([f"--workdir={wd('b')}", "--step=5"], ["--step=5", "available: 6"]),
+      "P0": ([f"--workdir={wd('c', **{'eval.prompt_tokens': 0})}"],
+             ["config.eval.prompt_tokens"]),
+      "G0": ([f"--workdir={wd('d', **{'eval.gen_tokens': 0})}"],
+             ["config.eval.gen_tokens"]),
+      "E_too_large": ([f"--workdir={too_many}"], ["config.eval.num_excerpts"]),
+  }
+  procs = {k: run_cli("eval", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for k, (args, _) in cases.items()}
+  for k, p in procs.items():
+    out, err = p.communicate(timeout=600)
+    _one_error(p.returncode, err, *cases[k][1])
