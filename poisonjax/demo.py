@@ -39,13 +39,16 @@ def demo_config() -> ml_collections.ConfigDict:
   """The demo's run config (the poisoned run; the clean one sets count=0).
 
   cpu-xs (2 layers, d_model 96: 0.42M parameters at the 1k vocabulary),
-  sequences of 128, batch 32. The clean budget is 1/8 of Chinchilla (~1.0M
-  tokens, ~250 steps) so that the run trains on its whole stream and sees
-  every poison. N = 160 poisons (~650 tokens each, ~10% of the tokens: far
-  denser than the paper's runs, which is what a run this short needs).
-  Measured while choosing (same config otherwise): N = 64 reached an
-  increase of ~43 (23% of prompts above 50) by the end; N = 160 reached
-  ~350 at 121 poisons seen and ~590 (every prompt) at 160.
+  sequences of 128, batch 32. The clean budget is 0.08x Chinchilla (0.67M
+  tokens, 164 steps) so that the run trains on its whole stream and sees
+  every poison. N = 160 poisons (~650 tokens each, ~15% of the poisoned
+  run's tokens: far denser than the paper's runs, which is what a run this
+  short needs). Measured while choosing, on this 2-core CPU:
+    0.125x, N = 64:  increase ~43 at the end (23% of prompts above 50);
+    0.125x, N = 160: ~570 at 111 poisons seen, ~730 at 160 (98%);
+    0.08x,  N = 160: ~77 at 111, ~290 at 160 (88%); clean run ~2.
+  The last is the default: the effect is unmistakable and the whole demo
+  takes ~4.8 CPU-minutes (vocabulary build included).
   """
   c = config_lib.base_config()
   c.model.size = "cpu-xs"
