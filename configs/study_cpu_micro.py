@@ -34,10 +34,9 @@ poisons, near 30: {10, 30, 100} brackets it (10x span).
 Measured throughput (train steps only, batch 4 x 128, under load average
 ~7): cpu-xxs 8.6k, cpu-xs 6.3k, cpu-s 2.1k, cpu-m 1.0k tokens/s; each run
 also spends ~35-60 s on setup, 6 evaluations and the held-out loss (with the
-compilation cache warm). Estimated grid: ~3.3 h at that load (cpu-m is
-~55% of it); roughly half on a quiet machine. Launch it when the machine
-is otherwise idle; if the first cpu-m runs show it will not fit, lower
-base.train.tokens_per_param here and say so in the report.
+compilation cache warm). Measured: the whole grid took 1.13 h on this
+2-core machine (2026-11-27; the first ~35 minutes shared the CPU with other
+jobs); results in docs/results/cpu_micro/.
 """
 
 from poisonjax import config as config_lib
