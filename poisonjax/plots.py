@@ -203,6 +203,14 @@ def _curve_figure(table, x_key, xlabel, title, threshold, path):
   plt.close(fig)
 
 
+def _spread_errorbar(ax, pts, x_key, color, label):
+  """Mean increase with bars from the min to the max over seeds."""
+  x = [r[x_key] for r in pts]
+  y = np.array([r["increase_mean"] for r in pts])
+  err = [y - [r["increase_min"] for r in pts], [r["increase_max"] for r in pts] - y]
+  ax.errorbar(x, y, yerr=err, color=color, marker="o", capsize=3, label=label)
+
+
 def _final_figure(table, threshold, path):
   plt = _plt()
   counts = sorted({r["poison_count"] for r in table})
@@ -210,11 +218,7 @@ def _final_figure(table, threshold, path):
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for n in counts:
     pts = sorted((r for r in table if r["poison_count"] == n), key=lambda r: r["params"])
-    x = [r["params"] for r in pts]
-    y = np.array([r["increase_mean"] for r in pts])
-    err = [y - [r["increase_min"] for r in pts], [r["increase_max"] for r in pts] - y]
-    ax.errorbar(x, y, yerr=err, color=colors[n], marker="o", capsize=3,
-                label=f"{n} poisons")
+    _spread_errorbar(ax, pts, "params", colors[n], f"{n} poisons")
   ax.axhline(threshold, color="grey", ls="--", lw=0.8)
   ax.set_xscale("log")
   ax.set_xlabel("parameters")
@@ -236,10 +240,7 @@ def _ablation_figure(table, threshold, path):
     for size in sizes:
       pts = sorted((r for r in table if r["poison_count"] == n and r["size"] == size),
                    key=lambda r: r["data_multiplier"])
-      x = [r["data_multiplier"] for r in pts]
-      y = np.array([r["increase_mean"] for r in pts])
-      err = [y - [r["increase_min"] for r in pts], [r["increase_max"] for r in pts] - y]
-      ax.errorbar(x, y, yerr=err, color=colors[size], marker="o", capsize=3, label=size)
+      _spread_errorbar(ax, pts, "data_multiplier", colors[size], size)
     ax.axhline(threshold, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_title(f"{n} poisons")
