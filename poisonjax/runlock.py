@@ -1,0 +1,203 @@
+"""One writer per run directory: a lock file with a heartbeat.
+
+    with runlock.hold(workdir, "train", timeout_s=600):
+      ...  # Nobody else trains in `workdir` meanwhile.
+
+The lock is DIR/lock.json: who holds it (what, host, pid), since when, and a
+heartbeat time a daemon thread refreshes. It appears atomically (written to a
+temporary file, then hard-linked to its name: the link fails if a lock is
+already there), so two starters never both win.
+
+A second holder on a live lock is refused with one line naming the holder and
+the fix. A lock whose holder is dead is taken over with a one-line notice on
+stderr: dead means the pid is gone (same host), or no heartbeat for
+`timeout_s` (any host: a holder elsewhere cannot be asked). Local and
+network (POSIX) filesystems only: object stores have no atomic link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from poisonjax.errors import UserError
+
+LOCK_NAME = "lock.json"
+
+
+class Lock:
+  """A held lock: its file, its token, and the heartbeat thread."""
+
+  def __init__(self, path: Path, record: dict, beat_s: float):
+    self.path = path
+    self.record = record
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._beat, args=(beat_s,),
+                                    name="runlock-heartbeat", daemon=True)
+
+  @property
+  def token(self) -> str:
+    return self.record["token"]
+
+  def still_ours(self) -> bool:
+    holder = _read(self.path)
+    return holder is not None and holder.get("token") == self.token
+
+  def _beat(self, beat_s: float) -> None:
+    while not self._stop.wait(beat_s):
+      if not self.still_ours():  # Taken over (we looked dead): stop beating.
+        print(f"poisonjax: warning: lost the lock {self.path} to another "
+              "process", file=sys.stderr, flush=True)
+        return
+      # (A taker acting between the check and the write loses its lock;
+      # it then takes it again after timeout_s: a narrow, recoverable race.)
+      self.record["heartbeat"] = time.time()
+      _write_replace(self.path, self.record)
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread.is_alive():
+      self._thread.join()
+    if self.still_ours():
+      self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def hold(directory, what: str, timeout_s: float, *,
+         primary: bool = True) -> Iterator[Lock | None]:
+  """Holds DIR/lock.json for the block; raises UserError if it is taken.
+
+  `what` names the holder in messages ("train", "study run"). On several
+  processes pass `primary=(process index == 0)`: only that one holds the
+  lock (the others get None), so the run as a whole holds it once.
+  """
+  if not primary:
+    yield None
+    return
+  lock = acquire(directory, what, timeout_s)
+  try:
+    yield lock
+  finally:
+    lock.release()
+
+
+def acquire(directory, what: str, timeout_s: float) -> Lock:
+  """Takes the lock (or a dead holder's); UserError naming a live holder."""
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / LOCK_NAME
+  now = time.time()
+  record = {"what": what, "host": socket.gethostname(), "pid": os.getpid(),
+            "since": now, "heartbeat": now, "token": uuid.uuid4().hex}
+  for _ in range(3):  # A lost race against another taker: look again.
+    if _create(path, record):
+      lock = Lock(path, record, beat_s=max(0.05, min(30.0, timeout_s / 4)))
+      lock._thread.start()
+      return lock
+    holder = _read(path)
+    if holder is None:  # Released meanwhile: try again.
+      continue
+    reason = dead_reason(holder, timeout_s)
+    if reason is None:
+      raise UserError(refusal(directory, what, holder))
+    if _take_over(path, holder):
+      print(f"poisonjax: taking over {path}: its holder ({describe(holder)}) "
+            f"{reason}", file=sys.stderr, flush=True)
+  raise UserError(f"{directory}: could not take the lock {path} (other "
+                  "processes keep taking it); make sure one process uses "
+                  "this directory, then retry")
+
+
+def dead_reason(holder: dict, timeout_s: float, now: float | None = None):
+  """Why `holder` is dead ("pid gone", "no heartbeat for Ns"), or None."""
+  now = time.time() if now is None else now
+  if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+    return "is gone (no such pid on this host)"
+  age = now - float(holder.get("heartbeat", 0.0))
+  if age > timeout_s:
+    return f"sent no heartbeat for {age:.0f}s (timeout {timeout_s:g}s)"
+  return None
+
+
+def describe(holder: dict) -> str:
+  since = datetime.datetime.fromtimestamp(float(holder.get("since", 0.0)))
+  return (f"{holder.get('what', '?')} on host {holder.get('host', '?')}, "
+          f"pid {holder.get('pid', '?')}, since {since:%Y-%m-%d %H:%M:%S}")
+
+
+def refusal(directory: Path, what: str, holder: dict) -> str:
+  age = time.time() - float(holder.get("heartbeat", 0.0))
+  return (f"{directory} is in use by {describe(holder)} (heartbeat {age:.0f}s "
+          f"ago); {what} refused: wait for it to finish or stop it, or use "
+          f"another directory (a dead holder's {LOCK_NAME} is taken over "
+          "automatically)")
+
+
+def _pid_alive(pid) -> bool:
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, TypeError, ValueError):
+    return True  # Exists but not ours, or unknown: assume alive.
+  return True
+
+
+def _create(path: Path, record: dict) -> bool:
+  """Writes the lock atomically; False if one exists (link won't replace)."""
+  tmp = path.with_name(f".{path.name}.{record['token']}.tmp")
+  tmp.write_text(json.dumps(record) + "\n")
+  try:
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _write_replace(path: Path, record: dict) -> None:
+  tmp = path.with_name(f".{path.name}.{record['token']}.tmp")
+  tmp.write_text(json.dumps(record) + "\n")
+  os.replace(tmp, path)
+
+
+def _read(path: Path) -> dict | None:
+  try:
+    record = json.loads(path.read_text())
+  except FileNotFoundError:
+    return None
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return {}  # Unreadable (no heartbeat): dead, taken over.
+  return record if isinstance(record, dict) else {}
+
+
+def _take_over(path: Path, holder: dict) -> bool:
+  """Moves the dead holder's lock aside; True if it was still that lock.
+
+  Renaming is atomic, so of two takers only one moves the dead lock. If what
+  was moved is not the lock judged dead (a live holder took it meanwhile),
+  it is put back.
+  """
+  aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.dead")
+  try:
+    os.rename(path, aside)
+  except FileNotFoundError:
+    return False
+  moved = _read(aside) or {}
+  if moved.get("token") != holder.get("token"):
+    with contextlib.suppress(FileExistsError):
+      os.link(aside, path)
+    aside.unlink(missing_ok=True)
+    return False
+  aside.unlink(missing_ok=True)
+  return True
