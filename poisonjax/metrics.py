@@ -1,70 +1,21 @@
 """Where training numbers go: metrics.jsonl, TensorBoard, one progress line.
 
-Also the peak-FLOP/s table that turns tokens/s into MFU. MFU on CPU is
-NOMINAL: the CPU figure below is a round per-device guess (about one AVX2
-core's fp32 FMA peak), good for comparing runs on one machine, not for
-comparing hardware.
+Peak FLOP/s (for MFU) live in hardware.py, JSONL files in files.py.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from pathlib import Path
 
 import jax
 
-# Dense bf16 peak FLOP/s per device (chip), by substrings of device_kind.
-PEAK_FLOPS = (
-    ("v6", 918e12),  # TPU v6e (Trillium)
-    ("v5p", 459e12),
-    ("v5 lite", 197e12),  # TPU v5e reports "TPU v5 lite"
-    ("v5e", 197e12),
-    ("v4", 275e12),
-    ("h200", 989e12),
-    ("h100", 989e12),
-    ("a100", 312e12),
-)
-CPU_NOMINAL_PEAK_FLOPS = 1e11  # Nominal: see the module docstring.
+from poisonjax import files
+from poisonjax.units import format_duration
 
-
-def peak_flops_per_device(config=None) -> float:
-  """config.train.peak_flops if set, else a lookup by the device kind."""
-  if config is not None and config.train.peak_flops > 0:
-    return float(config.train.peak_flops)
-  kind = jax.devices()[0].device_kind.lower()
-  for key, flops in PEAK_FLOPS:
-    if key in kind:
-      return flops
-  return CPU_NOMINAL_PEAK_FLOPS
-
-
-def read_jsonl(path) -> list[dict]:
-  path = Path(path)
-  if not path.exists():
-    return []
-  rows = []
-  for line in path.read_text().splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:  # A line cut short by a kill; ignore it.
-      pass
-  return rows
-
-
-def append_jsonl(path, row: dict) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(row) + "\n")
-
-
-def format_duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  s = int(seconds)
-  if s >= 3600:
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-  return f"{s // 60}m{s % 60:02d}s"
+# Transitional aliases for train.py until it calls files/hardware directly.
+read_jsonl = files.read_jsonl
+append_jsonl = files.append_jsonl
 
 
 class MetricLogger:
@@ -90,7 +41,7 @@ class MetricLogger:
     self.writer.write_scalars(step, scalars)
     if not self.main:
       return
-    append_jsonl(self.path, row)
+    files.append_jsonl(self.path, row)
     eta = (self.total_steps - step) / row["steps_per_s"] if row.get("steps_per_s") else float("nan")
     print(f"step {step}/{self.total_steps} loss {row['loss']:.4f} "
           f"lr {row['lr']:.2e} gnorm {row['grad_norm']:.3f} | "

@@ -107,6 +107,20 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
                       is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
+def abstract_with_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """(abstract tree, shardings) for a pytree of boxed abstract arrays.
+
+  The abstract tree holds unboxed `jax.ShapeDtypeStruct`s that carry their
+  NamedSharding: the target orbax restores into and the layout a jitted init
+  produces. Used for the whole train state and for params alone.
+  """
+  shardings = logical_shardings(boxed_tree, mesh, rules)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      nn.unbox(boxed_tree), shardings)
+  return abstract, shardings
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, BATCH_SPEC)
 
@@ -115,7 +129,8 @@ def mesh_context(mesh: Mesh):
   """Context for tracing model code: the mesh plus the logical-axis rules.
 
   Inside it, the model's `nn.with_logical_constraint` calls become real
-  sharding constraints (outside, they are no-ops). Added by the train issue.
+  sharding constraints (outside, they are no-ops). The one such scope:
+  training, evaluation and sampling all enter it.
   """
   import contextlib
 

@@ -34,13 +34,13 @@ import optax
 from poisonjax import budget
 from poisonjax import checkpointing
 from poisonjax import config as config_lib
+from poisonjax import hardware
 from poisonjax import metrics as metrics_lib
 from poisonjax import model as model_lib
 from poisonjax import optim
 from poisonjax import sharding
+from poisonjax.data.vocabulary import PAD_ID
 from poisonjax.errors import UserError, field_error
-
-PAD_ID = 0
 
 
 class TrainingDiverged(UserError):
@@ -103,10 +103,7 @@ def build_state_fns(config, model_cfg, mesh, tx):
             "opt_state": tx.init(params)}
 
   boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
-  state_sh = sharding.logical_shardings(boxed, mesh)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.unbox(boxed), state_sh)
+  abstract, state_sh = sharding.abstract_with_shardings(boxed, mesh)
   init = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=state_sh)
   return model, init, abstract, state_sh
 
@@ -326,7 +323,7 @@ def run(config, workdir, *, stream=None) -> dict[str, Any]:
   # 4. The loop. --------------------------------------------------------------
   pi, pc = jax.process_index(), jax.process_count()
   flops_per_step = model_lib.flops_per_token(model_cfg, config.data.seq_len) * tokens_per_step
-  peak = metrics_lib.peak_flops_per_device(config) * mesh.size
+  peak = hardware.peak_flops_per_device(config) * mesh.size
   logger = metrics_lib.MetricLogger(workdir, last_step, total_poisons)
   pool = concurrent.futures.ThreadPoolExecutor(1)
 
