@@ -76,7 +76,7 @@ def write_text_atomic(path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
   tmp.write_text(text)
-  tmp.rename(path)
+  tmp.replace(path)  # rename() refuses to overwrite an existing file.
 
 
 def _is_local(path: epath.Path) -> bool:
