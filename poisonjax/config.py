@@ -109,6 +109,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.skip_nonfinite = False  # NaN/Inf loss: skip the step, not stop.
   # Peak FLOP/s per device for MFU. 0: look it up from the device kind.
   c.train.peak_flops = 0.0
+  # WORKDIR/lock.json: a holder whose heartbeat is older than this (seconds)
+  # counts as dead and its lock is taken over (a holder on this host whose
+  # pid is gone is taken over at once). See poisonjax/runlock.py.
+  c.train.lock_timeout_s = 600.0
+  # On SIGTERM/SIGINT/preemption the checkpoint is saved and made durable
+  # first; then a due evaluation runs only if it is expected to finish within
+  # this many seconds of the signal (0: skip it; it runs on resume instead).
+  c.train.shutdown_eval_grace_s = 0.0
 
   # ---- Mesh -------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()
@@ -163,18 +171,43 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                c.poison.prefix_min_chars, c.poison.prefix_max_chars)
   _check_range("config.poison.gibberish_{min,max}_tokens",
                c.poison.gibberish_min_tokens, c.poison.gibberish_max_tokens)
-  if c.train.batch_size < 1:
-    raise field_error("config.train.batch_size", c.train.batch_size,
+  if c.poison.count > 0 and c.poison.rate > 0:
+    raise UserError(
+        f"config.poison.count={c.poison.count} and config.poison.rate="
+        f"{c.poison.rate}: both set, the count would be ignored; set "
+        "--config.poison.rate=0 (count mode) or --config.poison.count=0 "
+        "(rate mode)")
+  if c.data.source == "tfds" and c.data.tfds.heldout_split == c.data.tfds.split:
+    raise UserError(
+        f"config.data.tfds.heldout_split={c.data.tfds.heldout_split!r}: equals "
+        "config.data.tfds.split, so evaluation text would also be trained on; "
+        "use a different split (e.g. validation)")
+  _check_train(c.train)
+  return c
+
+
+def _check_train(t: ml_collections.ConfigDict) -> None:
+  """The config.train checks (one line per bad field)."""
+  if t.batch_size < 1:
+    raise field_error("config.train.batch_size", t.batch_size,
                       "must be >= 1", "use a positive batch size")
-  if c.train.learning_rate < 0:
-    raise field_error("config.train.learning_rate", c.train.learning_rate,
+  if t.learning_rate < 0:
+    raise field_error("config.train.learning_rate", t.learning_rate,
                       "must be >= 0", "use a positive peak learning rate")
   for name in ("tokens_per_param", "data_multiplier"):
-    if c.train[name] <= 0:
-      raise field_error(f"config.train.{name}", c.train[name], "must be > 0",
+    if t[name] <= 0:
+      raise field_error(f"config.train.{name}", t[name], "must be > 0",
                         "use a positive value")
   for name in ("log_every", "ckpt_every", "keep_checkpoints"):
-    if c.train[name] < 1:
-      raise field_error(f"config.train.{name}", c.train[name], "must be >= 1",
+    if t[name] < 1:
+      raise field_error(f"config.train.{name}", t[name], "must be >= 1",
                         "use a positive value")
-  return c
+  if not 0.0 <= t.warmup_fraction < 1.0:
+    raise field_error("config.train.warmup_fraction", t.warmup_fraction,
+                      "must be in [0, 1)", "use e.g. 0.05 (5% of the steps)")
+  if t.grad_clip <= 0:
+    raise field_error("config.train.grad_clip", t.grad_clip, "must be > 0",
+                      "use e.g. 1.0 (global-norm clip)")
+  if t.keep_period < 0:
+    raise field_error("config.train.keep_period", t.keep_period,
+                      "must be >= 0", "use 0 to keep only the newest checkpoints")
