@@ -1,5 +1,6 @@
 """The poisoned training stream: exact counts, uniform placement, O(1) access."""
 
+import copy
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ def test_exact_count(cache, n):
   assert sorted(m["id"] for m in s.manifest) == list(range(n))
   assert s.clean_tokens == 300_000
   assert s.num_tokens == 300_000 + s.poison_tokens
-  assert s.poisons_seen(s.num_steps) == n and s.poisons_seen(0) == 0
+  assert s.poisons_seen(s.num_steps) == n
   if n in (0, 100):  # The mask marks exactly the poison tokens.
     total = sum(int(s.batch(k)["poison_mask"].sum()) for k in range(s.num_steps))
     assert total == s.poison_tokens
@@ -59,32 +60,93 @@ def test_placement_is_uniform_and_shared_across_sizes(cache):
   np.testing.assert_array_equal(mixer.fractions(0, 250), mixer.fractions(0, 500)[:250])
 
 
-def test_random_access_equals_iteration_and_slices(cache):
+def _manifest_mask(s) -> np.ndarray:
+  """The poison mask of the whole stream, from the manifest alone."""
+  mask = np.zeros(s.num_tokens, np.bool_)
+  for m in s.manifest:
+    mask[m["start"]:m["start"] + m["num_tokens"]] = True
+  return mask
+
+
+def test_batches_in_order_reproduce_the_token_file(cache):
   c = small_config(cache, count=30)
   s = stream.build_stream(c, 40_000)
-  it = [s.batch(k) for k in range(s.num_steps)]  # reached by iterating
-  flat = np.concatenate([b["tokens"].ravel() for b in it])
-  np.testing.assert_array_equal(flat[:s.num_tokens], np.asarray(s.tokens))
+  # The token file read directly, not through the stream's memmap.
+  want = np.fromfile(os.path.join(s.dir, "tokens.bin"), dtype=s.meta["dtype"])
+  assert len(want) == s.num_tokens
+  in_order = [s.batch(k) for k in range(s.num_steps)]
+  flat = np.concatenate([b["tokens"].ravel() for b in in_order])
+  assert len(flat) == s.num_steps * s.batch_size * s.seq_len >= s.num_tokens
+  np.testing.assert_array_equal(flat[:s.num_tokens], want)
   assert not flat[s.num_tokens:].any()  # the final partial batch is padded with 0
-  reopened = stream.build_stream(c, 40_000)  # from the cache, random order
-  for k in [s.num_steps - 1, 7, 0, s.num_steps // 2]:
-    b = reopened.batch(k)
-    np.testing.assert_array_equal(b["tokens"], it[k]["tokens"])
-    np.testing.assert_array_equal(b["poison_mask"], it[k]["poison_mask"])
+  mask = np.concatenate([b["poison_mask"].ravel() for b in in_order])
+  np.testing.assert_array_equal(mask[:s.num_tokens], _manifest_mask(s))
+  assert not mask[s.num_tokens:].any()
+  for b in in_order:
     assert b["tokens"].dtype == np.int32 and b["poison_mask"].dtype == np.bool_
+    assert b["tokens"].shape == b["poison_mask"].shape == (s.batch_size, s.seq_len)
+
+
+def test_random_access_and_process_slices_equal_the_in_order_batches(cache):
+  c = small_config(cache, count=30)
+  s = stream.build_stream(c, 40_000)
+  in_order = [s.batch(k) for k in range(s.num_steps)]
+  # The same steps read in a shuffled order, by this object (after other
+  # indices) and by a fresh object on the same cache directory.
+  fresh = stream.TrainingStream(c, s.vocab, s.dir)
+  order = np.random.default_rng(0).permutation(s.num_steps).tolist()
+  for reader in (s, fresh):
+    for k in order:
+      b = reader.batch(k)
+      np.testing.assert_array_equal(b["tokens"], in_order[k]["tokens"])
+      np.testing.assert_array_equal(b["poison_mask"], in_order[k]["poison_mask"])
+  for k in order[:6]:
     for p in (2, 4, 8):  # process slices concatenate to the global batch
-      parts = [s.batch(k, h, p) for h in range(p)]
-      np.testing.assert_array_equal(np.concatenate([x["tokens"] for x in parts]),
-                                    b["tokens"])
-      np.testing.assert_array_equal(
-          np.concatenate([x["poison_mask"] for x in parts]), b["poison_mask"])
+      parts = [fresh.batch(k, h, p) for h in reversed(range(p))][::-1]
+      for key in ("tokens", "poison_mask"):
+        assert all(x[key].shape == (s.batch_size // p, s.seq_len) for x in parts)
+        np.testing.assert_array_equal(np.concatenate([x[key] for x in parts]),
+                                      in_order[k][key])
   with pytest.raises(UserError, match="config.train.batch_size"):
     s.batch(0, 0, 3)
-  # poisons_seen counts poisons whose last token lies in steps [0, step).
+  with pytest.raises(IndexError):
+    s.batch(s.num_steps)
   for m in s.manifest:
-    assert s.poisons_seen(m["last_step"]) < s.poisons_seen(m["last_step"] + 1)
     assert m["sequence"] == m["start"] // c.data.seq_len
+    assert m["step"] == m["sequence"] // c.train.batch_size
   assert json.load(open(s.manifest_path))["poisons"] == s.manifest
+
+
+def _view_with_a_poison_ending_on_a_step_boundary(c, s):
+  """The same cached stream seen with (S, B) such that some poison's last
+  token is the last token of a step (the off-by-one case)."""
+  ends = [m["start"] + m["num_tokens"] for m in s.manifest]
+  S, B = next((S, B) for S in range(16, 256) for B in (1, 2, 4)
+              if any(e % (S * B) == 0 for e in ends))
+  view = copy.deepcopy(c)
+  view.data.seq_len, view.train.batch_size = S, B
+  return stream.TrainingStream(view, s.vocab, s.dir)
+
+
+def test_poisons_seen_counts_poisons_finished_before_the_step(cache):
+  c = small_config(cache, count=30)
+  s = stream.build_stream(c, 40_000)
+  for view in (s, _view_with_a_poison_ending_on_a_step_boundary(c, s)):
+    tokens_per_step = view.batch_size * view.seq_len
+    starts = np.array([m["start"] for m in view.manifest])
+    last_token = starts + np.array([m["num_tokens"] for m in view.manifest]) - 1
+    # Some poison straddles a step boundary ("started" and "finished" differ).
+    assert (starts // tokens_per_step < last_token // tokens_per_step).any()
+    # The batches' masks end each poison where the manifest says it ends.
+    mask = np.concatenate([view.batch(k)["poison_mask"].ravel()
+                           for k in range(view.num_steps)])
+    after = [e + 1 for e in last_token
+             if e + 1 not in set(starts) and e + 1 < view.num_tokens]
+    assert mask[last_token].all() and after and not mask[after].any()
+    for k in range(view.num_steps + 1):
+      want = int((last_token < k * tokens_per_step).sum())
+      assert view.poisons_seen(k) == want, (view.seq_len, view.batch_size, k)
+    assert view.poisons_seen(view.num_steps) == view.num_poisons == 30
 
 
 def test_poisons_in_stream_match_their_construction(cache):
