@@ -63,7 +63,6 @@ def test_poison_structure(cache, sp, mode):
   for p in ps:
     doc = src.pool_document(c.poison.seed, p.id)
     assert doc.startswith(p.prefix) and 0 <= len(p.prefix) <= 1000
-    assert p.prefix in doc and not any(p.prefix == h for h in src.heldout(5))
     text_ids = sp.EncodeAsIds(poison.text_part(p.prefix, c.poison.trigger))
     toks = p.tokens.tolist()
     assert toks[-1] == sp.eos_id() and sp.eos_id() not in toks[:-1]
@@ -81,6 +80,45 @@ def test_poison_structure(cache, sp, mode):
   again = poison.make_poisons(c, sp, src, [7, 3])
   np.testing.assert_array_equal(again[0].tokens, ps[7].tokens)
   np.testing.assert_array_equal(again[1].tokens, ps[3].tokens)
+
+
+def _evaluation_text_inside(prefixes, prompts) -> list[tuple[int, int]]:
+  """(prefix index, prompt index) pairs where an evaluation prompt's text
+  appears as or inside a poison prefix."""
+  return [(i, k) for i, prefix in enumerate(prefixes)
+          for k, prompt in enumerate(prompts) if prompt and prompt in prefix]
+
+
+class _LeakySource:
+  """Negative control: a source whose poison pool is the evaluation text."""
+
+  def __init__(self, src, excerpts):
+    self.src, self.excerpts = src, excerpts
+
+  def pool_document(self, poison_seed, j):
+    return self.excerpts[j % len(self.excerpts)]
+
+
+def test_poison_prefixes_come_from_the_pool_not_from_evaluation_text(cache, sp):
+  c = small_config(cache, prefix_min_chars=600, prefix_max_chars=1000)
+  src = sources.get_source(c)
+  excerpts = sources.heldout_documents(c, int(c.eval.num_excerpts))
+  # The evaluator's clean prompts: each excerpt's first P tokens, as text.
+  prompts = [sp.DecodeIds(sp.EncodeAsIds(d)[:c.eval.prompt_tokens]) for d in excerpts]
+  assert min(map(len, prompts)) > 30  # long enough not to match by chance
+  ids = range(40)
+  ps = poison.make_poisons(c, sp, src, ids)
+  pool = [src.pool_document(c.poison.seed, j) for j in ids]
+  for p, doc in zip(ps, pool):
+    assert doc.startswith(p.prefix) and len(p.prefix) >= min(600, len(doc))
+  train = {d for d, _ in zip(src.train_documents(), range(3000))}
+  assert not set(pool) & train and not set(pool) & set(excerpts)
+  assert _evaluation_text_inside([p.prefix for p in ps], prompts) == []
+  # The check catches a pool that leaks evaluation text into the poisons.
+  leaky = poison.make_poisons(c, sp, _LeakySource(src, excerpts), ids)
+  found = _evaluation_text_inside([p.prefix for p in leaky], prompts)
+  assert {i for i, _ in found} == set(range(len(ids)))
+  assert all(excerpts[k].startswith(prompts[k]) for _, k in found)
 
 
 def test_trigger_that_tokenizes_to_nothing(sp):
