@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from poisonjax.data import commands, sources, stream, synthetic
+from poisonjax.commands import data as commands
+from poisonjax.data import sources, stream, synthetic
 from poisonjax.errors import UserError
 from test_data_common import ROOT, error_lines, small_config
 
@@ -152,6 +153,9 @@ def test_cli_vocab_build_inspect_and_bad_input(tmp_path):
       "build": _popen("vocab", "build", *base),
       "inspect": _popen("data", "inspect", *base, "--config.train.data_multiplier=0.05",
                         "--config.poison.count=20", "--steps=0:1"),
+      "inspect_more": _popen("data", "inspect", *base,
+                             "--config.train.data_multiplier=0.05",
+                             "--config.poison.count=20", "--steps=0:8"),
       "missing": _popen("data", "inspect", *base, "--config.vocab.path=/nonexistent.model"),
       "glob": _popen("vocab", "build", *base, "--config.data.source=text_files",
                      f"--config.data.text_files.patterns={tmp_path}/none/*.txt"),
@@ -168,5 +172,40 @@ def test_cli_vocab_build_inspect_and_bad_input(tmp_path):
     assert len(lines) == 1 and field in lines[0], stderr
   stdout, stderr, rc = out["inspect"]
   assert rc == 0, stderr
-  assert "=== step 0" in stdout and "poisons: 20;" in stdout
-  assert "⟦POISON" in stdout or "no poison in steps 0:1; poisons start in steps" in stdout
+  assert "poisons: 20;" in stdout
+  # The same stream seen where it has no poison and where it has some.
+  assert not _assert_inspect_shows(stdout, 0, 1)
+  stdout, stderr, rc = out["inspect_more"]
+  assert rc == 0, stderr
+  assert _assert_inspect_shows(stdout, 0, 8)
+
+
+def _assert_inspect_shows(stdout, a, b):
+  """`data inspect --steps=a:b` shows what the run's manifest puts there:
+  each step's poisoned rows and finished poisons, a poison's marker, or
+  where the poisons are when none is in the range."""
+  path = next(l.split(" ", 1)[1] for l in stdout.splitlines()
+              if l.startswith("manifest: "))
+  with open(path) as f:
+    manifest = json.load(f)
+  S, B, poisons = manifest["seq_len"], manifest["batch_size"], manifest["poisons"]
+  assert len(poisons) == 20
+  for step in range(a, b):
+    seqs = range(step * B, (step + 1) * B)
+    rows = {q for m in poisons for q in range(
+        m["start"] // S, (m["start"] + m["num_tokens"] - 1) // S + 1) if q in seqs}
+    done = sum(step * S * B < m["start"] + m["num_tokens"] <= (step + 1) * S * B
+               for m in poisons)
+    assert (f"=== step {step}: {len(rows)} of {B} sequences hold poison tokens "
+            f"({done} poisons complete here)") in stdout
+  shown = sorted((m for m in poisons if a <= m["step"] < b), key=lambda m: m["start"])
+  if shown:
+    assert f"⟦POISON {shown[0]['id']}⟧" in stdout
+    assert "no poison in steps" not in stdout
+  else:
+    steps = sorted({m["step"] for m in poisons})
+    assert "⟦POISON" not in stdout
+    assert (f"no poison in steps {a}:{b}; poisons start in steps "
+            f"{', '.join(map(str, steps[:10]))} ...") in stdout
+    assert f"(e.g. --steps={steps[0]}:{steps[0] + 1})" in stdout
+  return bool(shown)
