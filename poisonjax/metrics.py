@@ -21,18 +21,32 @@ append_jsonl = files.append_jsonl
 class MetricLogger:
   """Writes one row per log step to metrics.jsonl, TensorBoard and stdout.
 
-  Only process 0 writes files; the others log through absl only.
+  Only process 0 writes files; the others log through absl only. A resumed
+  run replays the steps after its checkpoint: opened with `resume_step`, the
+  logger first drops the rows past that step (written by the session that
+  was cut short), so metrics.jsonl holds each step once.
   """
 
-  def __init__(self, workdir: Path, total_steps: int, total_poisons: int):
+  def __init__(self, workdir: Path, total_steps: int, total_poisons: int,
+               resume_step: int = 0):
     from clu import metric_writers
 
     self.main = jax.process_index() == 0
     self.path = Path(workdir) / "metrics.jsonl"
     self.total_steps = total_steps
     self.total_poisons = total_poisons
+    if self.main:
+      self.drop_rows_after(resume_step)
     self.writer = metric_writers.create_default_writer(
         str(workdir), just_logging=not self.main)
+
+  def drop_rows_after(self, step: int) -> int:
+    """Removes the rows with a step past `step`; returns how many."""
+    rows = files.read_jsonl(self.path)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) < len(rows) or (self.path.exists() and not _ends_cleanly(self.path)):
+      files.rewrite_jsonl(self.path, kept)
+    return len(rows) - len(kept)
 
   def write(self, row: dict) -> None:
     step = row["step"]
@@ -42,14 +56,25 @@ class MetricLogger:
     if not self.main:
       return
     files.append_jsonl(self.path, row)
-    eta = (self.total_steps - step) / row["steps_per_s"] if row.get("steps_per_s") else float("nan")
-    print(f"step {step}/{self.total_steps} loss {row['loss']:.4f} "
-          f"lr {row['lr']:.2e} gnorm {row['grad_norm']:.3f} | "
-          f"{row['tokens_per_s']:,.0f} tok/s MFU {100 * row['mfu']:.2f}% | "
-          f"ETA {format_duration(eta)} | poisons seen "
-          f"{row['poisons_seen']}/{self.total_poisons}", flush=True)
+    print(self.progress_line(row), flush=True)
     sys.stdout.flush()
+
+  def progress_line(self, row: dict) -> str:
+    """`step 20/40 loss 6.06 ... | 16,072 tok/s MFU 0.49% | ETA 0m01s | ...`."""
+    sps = row.get("steps_per_s") or float("nan")
+    eta = (self.total_steps - row["step"]) / sps
+    return (f"step {row['step']}/{self.total_steps} loss {row['loss']:.4f} "
+            f"lr {row['lr']:.2e} gnorm {row['grad_norm']:.3f} | "
+            f"{row['tokens_per_s']:,.0f} tok/s MFU {100 * row['mfu']:.2f}% | "
+            f"ETA {format_duration(eta)} | poisons seen "
+            f"{row['poisons_seen']}/{self.total_poisons}")
 
   def close(self) -> None:
     self.writer.flush()
     self.writer.close()
+
+
+def _ends_cleanly(path: Path) -> bool:
+  """False if the file ends in a half-written line (a kill mid-append)."""
+  data = path.read_bytes()
+  return not data or data.endswith(b"\n")

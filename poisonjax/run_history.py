@@ -139,12 +139,12 @@ def record(workdir, event: str, **fields) -> None:
   files.append_jsonl(files.as_path(workdir) / HISTORY_FILE, row)
 
 
-def record_start(workdir, changes: dict | None) -> None:
+def record_start(workdir, changes: dict | None, **fields) -> None:
   """The session's first row: new run, or resume with its config changes."""
   if changes is None:
-    record(workdir, "start")
+    record(workdir, "start", **fields)
     return
-  record(workdir, "resume",
+  record(workdir, "resume", **fields,
          changes={f: list(v) for f, v in changes.items()},
          defining_changes_allowed=[f for f in changes if is_defining(f)])
 

@@ -1,0 +1,134 @@
+"""The setup phase of a training run: everything built before step one.
+
+Mesh, vocabulary, the step-indexed poisoned stream at the token budget, the
+model, the abstract sharded train state with its jitted init and step, the
+eval schedule and evaluator; gathered in one `Setup` the other phases read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from poisonjax import budget
+from poisonjax import hardware
+from poisonjax import model as model_lib
+from poisonjax import optim
+from poisonjax import sharding
+from poisonjax import train_step
+from poisonjax.errors import field_error
+
+
+@dataclasses.dataclass
+class Setup:
+  """What the setup phase builds; read, never changed, by the others."""
+  config: Any
+  workdir: Path
+  mesh: Any
+  vocab: Any
+  stream: Any
+  model_cfg: model_lib.ModelConfig
+  model: Any
+  init: Any  # Jitted rng -> sharded train state.
+  abstract: Any  # The state as sharded ShapeDtypeStructs.
+  train_step: Any  # Jitted (state, batch) -> (state, metrics).
+  batch_sh: Any
+  clean_tokens: int
+  last_step: int
+  evals: list[int]
+  evaluator: Any  # None without evals.
+  flops_per_step: float
+  peak_flops: float  # Of the whole mesh.
+
+  @property
+  def num_steps(self) -> int:
+    return self.stream.num_steps
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.config.train.batch_size * self.config.data.seq_len
+
+
+
+def check_train_fields(config) -> None:
+  """The config.train fields only training reads (lock, shutdown grace)."""
+  t = config.train
+  if t.lock_timeout_s <= 0:
+    raise field_error("config.train.lock_timeout_s", t.lock_timeout_s,
+                      "must be > 0", "use e.g. 600 (seconds)")
+  if t.shutdown_eval_grace_s < 0:
+    raise field_error("config.train.shutdown_eval_grace_s",
+                      t.shutdown_eval_grace_s, "must be >= 0",
+                      "use 0 to skip the evaluation on shutdown")
+
+
+
+def _check_batch(config, mesh) -> None:
+  b = config.train.batch_size
+  shards = sharding.batch_shards(mesh)
+  if b % shards:
+    raise field_error("config.train.batch_size", b,
+                      f"not divisible by the data x fsdp devices ({shards})",
+                      f"use a multiple of {shards} or change config.mesh")
+  if b % jax.process_count():
+    raise field_error("config.train.batch_size", b,
+                      f"not divisible by the {jax.process_count()} processes",
+                      "use a multiple of the process count")
+
+
+def _data(config, stream):
+  """(vocabulary, stream, clean token budget); the stream built if None."""
+  if stream is not None:
+    return stream.vocab, stream, budget.clean_token_budget(
+        config, stream.vocab.vocab_size)
+  from poisonjax.data import stream as stream_lib
+  from poisonjax.data import vocabulary
+  vocab = vocabulary.get_vocabulary(config)
+  clean_tokens = budget.clean_token_budget(config, vocab.vocab_size)
+  return vocab, stream_lib.build_stream(config, clean_tokens), clean_tokens
+
+
+def setup(config, workdir: Path, stream=None) -> Setup:
+  """Mesh, data, model, the jitted init/step and the evaluator."""
+  mesh = sharding.make_mesh(config.mesh)
+  _check_batch(config, mesh)
+  vocab, stream, clean_tokens = _data(config, stream)
+  model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
+  num_steps = stream.num_steps
+  last_step = num_steps
+  if 0 < config.train.max_steps < num_steps:
+    last_step = config.train.max_steps
+  tx, schedule = optim.make_optimizer(config, num_steps)
+  model, init, abstract, state_sh = train_step.build_state_fns(
+      config, model_cfg, mesh, tx)
+  batch_sh = sharding.batch_sharding(mesh)
+  step_fn = train_step.jit_train_step(config, model, tx, schedule, state_sh, batch_sh)
+  evals = _eval_schedule(num_steps, last_step, config.eval.num_evals)
+  evaluator = None
+  if evals:
+    from poisonjax import evaluate
+    evaluator = evaluate.Evaluator(config, model_cfg, vocab, mesh)
+  tokens_per_step = config.train.batch_size * config.data.seq_len
+  return Setup(
+      config=config, workdir=workdir, mesh=mesh, vocab=vocab, stream=stream,
+      model_cfg=model_cfg, model=model, init=init, abstract=abstract,
+      train_step=step_fn, batch_sh=batch_sh, clean_tokens=clean_tokens,
+      last_step=last_step, evals=evals, evaluator=evaluator,
+      flops_per_step=model_lib.flops_per_token(model_cfg, config.data.seq_len)
+      * tokens_per_step,
+      peak_flops=hardware.peak_flops_per_device(config) * mesh.size)
+
+
+def _eval_schedule(num_steps: int, last_step: int, num_evals: int) -> list[int]:
+  if num_evals <= 0:
+    return []
+  from poisonjax import evaluate
+  steps = [s for s in evaluate.eval_steps(num_steps, num_evals) if s <= last_step]
+  if last_step not in steps:
+    steps.append(last_step)
+  return sorted(set(steps))
+
+
