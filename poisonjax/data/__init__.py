@@ -1,10 +1,6 @@
 """Clean sources, vocabulary, poison documents, mixer, and the training stream.
 
-Importing this package registers the seqio Tasks (see seqio_tasks.py).
+Importing this package imports nothing heavy (no TensorFlow, no seqio):
+import the submodule you need. The seqio Tasks are registered only by an
+explicit `import poisonjax.data.seqio_tasks`.
 """
-
-from poisonjax.data import seqio_tasks, sources, stream, vocabulary
-
-seqio_tasks.register_defaults()
-
-__all__ = ["seqio_tasks", "sources", "stream", "vocabulary"]

@@ -1,7 +1,8 @@
 """seqio Tasks for T5X-style users: the clean sources and the poisoned stream.
 
-Registered on `import poisonjax.data` (nothing is built until a dataset is
-asked for):
+Registered on `import poisonjax.data.seqio_tasks` (an explicit import: the
+rest of poisonjax never imports seqio or TensorFlow; nothing is built until
+a dataset is asked for):
   poisonjax_synthetic, poisonjax_text_files, poisonjax_tfds
       clean documents ({"targets": ids + EOS}); train and validation
       (= held-out) splits. text_files/tfds use the base config's fields, so
@@ -125,7 +126,7 @@ def register_poisoned_task(config, clean_tokens: int | None,
 
 
 def register_defaults() -> None:
-  base = config_lib.base_config()
+  """The tasks named in the module docstring, on the base config."""
   for src in ("synthetic", "text_files", "tfds"):
     c = config_lib.base_config()
     c.data.source = src
@@ -134,4 +135,6 @@ def register_defaults() -> None:
     c = config_lib.base_config()
     c.poison.count = n
     register_poisoned_task(c, None)
-  del base
+
+
+register_defaults()

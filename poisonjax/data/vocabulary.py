@@ -5,6 +5,11 @@ trigger (`<SUDO>`) stays ordinary text: it is NOT a user-defined symbol, but
 every printable ASCII character is a required character, so `<` and `>`
 never become unk. Training is single-threaded on a fixed, ordered sample, so
 the same config and data give a byte-identical model file.
+
+`get_vocabulary` returns a `Vocabulary`: the subset of seqio's
+SentencePieceVocabulary that poisonjax uses (same ids, same decode rules),
+on sentencepiece alone, so training and evaluation never import seqio or
+TensorFlow. seqio_tasks.py wraps the same file in seqio's own class.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import json
 import os
 import time
 
-import seqio
 import sentencepiece as spm
 
 from poisonjax.errors import UserError, field_error
@@ -117,10 +121,12 @@ def _check_model(path: str, field: str) -> None:
     raise UserError(f"{field}={path!r}: not a readable SentencePiece model "
                     f"({str(e).splitlines()[0] if str(e) else 'corrupt'}); "
                     "give a valid .model file or '' to build one") from None
-  if sp.pad_id() != PAD_ID or sp.eos_id() < 0:
+  if sp.pad_id() != PAD_ID or sp.eos_id() < 0 or sp.unk_id() != UNK_ID:
     raise UserError(f"{field}={path!r}: pad id {sp.pad_id()}, eos id "
-                    f"{sp.eos_id()}; poisonjax needs pad=0 and an eos id "
-                    "(train it with --pad_id=0 --eos_id=1 --unk_id=2 --bos_id=-1)")
+                    f"{sp.eos_id()}, unk id {sp.unk_id()}; poisonjax needs "
+                    f"pad={PAD_ID}, unk={UNK_ID} (the poison checks assume it) "
+                    "and an eos id (train it with --pad_id=0 --eos_id=1 "
+                    "--unk_id=2 --bos_id=-1)")
 
 
 def vocab_path(config, build: bool = True) -> str:
@@ -143,9 +149,68 @@ def vocab_path(config, build: bool = True) -> str:
   return path
 
 
-def get_vocabulary(config) -> seqio.SentencePieceVocabulary:
-  """The run's vocabulary, loaded through seqio."""
-  return seqio.SentencePieceVocabulary(vocab_path(config))
+class Vocabulary:
+  """A SentencePiece model with seqio's vocabulary interface (no TensorFlow).
+
+  encode/decode/vocab_size/eos_id/pad_id/unk_id/tokenizer behave as in
+  seqio.SentencePieceVocabulary without extra ids: decode maps ids beyond
+  the vocabulary to unk and stops after the first EOS.
+  """
+
+  def __init__(self, model_file: str):
+    self.sentencepiece_model_file = model_file
+    self.tokenizer = spm.SentencePieceProcessor(model_file=model_file)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.GetPieceSize()
+
+  @property
+  def eos_id(self) -> int:
+    return self.tokenizer.eos_id()
+
+  @property
+  def pad_id(self) -> int:
+    return PAD_ID
+
+  @property
+  def unk_id(self) -> int:
+    return self.tokenizer.unk_id()
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.EncodeAsIds(text)
+
+  def decode(self, ids) -> str:
+    size, unk = self.vocab_size, self.unk_id
+    ids = [unk if int(i) >= size else int(i) for i in ids]
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id) + 1]
+    return self.tokenizer.DecodeIds(ids)
+
+
+def get_vocabulary(config) -> Vocabulary:
+  """The run's vocabulary; refuses a config.model.vocab_size too small for it."""
+  vocab = Vocabulary(vocab_path(config))
+  wanted = int(config.model.vocab_size)
+  if 0 < wanted < vocab.vocab_size:
+    raise field_error("config.model.vocab_size", wanted,
+                      f"smaller than the tokenizer's {vocab.vocab_size} pieces",
+                      "use 0 (taken from the vocabulary) or a value >= "
+                      f"{vocab.vocab_size}")
+  return vocab
+
+
+def fingerprint(config_or_path) -> str:
+  """sha256 of a tokenizer's .model file: a path's, a Vocabulary's or a config's.
+
+  Two runs tokenize alike iff their fingerprints match (equal sizes do not
+  say so). A config's file must exist already (nothing is built).
+  """
+  if isinstance(config_or_path, (str, os.PathLike)):
+    return file_sha256(os.fspath(config_or_path))
+  if hasattr(config_or_path, "sentencepiece_model_file"):  # Ours or seqio's.
+    return file_sha256(config_or_path.sentencepiece_model_file)
+  return file_sha256(vocab_path(config_or_path, build=False))
 
 
 def trigger_ids(sp, trigger: str) -> list[int]:
