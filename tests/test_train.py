@@ -19,8 +19,11 @@ import numpy as np
 import pytest
 
 from poisonjax import checkpointing
+from poisonjax import files
 from poisonjax import model as model_lib
 from poisonjax import optim
+from poisonjax import run_history
+from poisonjax import runlock
 from poisonjax import sharding
 from poisonjax import train
 from poisonjax.errors import UserError
@@ -79,7 +82,7 @@ KILLER = textwrap.dedent("""
     original = stream_lib.TrainingStream.batch
 
     def batch(self, step, *a, **k):
-      if step >= 30:  # Mid-way to the next checkpoint: die hard.
+      if step >= 32:  # After logging step 30, before checkpoint 40: die hard.
         while not os.path.isdir(ckpt20):
           time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -90,7 +93,11 @@ KILLER = textwrap.dedent("""
     """)
 
 
-def test_exact_resume_after_sigkill(cache, straight, tmp_path):
+def metric_steps(workdir):
+  return [r["step"] for r in files.read_jsonl(workdir / "metrics.jsonl")]
+
+
+def test_exact_resume_after_sigkill(cache, straight, tmp_path, capsys):
   wd_a, summary_a = straight
   wd_b = tmp_path / "killed"
   script = KILLER.format(tests=os.path.join(ROOT, "tests"), wd=str(wd_b), cache=str(cache))
@@ -98,9 +105,15 @@ def test_exact_resume_after_sigkill(cache, straight, tmp_path):
                         text=True, timeout=300, env=dict(os.environ))
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert not (wd_b / "checkpoints" / "40").exists()
+  assert metric_steps(wd_b) == [10, 20, 30]  # Step 30 gets replayed.
+  assert (wd_b / runlock.LOCK_NAME).exists()  # The dead trainer's lock.
 
   summary_b = train.run(tiny_config(cache, **{"train.max_steps": 40}), wd_b)
   assert summary_b["steps_this_session"] == 20  # Resumed at 20, not 0.
+  assert metric_steps(wd_b) == metric_steps(wd_a) == [10, 20, 30, 40]
+  takeover = [l for l in capsys.readouterr().err.splitlines() if "taking over" in l]
+  assert len(takeover) == 1 and "no such pid" in takeover[0]
+  assert not (wd_b / runlock.LOCK_NAME).exists()  # Released at the end.
   state_a, step_a = restore(cache, wd_a, **{"train.max_steps": 40})
   state_b, step_b = restore(cache, wd_b, **{"train.max_steps": 40})
   assert step_a == step_b == 40
@@ -127,6 +140,156 @@ def test_damaged_newest_checkpoint_falls_back(cache, straight, tmp_path, capsys)
   state, step = restore(cache, wd, **{"train.max_steps": 40})
   assert step == 40
   assert_bitwise_equal(state_a, state)
+
+
+def snapshot(workdir):
+  """{path: bytes} of every checkpoint file and of config.json."""
+  out = {"config.json": (workdir / "config.json").read_bytes()}
+  for root, _, names in os.walk(workdir / "checkpoints"):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, workdir)] = f.read()
+  return out
+
+
+def test_second_trainer_on_a_live_workdir_is_refused(cache, tmp_path):
+  wd = tmp_path / "busy"
+  with runlock.hold(wd, "train", timeout_s=600):  # A live trainer.
+    with pytest.raises(UserError) as e:
+      train.run(tiny_config(cache, **{"train.max_steps": 4}), wd)
+    msg = str(e.value)
+    assert "\n" not in msg and "in use by train" in msg
+    assert f"pid {os.getpid()}" in msg and "another directory" in msg
+    assert os.listdir(wd) == [runlock.LOCK_NAME]  # Nothing else written.
+
+
+@pytest.mark.parametrize("override,names", [
+    ({"poison.count": 6}, ["config.poison.count 5 -> 6"]),
+    ({"model.d_model": 64, "model.ffn_dim": 128},
+     ["config.model.d_model 32 -> 64", "config.model.ffn_dim 64 -> 128"]),
+])
+def test_resume_with_a_changed_run_config_is_refused_and_moves_nothing(
+    cache, straight, tmp_path, override, names):
+  wd = tmp_path / "changed"
+  shutil.copytree(straight[0], wd)
+  before, history = snapshot(wd), run_history.history(wd)
+  with pytest.raises(UserError) as e:
+    train.run(tiny_config(cache, **{"train.max_steps": 40}, **override), wd)
+  msg = str(e.value)
+  assert "\n" not in msg and "--allow_config_change" in msg and "--workdir" in msg
+  for name in names:
+    assert name in msg
+  assert snapshot(wd) == before  # Every checkpoint, and config.json, as it was.
+  assert not (wd / checkpointing.DAMAGED_DIR).exists()
+  assert run_history.history(wd) == history
+
+
+def test_allowed_config_change_is_recorded_and_a_misfit_moves_nothing(
+    cache, straight, tmp_path):
+  wd = tmp_path / "allowed"
+  shutil.copytree(straight[0], wd)
+  before = snapshot(wd)
+  # Allowed, but the saved state has other shapes: one line, nothing moved.
+  with pytest.raises(UserError) as e:
+    train.run(tiny_config(cache, **{"train.max_steps": 40, "model.num_heads": 2}),
+              wd, allow_config_change=True)
+  assert "does not fit" in str(e.value) and "\n" not in str(e.value)
+  assert snapshot(wd) == before
+  # Same shapes, another poison count: resumes, and the change is recorded.
+  summary = train.run(tiny_config(cache, **{"train.max_steps": 40, "poison.count": 6}),
+                      wd, allow_config_change=True)
+  assert summary["final_step"] == 40 and summary["steps_this_session"] == 0
+  row = [r for r in run_history.history(wd) if r["event"] == "resume"][-1]
+  assert row["step"] == 40 and row["changes"] == {"poison.count": [5, 6]}
+  assert row["defining_changes_allowed"] == ["poison.count"]
+  assert json.loads((wd / "config.json").read_text())["poison"]["count"] == 6
+
+
+EVAL_SMALL = {"eval.num_evals": 1, "eval.num_excerpts": 4, "eval.prompt_tokens": 8,
+              "eval.gen_tokens": 4, "eval.bootstrap_samples": 10,
+              "train.ckpt_every": 1000}
+
+
+def eval_steps_in(workdir):
+  return [r["step"] for r in files.read_jsonl(workdir / "eval.jsonl")]
+
+
+def assert_complete_checkpoint(workdir, step, config):
+  ckpt = checkpointing.Checkpoints(workdir, config)
+  try:
+    assert ckpt.damage(step) is None
+  finally:
+    ckpt.close()
+  digest = files.read_json(workdir / checkpointing.DIGEST_DIR / f"{step}.json")
+  assert digest == checkpointing.digest(workdir / "checkpoints" / str(step))
+
+
+def test_sigterm_at_an_eval_step_saves_durably_and_leaves_the_eval_to_resume(
+    cache, straight, tmp_path, monkeypatch, capsys):
+  from poisonjax import evaluate
+  target = evaluate.eval_steps(straight[1]["num_steps"], 1)[1]
+  config = tiny_config(cache, **EVAL_SMALL, **{"train.max_steps": target + 2})
+  wd = tmp_path / "term_eval"
+  original = train.after_step
+
+  def signal_at_target(s, p, *args):
+    if p.step == target:  # SIGTERM lands as step `target` finishes.
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(s, p, *args)
+
+  monkeypatch.setattr(train, "after_step", signal_at_target)
+  out = train.run(config, wd)
+  assert out == {"final_step": target, "stopped_by": "SIGTERM",
+                 "finished": False, "eval_skipped": target}
+  assert_complete_checkpoint(wd, target, config)
+  assert eval_steps_in(wd) == [0]  # Grace 0: no evaluation after the save.
+  assert "evaluation at step" in capsys.readouterr().out
+  assert run_history.history(wd)[-1]["eval_skipped"] == target
+
+  monkeypatch.setattr(train, "after_step", original)
+  summary = train.run(config, wd)  # Resume: the skipped evaluation first.
+  assert summary["steps_this_session"] == 2
+  assert eval_steps_in(wd) == [0, target, target + 2]
+
+
+SIGNAL_IN_EVAL = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from train_common import tiny_config
+    from poisonjax import evaluate, train
+
+    original = evaluate.Evaluator.evaluate
+    calls = []
+
+    def evaluate_(self, params):
+      calls.append(1)
+      if len(calls) == 2:  # The first evaluation after step 0.
+        os.kill(os.getpid(), signal.SIGTERM)
+      return original(self, params)
+
+    evaluate.Evaluator.evaluate = evaluate_
+    out = train.run(tiny_config({cache!r}, **{overrides!r}), {wd!r})
+    print("RESULT " + json.dumps(out))
+    """)
+
+
+def test_sigterm_during_an_eval_saves_that_step_and_exits_zero(cache, straight, tmp_path):
+  from poisonjax import evaluate
+  target = evaluate.eval_steps(straight[1]["num_steps"], 1)[1]
+  overrides = dict(EVAL_SMALL, **{"train.max_steps": target + 5})
+  wd = tmp_path / "term_in_eval"
+  script = SIGNAL_IN_EVAL.format(tests=os.path.join(ROOT, "tests"), wd=str(wd),
+                                 cache=str(cache), overrides=overrides)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout.split("RESULT ")[1])
+  assert result["final_step"] == target and result["stopped_by"] == "SIGTERM"
+  assert f"poisonjax: SIGTERM: saved step {target}/" in proc.stdout
+  assert_complete_checkpoint(wd, target, tiny_config(cache, **overrides))
+  assert eval_steps_in(wd) == [0, target]  # The evaluation under way finished.
+  assert not (wd / "summary.json").exists()
 
 
 def test_sigterm_finishes_step_saves_and_exits_zero(cache, tmp_path):
