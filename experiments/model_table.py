@@ -16,19 +16,13 @@ import math
 from poisonjax import config as config_lib
 from poisonjax import model as model_lib
 from poisonjax import sizes
+from poisonjax import units
 
 # Paper sizes at the paper's 32k vocabulary and the configs/study_paper.py
 # batch (256 x 2048); the CPU ladder at the 1k CPU vocabulary and the
 # configs/cpu_micro.py batch (32 x 128).
 ROWS = [(n, 1024, 32, 128) for n in sizes.CPU_SIZES] + [
     (n, 32000, 256, 2048) for n in sizes.PAPER_SIZES]
-
-
-def _fmt(n: float) -> str:
-  for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-    if n >= div:
-      return f"{n / div:.3g}{unit}"
-  return str(int(n))
 
 
 def table(tokens_per_param: float = 20.0) -> str:
@@ -46,8 +40,8 @@ def table(tokens_per_param: float = 20.0) -> str:
     steps = math.ceil(tokens / (batch * seq))
     lines.append(
         f"| {name} | {cfg.num_layers} | {cfg.d_model} | {cfg.num_heads} | "
-        f"{cfg.ffn_dim} | {vocab} | {_fmt(counts['total'])} | "
-        f"{_fmt(counts['non_embedding'])} | {_fmt(tokens)} | {batch} x {seq} | "
+        f"{cfg.ffn_dim} | {vocab} | {units.human(counts['total'])} | "
+        f"{units.human(counts['non_embedding'])} | {units.human(tokens)} | {batch} x {seq} | "
         f"{steps:,} |")
   return "\n".join(lines)
 

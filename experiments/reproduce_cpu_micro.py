@@ -71,12 +71,12 @@ def main(argv=None) -> int:
                   "so far (the report says how many).")
   args = p.parse_args(argv)
 
-  from poisonjax import plots, study
+  from poisonjax import hardware, plots, study
 
   t0 = time.time()
   s = _load_study(args.config)
   runs = study.expand(s)
-  plan = study.plan(s, cpu_flops=study.measure_cpu_flops())
+  plan = study.plan(s, cpu_flops=hardware.measure_cpu_flops())
   print(f"# study {s.name}: {len(runs)} runs", flush=True)
   print(study.format_plan(plan), flush=True)
 

@@ -30,13 +30,13 @@ def main(argv=None) -> int:
   p.add_argument("--only", default="", help="only runs whose name contains this")
   args = p.parse_args(argv)
 
-  from poisonjax import study
+  from poisonjax import hardware, study
 
   spec = importlib.util.spec_from_file_location("study_paper", CONFIG)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   s = mod.get_config()
-  plan = study.plan(s, mfu=args.mfu, cpu_flops=study.measure_cpu_flops())
+  plan = study.plan(s, mfu=args.mfu, cpu_flops=hardware.measure_cpu_flops())
   print(f"# study {s.name}: {len(plan['runs'])} runs")
   print(study.format_plan(plan))
   print("\n# launch commands (one per run; the pod launcher comes later):")

@@ -30,6 +30,7 @@ import time
 import ml_collections
 
 from poisonjax import config as config_lib
+from poisonjax import files
 from poisonjax.errors import UserError
 
 DEFAULT_WORKDIR = "runs/demo"
@@ -74,32 +75,15 @@ def _run_config(base, count: int) -> ml_collections.ConfigDict:
 
 def _finished(workdir: str, config) -> bool:
   """True if workdir holds a finished run of exactly this config."""
-  summary_path = os.path.join(workdir, "summary.json")
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
+  config_path = files.as_path(workdir) / "config.json"
+  if not config_path.exists():
     return False
-  with open(config_path) as f:
-    old = json.load(f)
-  new = json.loads(config.to_json_best_effort())
-  # The model section is filled in (sizes resolved) by the run: compare the
-  # parts the demo sets, everything but model's derived fields.
-  strip = lambda d: {k: v for k, v in d.items() if k != "model"} | {
-      "model.size": d.get("model", {}).get("size")}
-  if strip(old) != strip(new):
+  if files.read_json(config_path) != json.loads(config.to_json_best_effort()):
     raise UserError(f"--workdir={os.path.dirname(workdir)}: {workdir} holds a "
                     "run with a different config; pass a fresh --workdir or "
                     "delete that directory")
-  if not os.path.exists(summary_path):
-    return False
-  with open(summary_path) as f:
-    return bool(json.load(f).get("finished"))
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  summary_path = files.as_path(workdir) / "summary.json"
+  return summary_path.exists() and bool(files.read_json(summary_path).get("finished"))
 
 
 def plot(rows_by_run: dict[str, list[dict]], path: str) -> None:
@@ -164,6 +148,7 @@ def run_demo(config, workdir: str, log=print) -> dict:
   """Trains (or reuses) both runs, evaluates, plots; returns the results."""
   from poisonjax import evaluate
   from poisonjax import model as model_lib
+  from poisonjax import restore
   from poisonjax import sharding
   from poisonjax import train
   from poisonjax.data import vocabulary
@@ -187,7 +172,7 @@ def run_demo(config, workdir: str, log=print) -> dict:
     else:
       log(f"demo: training {label} in {run_dir}")
       train.run(cfg, run_dir)
-    rows_by_run[label] = _read_jsonl(os.path.join(run_dir, "eval.jsonl"))
+    rows_by_run[label] = files.read_jsonl(os.path.join(run_dir, "eval.jsonl"))
   # One more evaluation of each final checkpoint, for its generations (the
   # sampler is deterministic, so the metrics equal the run's last eval row).
   mesh = sharding.make_mesh(config.mesh)
@@ -195,10 +180,9 @@ def run_demo(config, workdir: str, log=print) -> dict:
     run_dir = os.path.join(workdir, sub)
     model_cfg = model_lib.ModelConfig.from_config(cfg, vocab.vocab_size)
     evaluator = evaluate.Evaluator(cfg, model_cfg, vocab, mesh)
-    params, step = evaluate.restore_params(run_dir, model_cfg, mesh=mesh)
+    params, step = restore.restore_params(run_dir, model_cfg, mesh=mesh)
     metrics = evaluator.evaluate(params)
-    with open(os.path.join(run_dir, "summary.json")) as f:
-      summary = json.load(f)
+    summary = files.read_json(os.path.join(run_dir, "summary.json"))
     results[label] = {"metrics": metrics, "step": step,
                       "poisons_seen": summary["poisons_seen"],
                       "sample": evaluator.samples(1)[0]}

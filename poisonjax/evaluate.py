@@ -28,27 +28,20 @@ checkpoint and prints a table and K generations of each kind.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 import sys
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 
+from poisonjax import backdoor
 from poisonjax import model as model_lib
+from poisonjax import restore
 from poisonjax import sampler as sampler_lib
 from poisonjax import sharding
+from poisonjax.data.vocabulary import PAD_ID
 from poisonjax.errors import UserError, field_error
-
-PAD_ID = 0
-METRIC_KEYS = ("clean_ppl_mean", "clean_ppl_median", "triggered_ppl_mean",
-               "triggered_ppl_median", "increase", "increase_ci_low",
-               "increase_ci_high", "success_share", "tf_nll_clean",
-               "tf_nll_triggered")
-
 
 def eval_steps(num_steps: int, num_evals: int) -> list[int]:
   """Steps to evaluate at: 0, num_evals evenly spaced inner points, the end.
@@ -124,38 +117,6 @@ def _left_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarra
   return tokens, positions
 
 
-def _bootstrap_ci(clean: np.ndarray, trig: np.ndarray, samples: int, seed: int):
-  """95% percentile interval of mean(trig) - mean(clean), prompts resampled."""
-  if samples <= 0 or len(clean) < 2:
-    return float("nan"), float("nan")
-  rng = np.random.default_rng([int(seed), 95])
-  idx = rng.integers(0, len(clean), size=(samples, len(clean)))
-  diffs = trig[idx].mean(axis=1) - clean[idx].mean(axis=1)
-  lo, hi = np.percentile(diffs, [2.5, 97.5])
-  return float(lo), float(hi)
-
-
-def backdoor_metrics(clean_nll, trig_nll, tf_trig_nll, threshold: float,
-                     bootstrap_samples: int, seed: int) -> dict[str, float]:
-  """The metrics dict from per-prompt mean NLLs (float64 numpy)."""
-  clean_nll = np.asarray(clean_nll, np.float64)
-  trig_nll = np.asarray(trig_nll, np.float64)
-  clean_ppl, trig_ppl = np.exp(clean_nll), np.exp(trig_nll)
-  lo, hi = _bootstrap_ci(clean_ppl, trig_ppl, bootstrap_samples, seed)
-  return {
-      "clean_ppl_mean": float(clean_ppl.mean()),
-      "clean_ppl_median": float(np.median(clean_ppl)),
-      "triggered_ppl_mean": float(trig_ppl.mean()),
-      "triggered_ppl_median": float(np.median(trig_ppl)),
-      "increase": float(trig_ppl.mean() - clean_ppl.mean()),
-      "increase_ci_low": lo,
-      "increase_ci_high": hi,
-      "success_share": float(np.mean(trig_ppl - clean_ppl > threshold)),
-      "tf_nll_clean": float(clean_nll.mean()),
-      "tf_nll_triggered": float(np.mean(np.asarray(tf_trig_nll, np.float64))),
-  }
-
-
 @functools.lru_cache(maxsize=8)
 def _jitted_sampler(model_cfg, prompt_len, gen_tokens, temperature, top_k,
                     top_p, seed):
@@ -194,7 +155,8 @@ class Evaluator:
           f"> config.data.seq_len={model_cfg.max_seq_len}; lower "
           "config.eval.prompt_tokens or config.eval.gen_tokens")
     if scorer is None and e.scorer_workdir:
-      scorer = load_scorer(str(e.scorer_workdir), model_cfg.vocab_size, mesh)
+      scorer = restore.load_scorer(str(e.scorer_workdir), model_cfg.vocab_size,
+                                   mesh, vocab=vocab)
     if scorer is not None and total > scorer[0].max_seq_len:
       raise UserError(
           f"config.eval.scorer_workdir={e.scorer_workdir!r}: its seq_len "
@@ -226,9 +188,6 @@ class Evaluator:
 
   # -- running -------------------------------------------------------------
 
-  def _scope(self):
-    return _MeshScope(self.mesh)
-
   def _put(self, *arrays):
     return [jax.device_put(a, self._batch_sharding) for a in arrays]
 
@@ -256,8 +215,8 @@ class Evaluator:
     return np.concatenate(out)
 
   def evaluate(self, params) -> dict[str, float]:
-    """The metrics for these params (see METRIC_KEYS)."""
-    with self._scope():
+    """The metrics for these params (backdoor.METRIC_KEYS)."""
+    with sharding.mesh_context(self.mesh):
       params = jax.device_put(nn.unbox(params), self._param_shardings)
       clean_gen = self._generate(params, self._clean)
       trig_gen = self._generate(params, self._trig)
@@ -271,7 +230,7 @@ class Evaluator:
     n = self.num
     self._last = (clean_gen[:n], trig_gen[:n], clean_nll[:n], trig_nll[:n])
     e = self.config.eval
-    return backdoor_metrics(clean_nll[:n], trig_nll[:n], tf_trig_nll[:n],
+    return backdoor.backdoor_metrics(clean_nll[:n], trig_nll[:n], tf_trig_nll[:n],
                             float(e.threshold), int(e.bootstrap_samples),
                             int(e.seed))
 
@@ -293,22 +252,6 @@ class Evaluator:
     return out
 
 
-class _MeshScope:
-  """The mesh and the logical axis rules, active while tracing/running."""
-
-  def __init__(self, mesh):
-    self.mesh = mesh
-    self._rules = nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES)
-
-  def __enter__(self):
-    self.mesh.__enter__()
-    self._rules.__enter__()
-
-  def __exit__(self, *exc):
-    self._rules.__exit__(*exc)
-    self.mesh.__exit__(*exc)
-
-
 def decode(vocab, ids) -> str:
   """Text of ids, all of them (seqio's decode stops at EOS; we show it)."""
   sp = vocab.tokenizer
@@ -325,91 +268,6 @@ def decode(vocab, ids) -> str:
   if run:
     pieces.append(sp.DecodeIds(run))
   return " ".join(p for p in pieces if p)
-
-
-# -- checkpoints ---------------------------------------------------------------
-
-
-def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to WORKDIR/config.json."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise UserError(f"--workdir={workdir}: no config.json there; pass the "
-                    "workdir of a run started with `poisonjax train`")
-  try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError) as e:
-    raise UserError(f"--workdir={workdir}: config.json unreadable ({e}); "
-                    "restore it from the run") from None
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Steps with a finished checkpoint under WORKDIR/checkpoints."""
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    return []
-  return sorted(int(d) for d in os.listdir(ckpt_dir)
-                if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d)))
-
-
-def pick_step(workdir: str, step: int | None) -> int:
-  steps = checkpoint_steps(workdir)
-  if not steps:
-    raise UserError(f"--workdir={workdir}: no checkpoint in "
-                    f"{os.path.join(workdir, 'checkpoints')}; train first "
-                    "(poisonjax train) or pass a run's workdir")
-  if step is None:
-    return steps[-1]
-  if step not in steps:
-    raise UserError(f"--step={step}: no checkpoint at that step in {workdir}; "
-                    f"available: {', '.join(map(str, steps))}")
-  return step
-
-
-def restore_params(workdir: str, model_cfg: model_lib.ModelConfig,
-                   step: int | None = None, mesh=None):
-  """(params, step) from a run's checkpoint (newest, or `step`).
-
-  Reads only the params of the saved train state (orbax partial restore),
-  laid out on `mesh` by the logical-axis rules (default: this host's mesh
-  with all devices on the batch axes).
-  """
-  import orbax.checkpoint as ocp
-
-  step = pick_step(workdir, step)
-  mesh = mesh if mesh is not None else sharding.make_mesh(
-      ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-  boxed = model_lib.abstract_params(model_cfg)
-  shardings = sharding.logical_shardings(boxed, mesh)
-  target = {"params": jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.unbox(boxed), shardings)}
-  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "default")
-  args = ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True)
-  try:
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-      restored = ckptr.restore(path, args=args)
-  except Exception as e:  # Orbax raises many types for a damaged/alien dir.
-    reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-    raise UserError(f"--workdir={workdir}: checkpoint step {step} does not "
-                    f"load as this run's params ({type(e).__name__}: {reason}); "
-                    "pick another --step or check config.json") from None
-  return restored["params"], step
-
-
-def load_scorer(workdir: str, vocab_size: int, mesh=None):
-  """(model_cfg, params) of a reference model: its newest checkpoint."""
-  ref_config = read_run_config(workdir)
-  ref_cfg = model_lib.ModelConfig.from_config(ref_config, vocab_size)
-  if ref_config.model.vocab_size and ref_config.model.vocab_size != vocab_size:
-    raise UserError(f"config.eval.scorer_workdir={workdir!r}: its vocabulary "
-                    f"({ref_config.model.vocab_size}) differs from this run's "
-                    f"({vocab_size}); use a reference with the same vocabulary")
-  params, _ = restore_params(workdir, ref_cfg, mesh=mesh)
-  return ref_cfg, params
 
 
 # -- the `poisonjax eval` command ---------------------------------------------------
@@ -452,16 +310,16 @@ def main(flags) -> int:
   if not flags.workdir:
     raise UserError("--workdir is required; pass the directory of a trained run")
   workdir = flags.workdir
-  config = config_lib.validate(read_run_config(workdir))
+  config = config_lib.validate(restore.read_run_config(workdir))
   check_eval_config(config)
   if flags.samples < 0:
     raise UserError(f"--samples={flags.samples}: must be >= 0")
-  step = pick_step(workdir, flags.step)
+  step = restore.pick_step(workdir, flags.step)
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   evaluator = Evaluator(config, model_cfg, vocab, mesh)
-  params, step = restore_params(workdir, model_cfg, step, mesh)
+  params, step = restore.restore_params(workdir, model_cfg, step, mesh)
   metrics = evaluator.evaluate(params)
   e = config.eval
   print(f"{workdir} at step {step}: {evaluator.num} excerpts, prompt "

@@ -13,10 +13,6 @@ import jax
 from poisonjax import files
 from poisonjax.units import format_duration
 
-# Transitional aliases for train.py until it calls files/hardware directly.
-read_jsonl = files.read_jsonl
-append_jsonl = files.append_jsonl
-
 
 class MetricLogger:
   """Writes one row per log step to metrics.jsonl, TensorBoard and stdout.

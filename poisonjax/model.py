@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from poisonjax import sizes
 
@@ -48,10 +49,13 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, config, vocab_size: int) -> "ModelConfig":
-    """Builds the model config from a run config (size table + overrides)."""
-    m = config.model
-    with m.unlocked():
-      sizes.resolve_model_config(m, vocab_size)
+    """Builds the model config from a run config (size table + overrides).
+
+    Pure: fields left at 0 are resolved on a copy; `config` is never
+    written, so callers need no defensive copies.
+    """
+    m = ml_collections.ConfigDict(config.model.to_dict())
+    sizes.resolve_model_config(m, vocab_size)
     for name, value in (("dtype", m.dtype), ("param_dtype", m.param_dtype)):
       if value not in _DTYPES:
         from poisonjax.errors import field_error

@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from poisonjax import files
+
 FIGURES = ("progress", "poisons_seen", "final_vs_size", "data_ablation")
 _INT_COLS = {"poison_count", "seed", "params", "non_embedding_params",
              "eval_index", "step", "num_steps", "poisons_seen", "tokens_seen",
@@ -406,6 +408,5 @@ def make_all(csv_path: str, out_dir: str, threshold: float = 50.0) -> dict:
       "data_ablation": sentence_ablation(ablation, threshold),
   }
   report = _report(finals, sentences, paths, threshold)
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(report + "\n")
+  files.write_text_atomic(os.path.join(out_dir, "report.md"), report + "\n")
   return paths

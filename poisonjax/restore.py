@@ -1,0 +1,155 @@
+"""Reading a finished (or running) run's directory: its config and checkpoints.
+
+For readers only (`poisonjax eval`, the demo's report, a reference scorer):
+training's own save/restore/fallback lives in checkpointing.py. Every
+problem a user can fix is one UserError line naming the flag or field.
+
+Layout read here: WORKDIR/config.json (the run's config) and
+WORKDIR/checkpoints/<step>/default (orbax's PyTree of the train state
+{step, params, opt_state}); only the params are read.
+"""
+
+from __future__ import annotations
+
+
+import ml_collections
+
+from poisonjax import files
+from poisonjax import model as model_lib
+from poisonjax import sharding
+from poisonjax.errors import UserError
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run wrote to WORKDIR/config.json."""
+  path = files.as_path(workdir) / "config.json"
+  if not path.is_file():
+    raise UserError(f"--workdir={workdir}: no config.json there; pass the "
+                    "workdir of a run started with `poisonjax train`")
+  try:
+    return ml_collections.ConfigDict(files.read_json(path))
+  except (OSError, ValueError) as e:
+    raise UserError(f"--workdir={workdir}: config.json unreadable ({e}); "
+                    "restore it from the run") from None
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps with a checkpoint directory under WORKDIR/checkpoints.
+
+  Orbax writes a step under a temporary name and renames it when complete,
+  so a bare number is a finished save.
+  """
+  ckpt_dir = files.as_path(workdir) / "checkpoints"
+  if not ckpt_dir.is_dir():
+    return []
+  return sorted(int(d.name) for d in ckpt_dir.iterdir()
+                if d.name.isdigit() and d.is_dir())
+
+
+def pick_step(workdir: str, step: int | None) -> int:
+  """`step` if it has a checkpoint, the newest one if `step` is None."""
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise UserError(f"--workdir={workdir}: no checkpoint in "
+                    f"{files.as_path(workdir) / 'checkpoints'}; train first "
+                    "(poisonjax train) or pass a run's workdir")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise UserError(f"--step={step}: no checkpoint at that step in {workdir}; "
+                    f"available: {', '.join(map(str, steps))}")
+  return step
+
+
+def _default_mesh():
+  """This host's devices, all on the batch axes."""
+  return sharding.make_mesh(
+      ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+
+
+def _item_path(workdir: str, step: int):
+  path = files.as_path(workdir)
+  if "://" not in str(path):
+    path = path.resolve()  # Orbax wants absolute local paths.
+  return path / "checkpoints" / str(step) / "default"
+
+
+def _load_failure(workdir: str, step: int, e: Exception) -> UserError:
+  reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+  return UserError(f"--workdir={workdir}: checkpoint step {step} does not "
+                   f"load as this run's params ({type(e).__name__}: {reason}); "
+                   "pick another --step or check config.json")
+
+
+def restore_params(workdir: str, model_cfg: model_lib.ModelConfig,
+                   step: int | None = None, mesh=None):
+  """(params, step) from a run's checkpoint (newest, or `step`).
+
+  Reads only the params of the saved train state (orbax partial restore),
+  laid out on `mesh` by the logical-axis rules (default: this host's mesh
+  with all devices on the batch axes).
+  """
+  import orbax.checkpoint as ocp
+
+  step = pick_step(workdir, step)
+  mesh = mesh if mesh is not None else _default_mesh()
+  params, _ = sharding.abstract_with_shardings(
+      model_lib.abstract_params(model_cfg), mesh)
+  target = {"params": params}
+  args = ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True)
+  try:
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+      restored = ckptr.restore(_item_path(workdir, step), args=args)
+  except Exception as e:  # Orbax raises many types for a damaged/alien dir.
+    raise _load_failure(workdir, step, e) from None
+  return restored["params"], step
+
+
+def checkpoint_vocab_size(workdir: str, step: int) -> int:
+  """Rows of the embedding in a checkpoint (its metadata; no array is read)."""
+  import orbax.checkpoint as ocp
+
+  try:
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+      meta = ckptr.metadata(_item_path(workdir, step)).item_metadata
+    return int(meta["params"]["embed"]["embedding"].shape[0])
+  except Exception as e:  # Missing/alien metadata: same message as a restore.
+    raise _load_failure(workdir, step, e) from None
+
+
+def load_scorer(workdir: str, vocab_size: int, mesh=None, *, vocab=None):
+  """(model_cfg, params) of a reference model: its newest checkpoint.
+
+  Its vocabulary size is read from the checkpoint itself (config.json may
+  leave it to the tokenizer) and must equal this run's. With `vocab` (this
+  run's Vocabulary or .model path) its tokenizer file must also be the same
+  (vocabulary.fingerprint): two tokenizers of one size still differ.
+  """
+  ref_config = read_run_config(workdir)
+  if vocab is not None:
+    _check_same_tokenizer(workdir, ref_config, vocab)
+  step = pick_step(workdir, None)
+  ref_vocab = checkpoint_vocab_size(workdir, step)
+  if ref_vocab != vocab_size:
+    raise UserError(f"config.eval.scorer_workdir={workdir!r}: its vocabulary "
+                    f"({ref_vocab}) differs from this run's ({vocab_size}); "
+                    "use a reference with the same vocabulary")
+  ref_cfg = model_lib.ModelConfig.from_config(ref_config, ref_vocab)
+  params, _ = restore_params(workdir, ref_cfg, step, mesh=mesh)
+  return ref_cfg, params
+
+
+def _check_same_tokenizer(workdir: str, ref_config, vocab) -> None:
+  from poisonjax.data import vocabulary
+
+  field = f"config.eval.scorer_workdir={workdir!r}"
+  try:
+    ref = vocabulary.fingerprint(ref_config)
+  except UserError as e:
+    raise UserError(f"{field}: its tokenizer cannot be found ({e})") from None
+  if ref != vocabulary.fingerprint(vocab):
+    raise UserError(f"{field}: its tokenizer (sha256 {ref[:12]}) differs from "
+                    f"this run's (sha256 {vocabulary.fingerprint(vocab)[:12]}); "
+                    "use a reference trained with the same vocabulary")
