@@ -33,6 +33,7 @@ import uuid
 
 import numpy as np
 
+from poisonjax import files
 from poisonjax.data import mixer, poison, sources, vocabulary
 from poisonjax.errors import UserError, field_error
 
@@ -91,7 +92,7 @@ def _verify(d: str) -> str | None:
   if not os.path.isfile(path):
     return "checksum.json missing"
   try:
-    want = json.load(open(path))
+    want = files.read_json(path)
   except (OSError, ValueError):
     return "checksum.json unreadable"
   for name in _CHECKED:
@@ -214,9 +215,9 @@ def _materialize(config, clean_tokens: int, vocab, spec: dict, d: str) -> None:
             "num_clean_docs": ndocs, "num_poisons": len(w.spans),
             "dtype": np.dtype(dtype).name,
             "build_seconds": round(time.time() - start_time, 2)}
-    _write_json(os.path.join(tmp, "meta.json"), meta)
-    _write_json(os.path.join(tmp, "manifest.json"), w.manifest)
-    _write_json(os.path.join(tmp, "checksum.json"),
+    files.write_json(os.path.join(tmp, "meta.json"), meta)
+    files.write_json(os.path.join(tmp, "manifest.json"), w.manifest)
+    files.write_json(os.path.join(tmp, "checksum.json"),
                 {name: _file_digest(os.path.join(tmp, name)) for name in _CHECKED})
     try:
       os.rename(tmp, d)
@@ -229,13 +230,6 @@ def _materialize(config, clean_tokens: int, vocab, spec: dict, d: str) -> None:
       shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 class TrainingStream:
   """A read-only, step-indexed view of a cached stream."""
 
@@ -243,7 +237,7 @@ class TrainingStream:
     self.config = config
     self.vocab = vocab
     self.dir = directory
-    self.meta = json.load(open(os.path.join(directory, "meta.json")))
+    self.meta = files.read_json(os.path.join(directory, "meta.json"))
     self.seq_len = int(config.data.seq_len)
     self.batch_size = int(config.train.batch_size)
     self.num_tokens = int(self.meta["num_tokens"])
@@ -253,7 +247,7 @@ class TrainingStream:
                             dtype=self.meta["dtype"], mode="r",
                             shape=(self.num_tokens,))
     self.spans = np.load(os.path.join(directory, "spans.npy"))
-    self._base_manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    self._base_manifest = files.read_json(os.path.join(directory, "manifest.json"))
     self.num_sequences = -(-self.num_tokens // self.seq_len)
     tok_per_step = self.seq_len * self.batch_size
     # Step of each poison's last token: it is seen once that step is done.
@@ -281,7 +275,7 @@ class TrainingStream:
     return out
 
   def write_manifest(self, path: str) -> None:
-    _write_json(path, {"num_steps": self.num_steps, "seq_len": self.seq_len,
+    files.write_json(path, {"num_steps": self.num_steps, "seq_len": self.seq_len,
                        "batch_size": self.batch_size,
                        "num_tokens": self.num_tokens,
                        "clean_tokens": self.clean_tokens,
