@@ -54,14 +54,17 @@ class Lock:
 
   def _beat(self, beat_s: float) -> None:
     while not self._stop.wait(beat_s):
-      if not self.still_ours():  # Taken over (we looked dead): stop beating.
-        print(f"poisonjax: warning: lost the lock {self.path} to another "
-              "process", file=sys.stderr, flush=True)
-        return
-      # (A taker acting between the check and the write loses its lock;
-      # it then takes it again after timeout_s: a narrow, recoverable race.)
-      self.record["heartbeat"] = time.time()
-      _write_replace(self.path, self.record)
+      try:
+        if not self.still_ours():  # Taken over (we looked dead): stop.
+          print(f"poisonjax: warning: lost the lock {self.path} to another "
+                "process", file=sys.stderr, flush=True)
+          return
+        # (A taker acting between the check and the write loses its lock;
+        # it takes it again after timeout_s: a narrow, recoverable race.)
+        self.record["heartbeat"] = time.time()
+        _write_replace(self.path, self.record)
+      except OSError:  # A filesystem hiccup: try again at the next beat.
+        continue
 
   def release(self) -> None:
     self._stop.set()
