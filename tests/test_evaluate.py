@@ -7,7 +7,6 @@ pipeline at tiny shapes (train_common.tiny_config: seq 32, d_model 32).
 """
 
 import json
-import math
 import shutil
 import subprocess
 
@@ -187,20 +186,53 @@ def _evaluator(config, devices=None):
   return evaluate.Evaluator(config, cfg, vocab, mesh), cfg, mesh
 
 
-def test_uniform_model_perplexity_is_vocab_size(cache):
-  ev, cfg, _ = _evaluator(tiny_config(cache, **EVAL))
-  params = nn.unbox(model_lib.Transformer(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-  params["head"]["kernel"] = jnp.zeros_like(params["head"]["kernel"])
+def _own_log_probs(fn, params, prompts, length):
+  """The sampler's generations [n, G] and its log-probabilities [n, G, V]:
+  log_softmax of the logits each token was drawn from (temperature 1)."""
+  tokens, positions = evaluate._left_pad(prompts, length)
+  out = fn(params, tokens, positions, np.arange(len(prompts), dtype=np.int32))
+  return (np.asarray(out["tokens"]),
+          np.asarray(jax.nn.log_softmax(out["logits"].astype(jnp.float32), -1)))
+
+
+def test_scores_are_the_samplers_own_log_probs(run, reference):
+  """The evaluator's per-sample NLL of a temperature-1 sample equals minus
+  the mean log-probability the sampler drew those tokens with."""
+  _, config = run
+  params, _, ev = reference
+  assert (config.eval.temperature, config.eval.top_k, config.eval.top_p) == (1.0, 0, 1.0)
+  # Sharper than 6 training steps give: next-token distributions far from
+  # uniform, and attention that depends on the tokens' positions.
+  attn = params["layers"]["attn"]
+  params = {**params, "head": {"kernel": params["head"]["kernel"] * 30.0},
+            "layers": {**params["layers"], "attn": {
+                **attn, "query": {"kernel": attn["query"]["kernel"] * 100.0}}}}
   m = ev.evaluate(params)
-  v = cfg.vocab_size
-  for key in ("clean_ppl_mean", "clean_ppl_median", "triggered_ppl_mean",
-              "triggered_ppl_median"):
-    assert m[key] == pytest.approx(v, rel=1e-5), key
-  assert m["tf_nll_clean"] == pytest.approx(math.log(v), rel=1e-6)
-  assert m["tf_nll_triggered"] == pytest.approx(math.log(v), rel=1e-6)
-  assert abs(m["increase"]) < 1e-2 and m["success_share"] == 0.0
-  assert len(ev.samples(3)) == 3
+  got = ev.samples(ev.num)
+  fn = jax.jit(sampler.make_sampler(ev.model_cfg, ev.prompt_len, ev.gen_tokens,
+                                    temperature=1.0, seed=int(config.eval.seed),
+                                    return_logits=True))
+  clean, trig, _ = evaluate.build_prompts(config, ev.vocab)
+  want = {}
+  for name, prompts in (("clean", clean), ("triggered", trig)):
+    gen, logp = _own_log_probs(fn, params, prompts, ev.prompt_len)
+    assert [g[name] for g in got] == [evaluate.decode(ev.vocab, r) for r in gen]
+    pick = lambda t: np.take_along_axis(logp, t[..., None], -1)[..., 0]
+    want[name] = -pick(gen).mean(-1)
+    nll = np.log([g[f"{name}_ppl"] for g in got])
+    np.testing.assert_allclose(nll, want[name], rtol=1e-4)
+    # Negative control: the same comparison rejects scores off by one token
+    # (each token scored with the logits of its neighbour's step).
+    for off_by_one in (np.roll(gen, 1, axis=1), np.roll(gen, -1, axis=1)):
+      with pytest.raises(AssertionError):
+        np.testing.assert_allclose(nll, -pick(off_by_one).mean(-1), rtol=1e-4)
+  ppl = {k: np.exp(v) for k, v in want.items()}
+  assert ppl["clean"].mean() < ev.model_cfg.vocab_size / 4  # really not uniform
+  assert m["clean_ppl_mean"] == pytest.approx(ppl["clean"].mean(), rel=1e-4)
+  assert m["triggered_ppl_mean"] == pytest.approx(ppl["triggered"].mean(), rel=1e-4)
+  assert m["increase"] == pytest.approx((ppl["triggered"] - ppl["clean"]).mean(),
+                                        rel=1e-3, abs=1e-3)
+  assert m["tf_nll_clean"] == pytest.approx(want["clean"].mean(), rel=1e-4)
 
 
 def test_prompts_follow_the_poison_rule(cache):
