@@ -96,3 +96,19 @@ def test_heads_must_divide_d_model():
   c.model.d_model, c.model.num_heads = 30, 4
   with pytest.raises(UserError, match="config.model.num_heads"):
     model_lib.ModelConfig.from_config(c, 50)
+
+
+def test_from_config_does_not_write_the_config():
+  """Sizes resolve on a copy: the run config (and its config.json) stays as
+  given, locked or not, and a second call sees the same input."""
+  c = config_lib.base_config()
+  c.model.size = "cpu-s"
+  before = c.to_json_best_effort()
+  c.lock()
+  cfg = model_lib.ModelConfig.from_config(c, 300)
+  assert c.to_json_best_effort() == before
+  assert c.model.num_layers == 0 and c.model.vocab_size == 0
+  size = sizes.get_size("cpu-s")
+  assert (cfg.num_layers, cfg.d_model, cfg.vocab_size) == (size.num_layers, size.d_model, 300)
+  # The next call resolves again from the unchanged input (no stale fields).
+  assert model_lib.ModelConfig.from_config(c, 500).vocab_size == 500
