@@ -12,6 +12,7 @@ import time
 import pytest
 
 from poisonjax import config as config_lib
+from poisonjax import files
 from poisonjax import plots
 from poisonjax import study
 from poisonjax.errors import UserError
@@ -149,6 +150,20 @@ def test_bad_grid_on_the_command_line():
   assert res.stderr.startswith("poisonjax: error: ") and message in res.stderr
 
 
+def test_study_run_refuses_a_root_held_by_a_live_grid(tmp_path, monkeypatch):
+  """A second `study run` on a live root stops in one line, before any run."""
+  from poisonjax import runlock, train
+  started = []
+  monkeypatch.setattr(train, "run", lambda *a, **k: started.append(a))
+  root = tmp_path / "root"
+  with runlock.hold(root, "study run", timeout_s=600):
+    with pytest.raises(UserError) as e:
+      study.run_grid(_load("study_cpu_nano"), str(root), log=lambda _: None)
+  assert "study run" in str(e.value) and f"pid {os.getpid()}" in str(e.value)
+  assert "\n" not in str(e.value) and not started
+  assert not os.path.exists(root / "study.json")
+
+
 def test_bad_run_names():
   with pytest.raises(UserError, match="not of the form"):
     study.parse_run_name("size=cpu-s_n=x")
@@ -244,6 +259,59 @@ def test_collect_and_figures_on_fake_workdirs(tmp_path):
     assert f"({name}.png)" in report
 
 
+def test_collect_takes_each_column_from_the_run_files(tmp_path):
+  """collect -> CSV: each value is the run's eval.jsonl row's (the last one of
+  a step evaluated twice), poisons per million tokens recomputed from it,
+  num_steps, params and the finished flag from summary.json."""
+  import numpy as np
+  from poisonjax.backdoor import METRIC_KEYS
+  rng = np.random.default_rng(0)
+  done, running = study.Run("cpu-xxs", 20, 1, 0.5), study.Run("cpu-xs", 7, 0, 1.0)
+  root, written = tmp_path / "root", {}
+  for run in (done, running):
+    wd = root / run.name
+    wd.mkdir(parents=True)
+    cfg = config_lib.base_config()
+    cfg.model.size = run.size
+    (wd / "config.json").write_text(cfg.to_json())
+    rows = []
+    for step in (30, 0, 60, 30):  # out of order; step 30 twice (a resume)
+      tokens = step * 512 + int(rng.integers(1, 99)) if step else 0
+      row = {"step": step, "tokens_seen": tokens,
+             "poisons_seen": int(rng.integers(0, run.poisons + 1)),
+             "fraction": float(rng.random()), "eval_time_s": float(rng.random())}
+      rows.append({**row, **{k: float(rng.normal(10, 5)) for k in METRIC_KEYS}})
+    (wd / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    written[run.name] = {r["step"]: r for r in rows}  # the last row of a step
+  (root / done.name / "summary.json").write_text(json.dumps({
+      "final_step": 90, "num_steps": 90,
+      "params": {"total": 1234, "non_embedding": 567}}))
+  study.write_csv(study.collect(str(root)), str(tmp_path / "results.csv"))
+  got = _csv_rows(tmp_path / "results.csv")  # the CSV's text, unparsed
+  assert [(r["run"], int(r["step"])) for r in got] == [
+      (name, step) for name in sorted(written) for step in sorted(written[name])]
+  for r in got:
+    src, run = written[r["run"]][int(r["step"])], study.parse_run_name(r["run"])
+    assert (r["size"], int(r["poison_count"]), int(r["seed"]),
+            float(r["data_multiplier"])) == (run.size, run.poisons, run.seed,
+                                             run.data_multiplier)
+    for k in METRIC_KEYS + ("tokens_seen", "poisons_seen", "fraction", "eval_time_s"):
+      assert float(r[k]) == src[k], k
+    if src["tokens_seen"]:
+      assert float(r["poisons_per_mtok"]) == pytest.approx(
+          src["poisons_seen"] / src["tokens_seen"] * 1e6, rel=1e-12)
+    else:
+      assert r["poisons_per_mtok"] == ""
+    assert int(r["eval_index"]) == sorted(written[r["run"]]).index(int(r["step"]))
+    finished = run == done
+    assert r["finished"] == ("1" if finished else "0")
+    assert int(r["num_steps"]) == (90 if finished else max(written[r["run"]]))
+    if finished:
+      assert (r["params"], r["non_embedding_params"]) == ("1234", "567")
+    else:  # counted from config.json's model
+      assert int(r["params"]) > int(r["non_embedding_params"]) > 0
+
+
 # ---------------------------------------------------------------------------
 # The real thing: cpu_nano through train, collect, figures; kill and resume.
 # ---------------------------------------------------------------------------
@@ -266,10 +334,10 @@ def nano_root(tmp_path_factory):
 
 
 def test_nano_end_to_end(nano_root, tmp_path):
-  root, out, wall = nano_root
+  from poisonjax.backdoor import METRIC_KEYS  # pylint: disable=g-import-not-at-top
+  root, out, _ = nano_root
   runs = study.expand(_load("study_cpu_nano"))
   assert f"run {len(runs)}/{len(runs)}" in out and "ETA" in out
-  assert wall < 180, f"cpu_nano grid took {wall:.0f}s"
   for run in runs:
     assert os.path.exists(os.path.join(root, run.name, "summary.json"))
   # Running again redoes nothing.
@@ -290,8 +358,11 @@ def test_nano_end_to_end(nano_root, tmp_path):
     assert rr[0]["step"] == 0 and rr[-1]["fraction"] == pytest.approx(1.0)
     assert all(r["finished"] == 1 for r in rr)
     assert rr[-1]["poisons_seen"] == run.poisons
-    for r in rr:
-      assert r["increase"] == pytest.approx(r["triggered_ppl_mean"] - r["clean_ppl_mean"])
+    with open(os.path.join(root, run.name, "eval.jsonl")) as f:
+      evals = {e["step"]: e for e in map(json.loads, f)}
+    for r in rr:  # the CSV holds what the run's evaluations wrote
+      for k in METRIC_KEYS:
+        assert r[k] == pytest.approx(evals[r["step"]][k], rel=1e-12), k
       assert 0 <= r["success_share"] <= 1
   params = {r["size"]: r["params"] for r in rows}
   assert params["cpu-xs"] > params["cpu-xxs"] > 0
@@ -340,7 +411,7 @@ def test_killed_grid_resumes_to_the_same_csv(nano_root, tmp_path):
         ckpts = os.path.join(wd, "checkpoints")
         if (not os.path.exists(os.path.join(wd, "summary.json"))
             and os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))
-            and len(study._read_jsonl(os.path.join(wd, "eval.jsonl"))) >= 2):
+            and len(files.read_jsonl(os.path.join(wd, "eval.jsonl"))) >= 2):
           proc.send_signal(signal.SIGKILL)
           killed_in = name
           break

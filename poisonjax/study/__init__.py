@@ -1,0 +1,22 @@
+"""Study grids: sizes x poison counts x seeds x data amounts, as one object.
+
+A study config (configs/study_*.py) holds a `base` run config and a `grid`
+(plus optional named `extra` grids, e.g. a data-amount ablation on two
+sizes). The modules, by job:
+  grids    the study config, its runs, their names and run configs
+  plan     tokens, steps, FLOPs and chip-hours before anything runs
+  runner   running the grid here (resumable, one grid per root)
+  results  the evaluations of every run as one CSV, and the figures
+This package re-exports what configs/ and experiments/ use. The commands
+(`poisonjax study plan|run|collect|figures`) are in poisonjax.commands.study.
+"""
+
+from poisonjax.hardware import measure_cpu_flops
+from poisonjax.study.grids import (GRID_FIELDS, Run, config_for_arg, expand,
+                                  grid, is_study_config, launch_command,
+                                  parse_run_name, run_config, run_name,
+                                  select, study_config)
+from poisonjax.study.plan import THIS_CPU, format_plan, plan, poison_tokens_per_doc
+from poisonjax.study.results import (COORD_COLUMNS, CSV_COLUMNS, collect,
+                                     is_finished, make_figures, write_csv)
+from poisonjax.study.runner import enable_compilation_cache, run_grid

@@ -1,0 +1,195 @@
+"""The grid: a study config, its runs, their names and run configs.
+
+A study config holds a `base` run config and a `grid` (plus optional named
+`extra` grids). `expand()` turns it into runs; each run has coordinates, a
+stable filesystem-safe name (`size=cpu-s_n=25_seed=1_data=1.0`) and a full
+run config. The name alone rebuilds the run config from the study config,
+so a pod launcher can run `poisonjax train --config=STUDY.py:run=NAME`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import re
+import shlex
+
+import ml_collections
+
+from poisonjax.errors import UserError
+
+GRID_FIELDS = ("sizes", "poison_counts", "seeds", "data_multipliers")
+
+
+def grid(sizes=(), poison_counts=(), seeds=(0,), data_multipliers=(1.0,)):
+  """One grid block: the cross product of its four lists."""
+  g = ml_collections.ConfigDict()
+  # Tuples, not lists: ml_collections can override tuples from the command
+  # line (--config.grid.seeds='(0, 1)').
+  g.sizes = tuple(sizes)
+  g.poison_counts = tuple(int(n) for n in poison_counts)
+  g.seeds = tuple(int(s) for s in seeds)
+  g.data_multipliers = tuple(float(m) for m in data_multipliers)
+  return g
+
+
+def study_config(name: str, base) -> ml_collections.ConfigDict:
+  """An empty study around a base run config; fill `grid` and `extra`."""
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.base = base
+  c.grid = grid()
+  # Named extra blocks (e.g. data_ablation); their runs join the main grid's.
+  c.extra = ml_collections.ConfigDict()
+  # Assumptions of the poison-token estimate in `plan` (see poison_tokens_per_doc).
+  c.plan = ml_collections.ConfigDict()
+  c.plan.chars_per_token = 4.0  # Clean English text, ~32k SentencePiece vocab.
+  # text mode: tokens per drawn random id after decode + re-tokenize. 2.4 is
+  # the paper's arithmetic: 420k tokens / 250 docs = 1680 per doc; less ~130
+  # prefix/trigger tokens leaves ~1550 for a mean of 650 drawn ids.
+  c.plan.text_mode_factor = 2.4
+  return c
+
+
+def is_study_config(config) -> bool:
+  return "grid" in config and "base" in config
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  size: str
+  poisons: int
+  seed: int
+  data_multiplier: float
+
+  @property
+  def name(self) -> str:
+    return run_name(self.size, self.poisons, self.seed, self.data_multiplier)
+
+  def coords(self) -> dict:
+    return {"size": self.size, "poison_count": self.poisons, "seed": self.seed,
+            "data_multiplier": self.data_multiplier}
+
+
+def run_name(size: str, poisons: int, seed: int, data_multiplier: float) -> str:
+  return f"size={size}_n={int(poisons)}_seed={int(seed)}_data={float(data_multiplier)!r}"
+
+
+_NAME_RE = re.compile(r"^size=(?P<size>[A-Za-z0-9.\-]+)_n=(?P<n>\d+)"
+                      r"_seed=(?P<seed>\d+)_data=(?P<data>[0-9.eE+\-]+)$")
+
+
+def parse_run_name(name: str) -> Run:
+  """Run coordinates from a run name (inverse of `run_name`)."""
+  m = _NAME_RE.match(name)
+  if not m:
+    raise UserError(f"run name {name!r}: not of the form "
+                    "size=S_n=N_seed=K_data=M; copy a name from `study plan`")
+  return Run(m["size"], int(m["n"]), int(m["seed"]), float(m["data"]))
+
+
+def _block_runs(label: str, block) -> list[Run]:
+  from poisonjax import sizes as sizes_lib
+
+  for field in GRID_FIELDS:
+    if field not in block:
+      raise UserError(f"{label}.{field}: missing; list at least one value")
+    if len(block[field]) == 0:
+      raise UserError(f"{label}.{field}: empty grid; list at least one value")
+  for field, kind in (("poison_counts", int), ("seeds", int),
+                      ("data_multipliers", float)):
+    for value in block[field]:
+      try:
+        kind(value)
+      except (TypeError, ValueError):
+        raise UserError(f"{label}.{field}: {value!r} is not a number; list "
+                        f"numbers, e.g. --config.grid.{field}='(0, 1)'") from None
+  for size in block.sizes:
+    if size not in sizes_lib.SIZES:
+      raise UserError(f"{label}.sizes: unknown size {size!r}; use one of "
+                      f"{', '.join(sizes_lib.SIZES)}")
+  for n in block.poison_counts:
+    if int(n) < 0:
+      raise UserError(f"{label}.poison_counts: {n} < 0; use 0 for a clean run")
+  for m in block.data_multipliers:
+    if float(m) <= 0:
+      raise UserError(f"{label}.data_multipliers: {m} <= 0; use a positive value")
+  return [Run(s, int(n), int(k), float(m)) for s, n, k, m in itertools.product(
+      block.sizes, block.poison_counts, block.seeds, block.data_multipliers)]
+
+
+def expand(study) -> list[Run]:
+  """All runs of the study, seed by seed, main grid first within a seed.
+
+  Raises UserError on an empty grid, an unknown size or a duplicate run.
+  """
+  blocks = [("study.grid", study.grid)]
+  blocks += [(f"study.extra.{k}", study.extra[k]) for k in study.extra.keys()]
+  runs, seen = [], {}
+  for label, block in blocks:
+    for run in _block_runs(label, block):
+      if run in seen:
+        raise UserError(f"{label}: duplicate run {run.name} (already in "
+                        f"{seen[run]}); remove one of them")
+      seen[run] = label
+      runs.append(run)
+  # Seed-major: a grid stopped part-way still covers every size and count
+  # of the first seeds, which is what a partial figure needs.
+  return sorted(runs, key=lambda r: r.seed)
+
+
+def run_config(study, run: Run):
+  """The full run config of one grid point (a fresh copy of the base).
+
+  Grid seed s sets config.seed (model init), config.data.seed (which clean
+  documents, in which order) and config.poison.seed (poison contents and
+  insertion points): every size of one seed sees the same clean stream and
+  the same poison placement. The evaluation seed stays the base's, so every
+  run is scored on the same prompts.
+  """
+  from poisonjax import config as config_lib
+
+  c = copy.deepcopy(study.base)
+  c.unlock()
+  c.model.size = run.size
+  c.poison.count = run.poisons
+  c.train.data_multiplier = run.data_multiplier
+  c.seed = run.seed
+  c.data.seed = run.seed
+  c.poison.seed = run.seed
+  return config_lib.validate(c)
+
+
+def config_for_arg(study, arg):
+  """For study config files: get_config(arg) -> the study or one run's config.
+
+  `FILE.py` gives the study; `FILE.py:run=NAME` gives that run's config, so
+  `poisonjax train --config=configs/study_x.py:run=NAME` trains one point.
+  """
+  if not arg:
+    return study
+  if not arg.startswith("run="):
+    raise UserError(f"config argument {arg!r}: expected run=NAME; copy a "
+                    "launch command from `poisonjax study run --print_only`")
+  return run_config(study, parse_run_name(arg[len("run="):]))
+
+
+def select(runs: list[Run], only: str) -> list[Run]:
+  """The runs whose name contains `only` (all if empty); UserError if none."""
+  chosen = [r for r in runs if only in r.name] if only else list(runs)
+  if not chosen:
+    raise UserError(f"--only={only!r}: matches no run; see `poisonjax study "
+                    "plan` for the names")
+  return chosen
+
+
+def launch_command(config_file: str, name: str, workdir: str,
+                   overrides: dict | None = None) -> str:
+  """The one-run command a launcher executes (base overrides carried over)."""
+  args = ["poisonjax", "train", f"--config={config_file}:run={name}",
+          f"--workdir={workdir}"]
+  for key, value in sorted((overrides or {}).items()):
+    if key.startswith("base."):
+      args.append(f"--config.{key[len('base.'):]}={value}")
+  return " ".join(shlex.quote(a) for a in args)

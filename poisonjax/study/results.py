@@ -1,0 +1,142 @@
+"""Results: every run's evaluations as one tidy table, and the figures.
+
+`collect` reads ROOT/<run name>/{eval.jsonl, summary.json, config.json} as
+train.py writes them (finished or not) and returns one row per evaluation
+point; `write_csv` writes them; `make_figures` draws the study's figures
+from the CSV (poisonjax.plots).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import ml_collections
+
+from poisonjax import backdoor
+from poisonjax import files
+from poisonjax.errors import UserError
+from poisonjax.study import grids
+
+COORD_COLUMNS = ("run", "size", "poison_count", "seed", "data_multiplier")
+CSV_COLUMNS = COORD_COLUMNS + (
+    "params", "non_embedding_params", "eval_index", "step", "num_steps",
+    "fraction", "tokens_seen", "poisons_seen", "poisons_per_mtok",
+    "finished") + backdoor.METRIC_KEYS
+
+
+def is_finished(workdir) -> bool:
+  return (files.as_path(workdir) / "summary.json").exists()
+
+
+_PARAM_CACHE: dict = {}
+
+
+def _params_from_workdir(workdir) -> dict:
+  """Parameter counts from the run's resolved config.json (shapes only)."""
+  from poisonjax import model as model_lib
+
+  path = files.as_path(workdir) / "config.json"
+  if not path.exists():
+    return {"total": "", "non_embedding": ""}
+  cfg = ml_collections.ConfigDict(files.read_json(path))
+  vocab = cfg.model.vocab_size or cfg.vocab.size
+  key = (json.dumps(cfg.model.to_dict(), sort_keys=True, default=str), vocab)
+  if key not in _PARAM_CACHE:
+    _PARAM_CACHE[key] = model_lib.param_counts(
+        model_lib.ModelConfig.from_config(cfg, vocab))
+  return _PARAM_CACHE[key]
+
+
+def _runs_under(root) -> list[grids.Run]:
+  """The runs with an eval.jsonl under root (other folders are ignored)."""
+  runs = []
+  for path in sorted(files.as_path(root).glob("*/eval.jsonl")):
+    try:
+      runs.append(grids.parse_run_name(path.parent.name))
+    except UserError:
+      continue
+  return runs
+
+
+def _run_rows(run: grids.Run, workdir, by_step: dict) -> list[dict]:
+  counts = _params_from_workdir(workdir)
+  finished = is_finished(workdir)
+  num_steps = max(by_step)
+  if finished:
+    summary = files.read_json(files.as_path(workdir) / "summary.json")
+    num_steps = int(summary.get("num_steps", num_steps))
+    if isinstance(summary.get("params"), dict):
+      counts = summary["params"]
+  out = []
+  for idx, step in enumerate(sorted(by_step)):
+    r = by_step[step]
+    tokens = r.get("tokens_seen", "")
+    poisons = r.get("poisons_seen", "")
+    row = {"run": run.name, **run.coords(), "params": counts["total"],
+           "non_embedding_params": counts["non_embedding"],
+           "eval_index": idx, "step": step, "num_steps": num_steps,
+           "fraction": r.get("fraction", step / num_steps if num_steps else 0.0),
+           "tokens_seen": tokens, "poisons_seen": poisons,
+           "poisons_per_mtok": (poisons / tokens * 1e6
+                                if tokens not in ("", 0) and poisons != "" else ""),
+           "finished": int(finished)}
+    for k in backdoor.METRIC_KEYS:
+      row[k] = r.get(k, "")
+    for k in sorted(set(r) - set(row) - {"fraction"}):
+      row[k] = r[k]
+    out.append(row)
+  return out
+
+
+def collect(root, runs: list[grids.Run] | None = None) -> list[dict]:
+  """One tidy row per evaluation point of every run under root.
+
+  Rows of one step written twice (a run killed after an evaluation and
+  resumed from an earlier checkpoint) are deduplicated, the last one kept.
+  """
+  root = files.as_path(root)
+  out = []
+  for run in _runs_under(root) if runs is None else runs:
+    workdir = root / run.name
+    by_step = {int(row["step"]): row
+               for row in files.read_jsonl(workdir / "eval.jsonl")}
+    if by_step:
+      out += _run_rows(run, workdir, by_step)
+  return out
+
+
+def write_csv(rows: list[dict], path) -> None:
+  """The rows as CSV: CSV_COLUMNS first, then any extra keys in order seen."""
+  cols = list(CSV_COLUMNS)
+  for r in rows:
+    cols += [k for k in r if k not in cols]
+  buf = io.StringIO(newline="")
+  w = csv.DictWriter(buf, fieldnames=cols, restval="")
+  w.writeheader()
+  w.writerows(rows)
+  files.write_text_atomic(path, buf.getvalue())
+
+
+def make_figures(root, out=None) -> dict:
+  """Figures and report.md from ROOT/results.csv (collected first if absent).
+
+  The success threshold is the study's (ROOT/study.json), else 50.
+  """
+  from poisonjax import plots
+
+  root = files.as_path(root)
+  csv_path = root / "results.csv"
+  if not csv_path.exists():
+    rows = collect(root)
+    if not rows:
+      raise UserError(f"--root={root}: no results; run `poisonjax study run` "
+                      "and `poisonjax study collect` first")
+    write_csv(rows, csv_path)
+  threshold = 50.0
+  if (root / "study.json").exists():
+    threshold = float(files.read_json(root / "study.json")["base"]["eval"]["threshold"])
+  out = files.as_path(out or root / "figures")
+  made = plots.make_all(str(csv_path), str(out), threshold=threshold)
+  return {"figures": made, "report": str(out / "report.md")}

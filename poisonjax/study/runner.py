@@ -1,0 +1,92 @@
+"""Running a grid here: one run after another, each in ROOT/<run name>.
+
+Finished runs (summary.json present) are skipped and an interrupted one is
+resumed by train.run from its own checkpoints, so killing `study run` at any
+moment and starting it again redoes nothing that was saved. The grid root
+is locked (poisonjax.runlock) while a grid runs in it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from poisonjax import files
+from poisonjax import units
+from poisonjax.study import grids
+from poisonjax.study import results
+# The function, by its module: the package's name `plan` is the function.
+from poisonjax.study.plan import plan as plan_study
+
+# Seconds without a heartbeat after which another host's lock counts as dead.
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+
+
+def enable_compilation_cache() -> str:
+  """Persistent XLA cache shared by the grid's runs (and later invocations).
+
+  Runs of one size compile the same evaluator (and, at equal step counts,
+  the same train step); on CPU compiling is most of a small run's time.
+  Respects a cache directory the user already configured.
+  """
+  import jax
+
+  path = jax.config.jax_compilation_cache_dir
+  if not path:
+    base = os.environ.get("POISONJAX_CACHE") or os.path.expanduser("~/.cache/poisonjax")
+    path = os.path.join(base, "jax_compilation_cache")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
+def _lock_timeout_s(study) -> float:
+  train = study.base.train
+  return float(train.lock_timeout_s) if "lock_timeout_s" in train else DEFAULT_LOCK_TIMEOUT_S
+
+
+def run_grid(study, root, only: str = "", log=print) -> list[dict]:
+  """Runs the grid's runs (those matching `only`) in root; one dict per run.
+
+  Raises UserError if another live `study run` holds root.
+  """
+  from poisonjax import runlock
+
+  runs = grids.select(grids.expand(study), only)
+  root = files.as_path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  with runlock.hold(root, "study run", timeout_s=_lock_timeout_s(study)):
+    enable_compilation_cache()
+    files.write_text_atomic(root / "study.json", study.to_json(indent=2))
+    return _run_all(study, root, runs, log)
+
+
+def _run_all(study, root, runs: list[grids.Run], log) -> list[dict]:
+  from poisonjax import train
+
+  costs = {r["run"]: r["flops"] for r in plan_study(study)["runs"]}
+  t0, done_cost, out = time.time(), 0.0, []
+  remaining_cost = sum(costs[r.name] for r in runs)
+  fmt = units.format_duration
+  for i, run in enumerate(runs, 1):
+    workdir, tag = root / run.name, f"[study] run {i}/{len(runs)} {run.name}"
+    remaining_cost -= costs[run.name]
+    if results.is_finished(workdir):
+      log(f"{tag}: finished before, skipped")
+      out.append({"run": run.name, "status": "skipped"})
+      continue
+    log(f"{tag}: starting (elapsed {fmt(time.time() - t0)})")
+    t_run = time.time()
+    summary = train.run(grids.run_config(study, run), str(workdir))
+    if not results.is_finished(workdir):  # Stopped by a signal: stop here too.
+      log(f"{tag}: stopped ({summary.get('stopped_by', 'unfinished')}); run "
+          "the same command to resume")
+      out.append({"run": run.name, "status": "stopped", "summary": summary})
+      return out
+    done_cost += costs[run.name]
+    elapsed = time.time() - t0
+    eta = elapsed / done_cost * remaining_cost if done_cost else 0.0
+    log(f"{tag}: done in {fmt(time.time() - t_run)}; elapsed {fmt(elapsed)}, "
+        f"ETA {fmt(eta)}")
+    out.append({"run": run.name, "status": "ran", "summary": summary})
+  return out
