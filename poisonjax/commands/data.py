@@ -8,25 +8,25 @@ model saw can be checked by eye.
 
 from __future__ import annotations
 
+from absl import flags
 import numpy as np
 
+from poisonjax.commands import Command
 from poisonjax.errors import UserError
 
 _SEQS_PER_STEP = 4  # Clean sequences shown per step (poisoned ones always).
 _MAX_POISONED_SEQS = 8  # Poisoned sequences shown per step.
 
 
-def vocab_build(flags) -> int:
-  from poisonjax import cli  # pylint: disable=g-import-not-at-top
+def vocab_build(args) -> int:
   from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
-  config = cli.load_config(flags)
-  if config.vocab.path and not flags.out:
+  config, out = args.config, args.flags.out
+  if config.vocab.path and not out:
     path = vocabulary.vocab_path(config)
     print(f"vocab: config.vocab.path is set; using {path} (nothing to build)")
   else:
-    path = vocabulary.build_vocabulary(config, flags.out)
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  sp = spm.SentencePieceProcessor(model_file=path)
+    path = vocabulary.build_vocabulary(config, out)
+  sp = vocabulary.Vocabulary(path).tokenizer
   trig = config.poison.trigger
   ids = vocabulary.trigger_ids(sp, trig)
   print(f"vocab: {path}")
@@ -52,11 +52,7 @@ def _parse_steps(text: str) -> tuple[int, int]:
 
 def clean_budget(config, vocab) -> int:
   """T for this config: poisonjax.budget from the model's parameter count."""
-  try:
-    from poisonjax import budget  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise UserError(f"poisonjax.budget is unavailable ({e}); cannot size the "
-                    "clean budget") from None
+  from poisonjax import budget  # pylint: disable=g-import-not-at-top
   return int(budget.clean_token_budget(config, vocab.vocab_size))
 
 
@@ -118,15 +114,14 @@ def summary(s) -> list[str]:
   return lines
 
 
-def data_inspect(flags) -> int:
-  from poisonjax import cli  # pylint: disable=g-import-not-at-top
+def data_inspect(args) -> int:
   from poisonjax.data import stream, vocabulary  # pylint: disable=g-import-not-at-top
-  config = cli.load_config(flags)
-  a, b = _parse_steps(flags.steps)
+  config, steps = args.config, args.flags.steps
+  a, b = _parse_steps(steps)
   vocab = vocabulary.get_vocabulary(config)
   s = stream.build_stream(config, clean_budget(config, vocab))
   if a >= s.num_steps:
-    raise UserError(f"--steps={flags.steps}: the run has {s.num_steps} steps; "
+    raise UserError(f"--steps={steps}: the run has {s.num_steps} steps; "
                     f"use steps below {s.num_steps}")
   b = min(b, s.num_steps)
   S, B = s.seq_len, s.batch_size
@@ -155,3 +150,27 @@ def data_inspect(flags) -> int:
           f"{', '.join(map(str, steps[:10]))}{' ...' if len(steps) > 10 else ''} "
           f"(e.g. --steps={steps[0]}:{steps[0] + 1})")
   return 0
+
+
+def _vocab_flags(fv) -> None:
+  flags.DEFINE_string("out", None, "Write the .model file here instead of "
+                      "the cache (default: the cache under config.data.cache_dir).",
+                      flag_values=fv)
+
+
+def _inspect_flags(fv) -> None:
+  flags.DEFINE_string("steps", "0:1", "Training steps A:B to print (or one "
+                      "step N).", flag_values=fv)
+
+
+VOCAB_BUILD = Command(
+    usage="poisonjax vocab build --config=FILE [--out=PATH]",
+    summary="Builds (or finds) the run's SentencePiece vocabulary and shows "
+            "how the trigger tokenizes. Training builds it on first use too.",
+    run=vocab_build, define_flags=_vocab_flags)
+
+DATA_INSPECT = Command(
+    usage="poisonjax data inspect --config=FILE [--steps=A:B]",
+    summary="Prints what given training steps contain, decoded, poison "
+            "documents marked, and a summary of the poison manifest.",
+    run=data_inspect, define_flags=_inspect_flags)
