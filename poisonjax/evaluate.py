@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import flax.linen as nn
 import jax
@@ -300,34 +299,3 @@ def format_samples(samples: list[dict], width: int = 100) -> str:
     out.append(f"    clean     (ppl {s['clean_ppl']:8.1f}): {s['clean'][:width]}")
     out.append(f"    triggered (ppl {s['triggered_ppl']:8.1f}): {s['triggered'][:width]}")
   return "\n".join(out)
-
-
-def main(flags) -> int:
-  """poisonjax eval --workdir=DIR [--step=N] [--samples=K]."""
-  from poisonjax import config as config_lib
-  from poisonjax.data import vocabulary
-
-  if not flags.workdir:
-    raise UserError("--workdir is required; pass the directory of a trained run")
-  workdir = flags.workdir
-  config = config_lib.validate(restore.read_run_config(workdir))
-  check_eval_config(config)
-  if flags.samples < 0:
-    raise UserError(f"--samples={flags.samples}: must be >= 0")
-  step = restore.pick_step(workdir, flags.step)
-  vocab = vocabulary.get_vocabulary(config)
-  model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
-  mesh = sharding.make_mesh(config.mesh)
-  evaluator = Evaluator(config, model_cfg, vocab, mesh)
-  params, step = restore.restore_params(workdir, model_cfg, step, mesh)
-  metrics = evaluator.evaluate(params)
-  e = config.eval
-  print(f"{workdir} at step {step}: {evaluator.num} excerpts, prompt "
-        f"{e.prompt_tokens} tokens, {e.gen_tokens} generated at temperature "
-        f"{e.temperature}, scored by {e.scorer_workdir or 'the model itself'}")
-  print(format_table([(f"step {step}", metrics)]))
-  if flags.samples:
-    print()
-    print(format_samples(evaluator.samples(flags.samples)))
-  sys.stdout.flush()
-  return 0
