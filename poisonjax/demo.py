@@ -23,7 +23,6 @@ pass a fresh --workdir or delete the old one.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -74,11 +73,18 @@ def _run_config(base, count: int) -> ml_collections.ConfigDict:
 
 
 def _finished(workdir: str, config) -> bool:
-  """True if workdir holds a finished run of exactly this config."""
-  config_path = files.as_path(workdir) / "config.json"
+  """True if workdir holds a finished run of exactly this config.
+
+  config.json holds the run's config with model sizes resolved; the
+  comparison (run_history.config_changes) resolves this one the same way.
+  """
+  from poisonjax import run_history
+
+  config_path = files.as_path(workdir) / run_history.CONFIG_FILE
   if not config_path.exists():
     return False
-  if files.read_json(config_path) != json.loads(config.to_json_best_effort()):
+  if run_history.config_changes(files.read_json(config_path),
+                                run_history.config_dict(config)):
     raise UserError(f"--workdir={os.path.dirname(workdir)}: {workdir} holds a "
                     "run with a different config; pass a fresh --workdir or "
                     "delete that directory")
@@ -189,16 +195,3 @@ def run_demo(config, workdir: str, log=print) -> dict:
   png = os.path.join(workdir, "demo.png")
   plot(rows_by_run, png)
   return {"results": results, "png": png, "wall_s": time.time() - t0}
-
-
-def main(flags) -> int:
-  """poisonjax demo [--workdir=runs/demo] [--config=configs/demo.py]."""
-  from poisonjax import cli
-
-  config = cli.load_config(flags, required=False) or demo_config()
-  workdir = flags.workdir or DEFAULT_WORKDIR
-  out = run_demo(config, workdir)
-  print()
-  print(report(out["results"]))
-  print(f"\nplot: {out['png']}   wall time: {out['wall_s']:.0f}s")
-  return 0
