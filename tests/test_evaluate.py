@@ -16,8 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from poisonjax import backdoor
 from poisonjax import evaluate
 from poisonjax import model as model_lib
+from poisonjax import restore
 from poisonjax import sampler
 from poisonjax import sharding
 from poisonjax import train
@@ -140,7 +142,7 @@ def test_backdoor_metrics_from_nlls():
   rng = np.random.default_rng(0)
   clean = rng.uniform(1.0, 2.0, 50)
   trig = clean + np.where(np.arange(50) < 20, 4.0, 0.0)
-  m = evaluate.backdoor_metrics(clean, trig, trig - 0.5, threshold=50.0,
+  m = backdoor.backdoor_metrics(clean, trig, trig - 0.5, threshold=50.0,
                                 bootstrap_samples=500, seed=0)
   diff = np.exp(trig) - np.exp(clean)
   assert m["increase"] == pytest.approx(diff.mean())
@@ -149,9 +151,9 @@ def test_backdoor_metrics_from_nlls():
   assert m["increase_ci_low"] < m["increase"] < m["increase_ci_high"]
   assert m["tf_nll_clean"] == pytest.approx(clean.mean())
   assert m["tf_nll_triggered"] == pytest.approx(trig.mean() - 0.5)
-  again = evaluate.backdoor_metrics(clean, trig, trig, 50.0, 500, 0)
+  again = backdoor.backdoor_metrics(clean, trig, trig, 50.0, 500, 0)
   assert again["increase_ci_low"] == m["increase_ci_low"]
-  assert set(m) == set(evaluate.METRIC_KEYS)
+  assert set(m) == set(backdoor.METRIC_KEYS)
 
 
 # ---- the evaluator on the real pipeline ----------------------------------------------
@@ -175,7 +177,7 @@ def reference(run):
   """The run's checkpoint evaluated once on the 8-device mesh: (params, metrics)."""
   wd, config = run
   ev, cfg, mesh = _evaluator(config)
-  params, _ = evaluate.restore_params(str(wd), cfg, mesh=mesh)
+  params, _ = restore.restore_params(str(wd), cfg, mesh=mesh)
   return params, ev.evaluate(params), ev
 
 
@@ -253,7 +255,7 @@ def test_evaluate_is_deterministic_across_batching_and_devices(run, reference):
   small = tiny_config(config.data.cache_dir, **EVAL, **{"eval.batch_size": 5})
   ev1, _, _ = _evaluator(small, devices=jax.devices()[:1])
   b = ev1.evaluate(params)
-  for key in evaluate.METRIC_KEYS:
+  for key in backdoor.METRIC_KEYS:
     assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), key
 
 
@@ -264,7 +266,7 @@ def test_reference_scorer_equals_self_scoring_on_the_same_checkpoint(run, refere
                         **{"eval.scorer_workdir": str(wd)})
   ev_ref, _, _ = _evaluator(ref_cfg)
   b = ev_ref.evaluate(params)
-  for key in evaluate.METRIC_KEYS:
+  for key in backdoor.METRIC_KEYS:
     assert b[key] == pytest.approx(a[key], rel=1e-5), key
   # Other weights under evaluation, the same reference: the scores differ
   # from self-scoring (the reference really scores).
