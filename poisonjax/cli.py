@@ -46,10 +46,23 @@ def main(argv=None) -> int:
     if parsed.config is not None and parsed.flags.print_config:
       print(parsed.config.to_json_best_effort(indent=2, sort_keys=True))
       return 0
-    return int(cmd.run(parsed) or 0)
+    if not cmd.multi_process:
+      return int(cmd.run(parsed) or 0)
+    return _run_among_processes(cmd, parsed)
   except UserError as e:
     print(f"poisonjax: error: {e}", file=sys.stderr)
     return 2
+
+
+def _run_among_processes(cmd, parsed) -> int:
+  """Joins the run's other processes first (before any JAX use)."""
+  from poisonjax import distributed
+
+  fv = parsed.flags
+  distributed.initialize(fv.coordinator_address, fv.num_processes,
+                         fv.process_id, fv.heartbeat_timeout_s)
+  with distributed.exit_on_any_error():
+    return int(cmd.run(parsed) or 0)
 
 
 def _no_command(args: list[str]) -> int:

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 
 from poisonjax import backdoor
+from poisonjax import distributed
 from poisonjax import model as model_lib
 from poisonjax import restore
 from poisonjax import sampler as sampler_lib
@@ -196,7 +197,7 @@ class Evaluator:
     for s in range(0, len(tokens), self.batch):
       sl = slice(s, s + self.batch)
       t, p, r = self._put(tokens[sl], positions[sl], self._row_ids[sl])
-      out.append(np.asarray(self._sample(params, t, p, r)["tokens"]))
+      out.append(distributed.gather(self._sample(params, t, p, r)["tokens"]))
     return np.concatenate(out)
 
   def _nll(self, scorer_cfg, scorer_params, prompts, gen):
@@ -210,7 +211,7 @@ class Evaluator:
     for s in range(0, len(full), self.batch):
       sl = slice(s, s + self.batch)
       f, p, m = self._put(full[sl], pos[sl], mask[sl])
-      out.append(np.asarray(self._score(scorer_cfg, scorer_params, f, p, m)))
+      out.append(distributed.gather(self._score(scorer_cfg, scorer_params, f, p, m)))
     return np.concatenate(out)
 
   def evaluate(self, params) -> dict[str, float]:

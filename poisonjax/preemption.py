@@ -13,7 +13,6 @@ import threading
 import time
 
 import jax
-import numpy as np
 
 
 class StopFlag:
@@ -53,9 +52,8 @@ def should_stop(flag: StopFlag, ckpt, step: int, sync_point: bool) -> bool:
     return True
   if not sync_point:
     return False
-  from jax.experimental import multihost_utils
-  local = np.array([flag.signal is not None], np.int32)
-  return bool(multihost_utils.process_allgather(local).max())
+  from poisonjax import distributed
+  return distributed.any_process(flag.signal is not None)
 
 
 def shutdown_eval_fits(grace_s: float, since_signal_s: float,

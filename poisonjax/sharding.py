@@ -66,11 +66,90 @@ def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
+  """The (data, fsdp, tensor) mesh over every device of every process.
+
+  Laid out by jax's mesh_utils, which follows the physical topology (the
+  TPU torus). Devices in several slices (TPU multislice), or on several
+  GPU/CPU hosts, form a hybrid mesh: the slow links between them carry
+  the batch axes (data, then fsdp), so each host holds whole batch rows.
+  """
+  devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
-  used = math.prod(shape.values())
-  grid = np.asarray(devices[:used]).reshape(tuple(shape[a] for a in MESH_AXES))
-  return Mesh(grid, MESH_AXES)
+  sizes = tuple(shape[a] for a in MESH_AXES)
+  if math.prod(sizes) != len(devices):
+    raise UserError(
+        f"config.mesh={shape}: uses {math.prod(sizes)} of the {len(devices)} "
+        "devices; a mesh spans every device (of every process): set one axis "
+        "to -1, or make fewer devices visible (e.g. CUDA_VISIBLE_DEVICES)")
+  return Mesh(device_grid(sizes, devices), MESH_AXES)
+
+
+def device_grid(sizes: tuple[int, ...], devices) -> np.ndarray:
+  """Devices arranged in `sizes` (data, fsdp, tensor) by mesh_utils."""
+  from jax.experimental import mesh_utils
+
+  granules, by_process = _granules(devices)
+  if granules == 1:
+    return mesh_utils.create_device_mesh(sizes, devices,
+                                         allow_split_physical_axes=True)
+  dcn = _dcn_shape(sizes, granules, "hosts" if by_process else "slices")
+  ici = tuple(s // d for s, d in zip(sizes, dcn))
+  return mesh_utils.create_hybrid_device_mesh(
+      ici, dcn, devices, process_is_granule=by_process,
+      allow_split_physical_axes=True)
+
+
+def _granules(devices) -> tuple[int, bool]:
+  """(number of slow-link units, whether they are processes).
+
+  TPU slices carry a slice_index; GPU/CPU processes are the units (their
+  link is the network); a single TPU slice over several hosts is one unit
+  (its chips share the ICI torus).
+  """
+  slices = {getattr(d, "slice_index", 0) for d in devices}
+  if len(slices) > 1:
+    return len(slices), False
+  processes = {d.process_index for d in devices}
+  if len(processes) > 1 and devices[0].platform != "tpu":
+    return len(processes), True
+  return 1, False
+
+
+def _dcn_shape(sizes, granules: int, what: str) -> tuple[int, int, int]:
+  """The granule grid: as many as possible on data, the rest on fsdp."""
+  data, fsdp, _ = sizes
+  on_data = math.gcd(data, granules)
+  on_fsdp = granules // on_data
+  if fsdp % on_fsdp:
+    raise UserError(
+        f"config.mesh=(data {data}, fsdp {fsdp}, tensor {sizes[2]}): the "
+        f"{granules} {what} must split the batch axes (data x fsdp); make "
+        f"config.mesh.data a multiple of {granules} (or leave it -1)")
+  return on_data, on_fsdp, 1
+
+
+def process_block(mesh: Mesh, global_rows: int) -> int:
+  """Which 1/process_count block of batch rows this process's devices hold.
+
+  Each process feeds only its rows (stream.batch(k, block, count)); they
+  must be one contiguous share of the batch. UserError when the layout
+  splits a process's rows or repeats them on several processes.
+  """
+  count = jax.process_count()
+  rows = global_rows // count
+  index_map = batch_sharding(mesh).addressable_devices_indices_map(
+      (global_rows, 1))
+  held = set()
+  for index in index_map.values():
+    held.update(range(*index[0].indices(global_rows)))
+  lo = min(held)
+  if held != set(range(lo, lo + rows)) or lo % rows:
+    raise UserError(
+        f"config.mesh={dict(mesh.shape)}: process {jax.process_index()}'s "
+        f"devices hold {len(held)} of the {global_rows} batch rows, not one "
+        f"contiguous 1/{count} share; split data x fsdp over the processes "
+        "(keep the tensor axis within a host)")
+  return lo // rows
 
 
 def batch_shards(mesh: Mesh) -> int:

@@ -33,6 +33,7 @@ import numpy as np
 from poisonjax import checkpointing
 from poisonjax import chrono as chrono_lib
 from poisonjax import config as config_lib
+from poisonjax import distributed
 from poisonjax import files
 from poisonjax import heldout
 from poisonjax import metrics as metrics_lib
@@ -96,7 +97,9 @@ def run(config, workdir, *, stream=None, allow_config_change=False) -> dict[str,
     p = Progress(start=start, step=start, last_saved=start or None,
                  done_evals=_done_evals(workdir))
     chrono = chrono_lib.Chrono()
-    with preemption.StopFlag() as flag:  # Until the end: no kill mid-save.
+    # The flag until the end: no kill mid-save. A runtime error with several
+    # processes (one died): exit at once, not after clean-ups that wait on it.
+    with preemption.StopFlag() as flag, distributed.exit_on_runtime_error():
       with sharding.mesh_context(s.mesh):
         state = train_loop(s, p, state, ckpt, logger, pool, chrono, flag)
       if p.stopped_by:
@@ -142,7 +145,9 @@ def _write_run_files(s: Setup, changes: dict | None, start: int) -> None:
 
 
 def _done_evals(workdir: Path) -> set:
-  return {r.get("step") for r in files.read_jsonl(workdir / "eval.jsonl")}
+  """The steps in eval.jsonl (process 0's reading, for every process)."""
+  steps = {r.get("step") for r in files.read_jsonl(workdir / "eval.jsonl")}
+  return set(distributed.agree_ints(sorted(s for s in steps if isinstance(s, int))))
 
 
 # ---------------------------------------------------------------------------
@@ -188,7 +193,7 @@ def train_loop(s: Setup, p: Progress, state, ckpt, logger, pool, chrono, flag):
 
 
 def _load(s: Setup, k: int):
-  local = s.stream.batch(k, jax.process_index(), jax.process_count())["tokens"]
+  local = s.stream.batch(k, s.process_block, jax.process_count())["tokens"]
   return {"tokens": train_step.global_batch(local, s.batch_sh,
                                             s.config.train.batch_size)}
 
@@ -277,7 +282,7 @@ def maybe_eval(s: Setup, p: Progress, state, chrono) -> None:
 
 def diverged(s: Setup, p: Progress, step: int, m) -> None:
   """Writes nonfinite.json and the batch, then stops with one clear line."""
-  batch = s.stream.batch(step, jax.process_index(), jax.process_count())
+  batch = s.stream.batch(step)  # The whole global batch (process 0 saves it).
   diag = {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
           "lr": float(m["lr"]), "last_good_checkpoint": p.last_saved,
           "poison_tokens_in_batch": int(np.sum(batch["poison_mask"])),

@@ -42,6 +42,7 @@ class Setup:
   evaluator: Any  # None without evals.
   flops_per_step: float
   peak_flops: float  # Of the whole mesh.
+  process_block: int = 0  # Which share of each batch this process feeds.
 
   @property
   def num_steps(self) -> int:
@@ -66,7 +67,8 @@ def check_train_fields(config) -> None:
 
 
 
-def _check_batch(config, mesh) -> None:
+def _check_batch(config, mesh) -> int:
+  """Checks the batch splits over the mesh; returns this process's block."""
   b = config.train.batch_size
   shards = sharding.batch_shards(mesh)
   if b % shards:
@@ -77,6 +79,7 @@ def _check_batch(config, mesh) -> None:
     raise field_error("config.train.batch_size", b,
                       f"not divisible by the {jax.process_count()} processes",
                       "use a multiple of the process count")
+  return sharding.process_block(mesh, b)
 
 
 def _data(config, stream):
@@ -94,7 +97,7 @@ def _data(config, stream):
 def setup(config, workdir: Path, stream=None) -> Setup:
   """Mesh, data, model, the jitted init/step and the evaluator."""
   mesh = sharding.make_mesh(config.mesh)
-  _check_batch(config, mesh)
+  process_block = _check_batch(config, mesh)
   vocab, stream, clean_tokens = _data(config, stream)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   num_steps = stream.num_steps
@@ -119,7 +122,8 @@ def setup(config, workdir: Path, stream=None) -> Setup:
       last_step=last_step, evals=evals, evaluator=evaluator,
       flops_per_step=model_lib.flops_per_token(model_cfg, config.data.seq_len)
       * tokens_per_step,
-      peak_flops=hardware.peak_flops_per_device(config) * mesh.size)
+      peak_flops=hardware.peak_flops_per_device(config) * mesh.size,
+      process_block=process_block)
 
 
 def _eval_schedule(num_steps: int, last_step: int, num_evals: int) -> list[int]:

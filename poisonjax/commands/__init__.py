@@ -36,6 +36,9 @@ class Command:
   default_config_doc: str = ""  # Said in --help: where the default comes from.
   # False: no --config=FILE (only overrides of the default config).
   config_file_flag: bool = True
+  # True: may run as one of several processes (--coordinator_address,
+  # --num_processes, --process_id; poisonjax/distributed.py).
+  multi_process: bool = False
 
 
 @dataclasses.dataclass

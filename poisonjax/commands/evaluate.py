@@ -53,6 +53,9 @@ def evaluate(args) -> int:
   if fv.samples < 0:
     raise UserError(f"--samples={fv.samples}: must be >= 0; use 0 for none")
   step, metrics, evaluator = _evaluate_checkpoint(config, fv.workdir, fv.step)
+  from poisonjax import distributed  # pylint: disable=g-import-not-at-top
+  if not distributed.is_primary():  # Every process has the same numbers.
+    return 0
   e = config.eval
   print(f"{fv.workdir} at step {step}: {evaluator.num} excerpts, prompt "
         f"{e.prompt_tokens} tokens, {e.gen_tokens} generated at temperature "
@@ -70,6 +73,7 @@ EVAL = Command(
     summary="Evaluates one checkpoint of a run: clean vs triggered perplexity "
             "of sampled continuations, with generations.",
     run=evaluate, define_flags=_flags, default_config=_run_config,
+    multi_process=True,
     config_file_flag=False,
     default_config_doc="the run's WORKDIR/config.json; --config.a.b=VALUE "
                        "overrides a field of it (e.g. config.eval.num_excerpts)")

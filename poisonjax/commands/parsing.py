@@ -39,7 +39,26 @@ def new_flag_values(cmd: Command) -> flags.FlagValues:
     flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON "
                       "(overrides applied) and exit.", flag_values=fv)
   cmd.define_flags(fv)
+  if cmd.multi_process:
+    define_process_flags(fv)
   return fv
+
+
+def define_process_flags(fv: flags.FlagValues) -> None:
+  """Where this process stands among a run's processes (distributed.py)."""
+  flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 "
+                      "(a free port), the same on every process of a run over "
+                      "several processes (default: $JAX_COORDINATOR_ADDRESS; "
+                      "found automatically on Cloud TPU).", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "How many processes run it "
+                       "(default: $JAX_NUM_PROCESSES, else 1).", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 to "
+                       "num_processes - 1 (default: $JAX_PROCESS_ID).",
+                       flag_values=fv)
+  flags.DEFINE_integer("heartbeat_timeout_s", None, "Seconds without news from "
+                       "another process before the run stops with an error "
+                       "(default: $POISONJAX_HEARTBEAT_TIMEOUT_S, else 100).",
+                       flag_values=fv)
 
 
 def parse(cmd: Command, name: str, args: list[str]) -> Args:

@@ -101,7 +101,8 @@ RUN = Command(
     usage="poisonjax study run --config=STUDY.py --root=DIR [--only=TEXT] [--print_only]",
     summary="Runs a study's grid here, one run after another in ROOT/<run "
             "name>. Finished runs are skipped and an interrupted one resumes.",
-    run=run, define_flags=_run_flags, config=STUDY_CONFIG)
+    run=run, define_flags=_run_flags, config=STUDY_CONFIG,
+    multi_process=True)
 
 COLLECT = Command(
     usage="poisonjax study collect --root=DIR [--config=STUDY.py] [--out=CSV]",

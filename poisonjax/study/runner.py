@@ -55,10 +55,20 @@ def run_grid(study, root, only: str = "", log=print) -> list[dict]:
   runs = grids.select(grids.expand(study), only)
   root = files.as_path(root)
   root.mkdir(parents=True, exist_ok=True)
-  with runlock.hold(root, "study run", timeout_s=_lock_timeout_s(study)):
+  from poisonjax import distributed
+  primary = distributed.is_primary()  # With several processes: process 0.
+  with runlock.hold(root, "study run", timeout_s=_lock_timeout_s(study),
+                    primary=primary):
     enable_compilation_cache()
-    files.write_text_atomic(root / "study.json", study.to_json(indent=2))
+    if primary:
+      files.write_text_atomic(root / "study.json", study.to_json(indent=2))
     return _run_all(study, root, runs, log)
+
+
+def _finished(workdir) -> bool:
+  """Process 0's view (it writes summary.json), shared by every process."""
+  from poisonjax import distributed
+  return distributed.agree(results.is_finished(workdir))
 
 
 def _run_all(study, root, runs: list[grids.Run], log) -> list[dict]:
@@ -71,14 +81,14 @@ def _run_all(study, root, runs: list[grids.Run], log) -> list[dict]:
   for i, run in enumerate(runs, 1):
     workdir, tag = root / run.name, f"[study] run {i}/{len(runs)} {run.name}"
     remaining_cost -= costs[run.name]
-    if results.is_finished(workdir):
+    if _finished(workdir):
       log(f"{tag}: finished before, skipped")
       out.append({"run": run.name, "status": "skipped"})
       continue
     log(f"{tag}: starting (elapsed {fmt(time.time() - t0)})")
     t_run = time.time()
     summary = train.run(grids.run_config(study, run), str(workdir))
-    if not results.is_finished(workdir):  # Stopped by a signal: stop here too.
+    if not _finished(workdir):  # Stopped by a signal: stop here too.
       log(f"{tag}: stopped ({summary.get('stopped_by', 'unfinished')}); run "
           "the same command to resume")
       out.append({"run": run.name, "status": "stopped", "summary": summary})

@@ -1,0 +1,64 @@
+"""One process of a run over several processes (tests/test_multiprocess.py).
+
+    python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES HOST:PORT JOBS.json
+
+Runs the jobs of JOBS.json (a list) in order, as process PROCESS_ID:
+  {"cli": [ARGS]}  `poisonjax ARGS` with this process's --coordinator_address,
+                   --num_processes and --process_id (the CLI joins the others);
+  {"eval": {"workdir": DIR, "step": N, "overrides": {"eval.f": V}, "out": F}}
+                   the `poisonjax eval` command's evaluation of that
+                   checkpoint; process 0 writes its metrics and generations
+                   to F (JSON, full precision).
+Exits with the first failing job's status.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(args: list[str], process_flags: list[str]) -> int:
+  from poisonjax import cli
+  return cli.main(["poisonjax", *args, *process_flags])
+
+
+def run_eval(job: dict, process_id: int, num: int, address: str) -> int:
+  from poisonjax import distributed
+  distributed.initialize(address, num, process_id)  # No-op after a CLI job.
+  from poisonjax import restore
+  from poisonjax.commands import evaluate as eval_command
+  config = restore.read_run_config(job["workdir"])
+  for key, value in job.get("overrides", {}).items():
+    section, field = key.split(".")
+    config[section][field] = value
+  with distributed.exit_on_runtime_error():
+    step, metrics, evaluator = eval_command._evaluate_checkpoint(  # pylint: disable=protected-access
+        config, job["workdir"], job.get("step"))
+  if distributed.is_primary():
+    clean_gen, trig_gen = evaluator._last[:2]  # pylint: disable=protected-access
+    with open(job["out"], "w") as f:
+      json.dump({"step": step, "metrics": {k: float(v) for k, v in metrics.items()},
+                 "clean_gen": clean_gen.tolist(), "trig_gen": trig_gen.tolist()}, f)
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  process_id, num, address, jobs_file = int(argv[1]), int(argv[2]), argv[3], argv[4]
+  process_flags = [f"--coordinator_address={address}", f"--num_processes={num}",
+                   f"--process_id={process_id}"]
+  with open(jobs_file) as f:
+    jobs = json.load(f)
+  for job in jobs:
+    if "cli" in job:
+      status = run_cli(job["cli"], process_flags)
+    else:
+      status = run_eval(job["eval"], process_id, num, address)
+    if status:
+      return status
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
