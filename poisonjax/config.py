@@ -27,6 +27,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Where tokenized streams and built vocabularies are cached. '' means
   # $POISONJAX_CACHE, else ~/.cache/poisonjax.
   c.data.cache_dir = ""
+  # Where the clean tokens come from (docs/data_at_scale.md). '': each run
+  # tokenizes its own stream into cache_dir (small scale). 'auto' or a
+  # directory (local or gs://): one clean token store per (source, data
+  # seed, vocabulary), shared by every run whatever its poisons or budget,
+  # plus the run's poison overlay; same batches. Build it ahead with
+  # `poisonjax data build-store` ('auto': under cache_dir/stores).
+  c.data.store = ""
   c.data.text_files = ml_collections.ConfigDict()
   c.data.text_files.patterns = ""  # Comma-separated globs of .txt/.jsonl(.gz).
   c.data.text_files.split = "block"  # .txt documents: file | block | line.

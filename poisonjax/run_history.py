@@ -39,6 +39,7 @@ HISTORY_FILE = "history.jsonl"
 NOT_DEFINING = (
     "mesh.",  # Layout only: the same math on another mesh.
     "data.cache_dir", "data.tfds.data_dir",  # Where files live.
+    "data.store",  # The store + overlay give the per-run cache's batches.
     "model.remat",  # Memory/compute trade, same values.
     "train.max_steps",  # Where to stop; the stream and schedule stay.
     "train.log_every", "train.ckpt_every", "train.keep_checkpoints",

@@ -87,11 +87,13 @@ def _data(config, stream):
   if stream is not None:
     return stream.vocab, stream, budget.clean_token_budget(
         config, stream.vocab.vocab_size)
-  from poisonjax.data import stream as stream_lib
+  from poisonjax.data import overlay
   from poisonjax.data import vocabulary
   vocab = vocabulary.get_vocabulary(config)
   clean_tokens = budget.clean_token_budget(config, vocab.vocab_size)
-  return vocab, stream_lib.build_stream(config, clean_tokens), clean_tokens
+  stream = overlay.training_stream(config, clean_tokens,
+                                   may_build=jax.process_count() == 1)
+  return vocab, stream, clean_tokens
 
 
 def setup(config, workdir: Path, stream=None) -> Setup:

@@ -55,6 +55,7 @@ class Args:
 COMMANDS = {
     ("vocab", "build"): "poisonjax.commands.data:VOCAB_BUILD",
     ("data", "inspect"): "poisonjax.commands.data:DATA_INSPECT",
+    ("data", "build-store"): "poisonjax.commands.data:DATA_BUILD_STORE",
     ("train",): "poisonjax.commands.train:TRAIN",
     ("eval",): "poisonjax.commands.evaluate:EVAL",
     ("demo",): "poisonjax.commands.demo:DEMO",

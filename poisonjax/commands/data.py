@@ -1,4 +1,4 @@
-"""`poisonjax vocab build` and `poisonjax data inspect` (the batch viewer).
+"""`poisonjax vocab build`, `data build-store` and `data inspect` (the batch viewer).
 
 The viewer prints exactly what given training steps contain, decoded, with
 poison documents marked ⟦POISON j⟧ ... ⟦/POISON⟧ and document ends shown as
@@ -7,6 +7,8 @@ model saw can be checked by eye.
 """
 
 from __future__ import annotations
+
+import os
 
 from absl import flags
 import numpy as np
@@ -110,16 +112,17 @@ def summary(s) -> list[str]:
       f"(training fraction {steps.min() / s.num_steps:.3f}..{steps.max() / s.num_steps:.3f}); "
       f"tokens per poison mean {nt.mean():.1f} min {nt.min()} max {nt.max()}; "
       f"poison share {s.poison_tokens / s.num_tokens:.4%} of all tokens")
-  lines.append(f"manifest: {s.manifest_path}")
+  if s.manifest_path:
+    lines.append(f"manifest: {s.manifest_path}")
   return lines
 
 
 def data_inspect(args) -> int:
-  from poisonjax.data import stream, vocabulary  # pylint: disable=g-import-not-at-top
+  from poisonjax.data import overlay, vocabulary  # pylint: disable=g-import-not-at-top
   config, steps = args.config, args.flags.steps
   a, b = _parse_steps(steps)
   vocab = vocabulary.get_vocabulary(config)
-  s = stream.build_stream(config, clean_budget(config, vocab))
+  s = overlay.training_stream(config, clean_budget(config, vocab))
   if a >= s.num_steps:
     raise UserError(f"--steps={steps}: the run has {s.num_steps} steps; "
                     f"use steps below {s.num_steps}")
@@ -152,6 +155,54 @@ def data_inspect(args) -> int:
   return 0
 
 
+def _parse_tokens(text: str | None, config, vocab) -> int:
+  if not text:
+    return clean_budget(config, vocab)
+  try:
+    value = int(float(text))
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise UserError(f"--tokens={text!r}: not a positive token count; use e.g. "
+                    "--tokens=260e9")
+  return value
+
+
+def data_build_store(args) -> int:
+  from poisonjax.data import store, vocabulary  # pylint: disable=g-import-not-at-top
+  config, fl = args.config, args.flags
+  if fl.workers < 1 or fl.docs_per_shard < 0:
+    raise UserError(f"--workers={fl.workers} --docs_per_shard="
+                    f"{fl.docs_per_shard}: use workers >= 1, docs_per_shard "
+                    ">= 0")
+  if not config.data.store:
+    config.data.store = "auto"
+    print("build-store: config.data.store='' (the per-run cache); building the "
+          "'auto' store: runs read it with --config.data.store=auto")
+  vocab = vocabulary.get_vocabulary(config)
+  tokens = _parse_tokens(fl.tokens, config, vocab)
+  s = store.build(config, vocab, tokens, workers=fl.workers,
+                  docs_per_shard=fl.docs_per_shard)
+  size = sum(f.stat().length for f in s.path.iterdir() if f.name.startswith("shard-"))
+  print(f"store: {s.path}")
+  print(f"store: {s.num_tokens:,} clean tokens ({s.num_docs:,} documents) in "
+        f"{len(s.shards)} shards, {s.dtype.name} ids, {size / 1e9:.3f} GB; "
+        f"enough for clean budgets up to {s.num_tokens:,} tokens")
+  return 0
+
+
+def _build_store_flags(fv) -> None:
+  flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes, "
+                       "one shard each at a time.", flag_values=fv)
+  flags.DEFINE_string("tokens", None, "Clean tokens the store must hold, e.g. "
+                      "260e9 (default: this config's clean budget T). A store "
+                      "already big enough is left as it is; a smaller one is "
+                      "extended.", flag_values=fv)
+  flags.DEFINE_integer("docs_per_shard", 0, "Documents per shard, fixed when "
+                       "the store is created (0: ~16 shards for --tokens, at "
+                       "most 131072 documents each).", flag_values=fv)
+
+
 def _vocab_flags(fv) -> None:
   flags.DEFINE_string("out", None, "Write the .model file here instead of "
                       "the cache (default: the cache under config.data.cache_dir).",
@@ -168,6 +219,13 @@ VOCAB_BUILD = Command(
     summary="Builds (or finds) the run's SentencePiece vocabulary and shows "
             "how the trigger tokenizes. Training builds it on first use too.",
     run=vocab_build, define_flags=_vocab_flags)
+
+DATA_BUILD_STORE = Command(
+    usage="poisonjax data build-store --config=FILE [--workers=N] [--tokens=T]",
+    summary="Tokenizes the clean source once into the shared token store "
+            "(config.data.store; '' builds the 'auto' one) that every run of "
+            "the study reads with its own poison overlay.",
+    run=data_build_store, define_flags=_build_store_flags)
 
 DATA_INSPECT = Command(
     usage="poisonjax data inspect --config=FILE [--steps=A:B]",

@@ -1,0 +1,347 @@
+"""The clean token store: one tokenized clean corpus for every run of a study.
+
+The per-run cache (stream.py) tokenizes the whole stream again for every
+poison count, poison seed and budget. The clean part never changes between
+those runs, so it is tokenized once per (clean source, data seed,
+vocabulary) into a store that every run reads; a run with clean budget C
+reads only the first C tokens, and the poisons are laid over it at read
+time (overlay.py).
+
+Layout (local or gs://, everything through etils.epath):
+  index.json              spec, dtype, and per shard: first document,
+                          documents, tokens, the end of every BLOCK_DOCS-th
+                          document, sha256 of both files
+  shard-NNNNNN.tokens     raw little-endian uint16/uint32 ids of its documents,
+                          each ending with EOS
+  shard-NNNNNN.ends       uint32: each document's end, relative to the shard
+Shard i holds documents [i*D, (i+1)*D) of the source's training order (D =
+docs_per_shard), so a shard is a pure function of (source, vocabulary, i):
+workers build shards independently, in any order, in any number, and the
+bytes do not depend on how many there were. The store grows by appending
+shards (a bigger budget later extends it; nothing is rebuilt).
+
+Why raw arrays and not ArrayRecord: ids are fixed-width, so token t is at
+byte t*itemsize of its shard and any range is one seek + read, through any
+epath backend; array_record 0.8.6 opens files with a local-only reader
+(gs:// fails, google/array_record#120). docs/data_at_scale.md has the
+measured sizes of both.
+
+Building runs a multiprocessing pool (spawn start method: safe after JAX
+has started threads), one task per shard. Files appear by atomic rename and
+the index is merged before it is written (the longer shard list wins: all
+builders write the same bytes), so two builders racing waste work but never
+corrupt the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import time
+import uuid
+from concurrent import futures
+
+import numpy as np
+
+from poisonjax import files
+from poisonjax.data import sources, synthetic, vocabulary
+from poisonjax.errors import UserError
+
+FORMAT = "poisonjax-token-store-v1"
+DOCS_PER_SHARD = 1 << 17  # ~65M tokens (130 MB) of C4-like documents.
+BLOCK_DOCS = 4096  # The index keeps every BLOCK_DOCS-th document end.
+_ENCODE_DOCS = 1024  # Documents per SentencePiece batch call.
+_INDEX_EVERY_S = 30.0  # How often a long build saves its progress.
+_LOOKUP_THREADS = 16  # Parallel block reads when locating poison boundaries.
+
+
+def store_spec(config, vocab) -> dict:
+  """What the store's tokens depend on (and nothing a run may vary)."""
+  return {"format": FORMAT, "source": sources.get_source(config).key(),
+          "vocab_sha256": vocabulary.fingerprint(vocab)}
+
+
+def store_path(config, vocab):
+  """config.data.store as a path; 'auto': under cache_dir, keyed by the spec."""
+  where = str(config.data.store)
+  if where != "auto":
+    return files.as_path(where)
+  spec = json.dumps(store_spec(config, vocab), sort_keys=True, default=str)
+  key = hashlib.sha256(spec.encode()).hexdigest()[:20]
+  return files.as_path(vocabulary.cache_dir(config)) / "stores" / key
+
+
+def token_dtype(vocab_size: int):
+  return np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+def _read_bytes(path, offset: int, nbytes: int) -> bytes:
+  """nbytes of a file from offset: the one place the store reads data."""
+  with path.open("rb") as f:
+    f.seek(offset)
+    data = f.read(nbytes)
+  if len(data) != nbytes:
+    raise UserError(f"token store file {path} is shorter than its index says "
+                    f"(wanted bytes {offset}..{offset + nbytes}); rebuild the "
+                    "store (`poisonjax data build-store`) into a new directory")
+  return data
+
+
+class TokenStore:
+  """Read-only random access to a built store's clean tokens and boundaries."""
+
+  def __init__(self, path):
+    self.path = files.as_path(path)
+    self.index = files.read_json(self.path / "index.json")
+    self.dtype = np.dtype(self.index["dtype"])
+    self.shards = self.index["shards"]
+    counts = [s["num_tokens"] for s in self.shards]
+    self.cum_tokens = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    docs = [s["num_docs"] for s in self.shards]
+    self.cum_docs = np.concatenate([[0], np.cumsum(docs)]).astype(np.int64)
+
+  @property
+  def num_tokens(self) -> int:
+    return int(self.cum_tokens[-1])
+
+  @property
+  def num_docs(self) -> int:
+    return int(self.cum_docs[-1])
+
+  def _file(self, shard: int, kind: str):
+    return self.path / f"{self.shards[shard]['name']}.{kind}"
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    """Clean tokens [start, stop), reading only the shards that hold them."""
+    if not 0 <= start <= stop <= self.num_tokens:
+      raise IndexError(f"tokens [{start}, {stop}) outside the store's "
+                       f"{self.num_tokens}")
+    parts = []
+    s = int(np.searchsorted(self.cum_tokens, start, side="right")) - 1
+    while start < stop:
+      lo, hi = self.cum_tokens[s], self.cum_tokens[s + 1]
+      end = min(stop, int(hi))
+      if end > start:
+        raw = _read_bytes(self._file(s, "tokens"), (start - lo) * self.dtype.itemsize,
+                          (end - start) * self.dtype.itemsize)
+        parts.append(np.frombuffer(raw, self.dtype))
+      start, s = end, s + 1
+    return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
+
+  def _first_end_at_or_after(self, position: int) -> tuple[int, int]:
+    """(end, document index) of the first document ending at >= position."""
+    s = int(np.searchsorted(self.cum_tokens[1:], position, side="left"))
+    shard = self.shards[s]
+    rel = position - int(self.cum_tokens[s])
+    block = self.index["block_docs"]
+    b = int(np.searchsorted(shard["block_ends"], rel, side="left"))
+    first = b * block
+    n = min(block, shard["num_docs"] - first)
+    ends = np.frombuffer(_read_bytes(self._file(s, "ends"), first * 4, n * 4), "<u4")
+    k = int(np.searchsorted(ends, rel, side="left"))
+    return int(self.cum_tokens[s]) + int(ends[k]), int(self.cum_docs[s]) + first + k
+
+  def document_ends(self, positions) -> tuple[np.ndarray, np.ndarray]:
+    """For each position p: the first document end >= p, and that document.
+
+    One small block read per position (in parallel threads: on gs:// each
+    is a round trip), so the cost is O(positions), not O(store).
+    """
+    positions = [int(p) for p in positions]
+    if any(not 0 <= p <= self.num_tokens for p in positions):
+      raise IndexError(f"a position is outside the store's {self.num_tokens} tokens")
+    with futures.ThreadPoolExecutor(_LOOKUP_THREADS) as pool:
+      found = list(pool.map(self._first_end_at_or_after, positions))
+    ends = np.array([e for e, _ in found], np.int64).reshape(-1)
+    docs = np.array([d for _, d in found], np.int64).reshape(-1)
+    return ends, docs
+
+
+# ---- building -----------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(config, model_proto: bytes, path: str, docs_per_shard: int,
+                 block_docs: int, dtype: str) -> None:
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  _WORKER.update(source=sources.get_source(config), path=files.as_path(path),
+                 sp=spm.SentencePieceProcessor(model_proto=model_proto),
+                 docs_per_shard=docs_per_shard, block_docs=block_docs,
+                 dtype=np.dtype(dtype))
+
+
+def _train_documents(source, start: int):
+  """The source's training documents from index `start` on."""
+  if isinstance(source, sources.SyntheticSource):  # Random access: O(1).
+    return synthetic.documents(source.seed, synthetic.TRAIN, start)
+  return itertools.islice(source.train_documents(), start, None)
+
+
+def _write_atomic(path, chunks) -> str:
+  """Writes byte chunks to path via a temporary file; returns their sha256."""
+  h = hashlib.sha256()
+  tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+  with tmp.open("wb") as f:
+    for chunk in chunks:
+      h.update(chunk)
+      f.write(chunk)
+  tmp.replace(path)
+  return h.hexdigest()
+
+
+def _encoded_batches(docs, sp, count: int, dtype, lengths: list):
+  """Byte chunks of `count` documents' ids, EOS after each; fills lengths."""
+  eos = sp.eos_id()
+  while len(lengths) < count:
+    batch = list(itertools.islice(docs, min(_ENCODE_DOCS, count - len(lengths))))
+    if not batch:
+      raise UserError("token store: the clean source ran out of documents; "
+                      "add data")
+    encoded = sp.EncodeAsIds(batch)
+    for ids in encoded:
+      ids.append(eos)
+      lengths.append(len(ids))
+    yield np.fromiter(itertools.chain.from_iterable(encoded), dtype).tobytes()
+
+
+def _build_shard(i: int) -> dict:
+  """Tokenizes documents [i*D, (i+1)*D) into shard i; returns its index entry."""
+  w = _WORKER
+  D, name, lengths = w["docs_per_shard"], f"shard-{i:06d}", []
+  docs = _train_documents(w["source"], i * D)
+  tok_sha = _write_atomic(w["path"] / f"{name}.tokens",
+                          _encoded_batches(docs, w["sp"], D, w["dtype"], lengths))
+  ends = np.cumsum(lengths, dtype=np.int64)
+  if ends[-1] >= 1 << 32:
+    raise UserError(f"token store shard {i}: {ends[-1]} tokens do not fit its "
+                    "uint32 offsets; build with a smaller --docs_per_shard")
+  ends_sha = _write_atomic(w["path"] / f"{name}.ends", [ends.astype("<u4").tobytes()])
+  block = w["block_docs"]
+  block_ends = ends[block - 1::block].tolist()
+  if D % block:  # The last block is partial: its end closes the shard.
+    block_ends.append(int(ends[-1]))
+  return {"name": name, "first_doc": i * D, "num_docs": D,
+          "num_tokens": int(ends[-1]), "block_ends": block_ends,
+          "sha256": {"tokens": tok_sha, "ends": ends_sha}}
+
+
+def _read_index(path) -> dict | None:
+  p = path / "index.json"
+  return files.read_json(p) if p.exists() else None
+
+
+def _save_index(path, index: dict) -> None:
+  """Writes the index unless the one on disk already holds more shards."""
+  old = _read_index(path)
+  if old is not None and len(old["shards"]) > len(index["shards"]):
+    return
+  files.write_json(path / "index.json", index)
+
+
+def _check_spec(path, index: dict, spec: dict) -> None:
+  if json.loads(json.dumps(index["spec"], default=str)) != \
+      json.loads(json.dumps(spec, default=str)):
+    raise UserError(
+        f"config.data.store={str(path)!r}: holds the store of another clean "
+        f"source or vocabulary ({index['spec']} != {spec}); use another "
+        "directory or config.data.store=auto")
+
+
+def _tokens_per_doc(index: dict | None, sp, source) -> float:
+  """Mean tokens per document: of the shards built, else of a sample."""
+  docs = sum(s["num_docs"] for s in index["shards"]) if index else 0
+  if docs:
+    return sum(s["num_tokens"] for s in index["shards"]) / docs
+  sample = list(itertools.islice(_train_documents(source, 0), 256))
+  return max(1.0, sum(len(x) + 1 for x in sp.EncodeAsIds(sample)) / len(sample))
+
+
+def _auto_docs_per_shard(num_docs: float) -> int:
+  """A power of two giving ~16 shards, in [64, DOCS_PER_SHARD]: small stores
+  still build in parallel, big ones get ~100 MB shards."""
+  return int(min(DOCS_PER_SHARD, max(64, 2 ** math.floor(math.log2(
+      max(num_docs / 16, 1))))))
+
+
+def _new_index(spec: dict, vocab, docs_per_shard: int) -> dict:
+  return {"spec": spec, "dtype": np.dtype(token_dtype(vocab.vocab_size)).name,
+          "docs_per_shard": int(docs_per_shard), "block_docs": BLOCK_DOCS,
+          "shards": []}
+
+
+def _num_tokens(index: dict) -> int:
+  return sum(s["num_tokens"] for s in index["shards"])
+
+
+def _run_shards(config, sp, path, index: dict, ids: list[int], workers: int):
+  """Builds the shards `ids` (in a pool if workers > 1), yielding in order."""
+  args = (config, sp.serialized_model_proto(), str(path),
+          index["docs_per_shard"], index["block_docs"], index["dtype"])
+  if workers <= 1:
+    _init_worker(*args)
+    yield from map(_build_shard, ids)
+    return
+  ctx = multiprocessing.get_context("spawn")
+  with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+    yield from pool.imap(_build_shard, ids)
+
+
+def build(config, vocab, min_tokens: int, *, path=None, workers: int = 1,
+          docs_per_shard: int = 0) -> TokenStore:
+  """Extends (or creates) the store until it holds >= min_tokens clean tokens.
+
+  docs_per_shard: fixed when the store is created (0: chosen from
+  min_tokens, never from `workers`, so the bytes do not depend on them).
+  """
+  path = files.as_path(path) if path is not None else store_path(config, vocab)
+  spec, index = store_spec(config, vocab), _read_index(path)
+  source = sources.get_source(config)
+  per_doc = _tokens_per_doc(index, vocab.tokenizer, source)
+  if index is None:
+    index = _new_index(spec, vocab, docs_per_shard
+                       or _auto_docs_per_shard(min_tokens / per_doc))
+  _check_spec(path, index, spec)
+  path.mkdir(parents=True, exist_ok=True)
+  start = last_save = time.time()
+  built = 0
+  while _num_tokens(index) < min_tokens:
+    first = len(index["shards"])
+    more = (min_tokens - _num_tokens(index)) / per_doc / index["docs_per_shard"]
+    ids = list(range(first, first + max(1, math.ceil(more * 1.02))))
+    for entry in _run_shards(config, vocab.tokenizer, path, index, ids, workers):
+      index["shards"].append(entry)
+      built += entry["num_tokens"]
+      if time.time() - last_save > _INDEX_EVERY_S:
+        last_save = time.time()
+        _save_index(path, index)
+        print(f"store: {len(index['shards'])} shards, {_num_tokens(index) / 1e6:.1f}M "
+              f"tokens ({built / (time.time() - start) / 1e6:.2f}M tokens/s)",
+              flush=True)
+    per_doc = _tokens_per_doc(index, vocab.tokenizer, source)
+  _save_index(path, index)
+  if built:
+    print(f"store: {path}: built {built:,} tokens in {time.time() - start:.1f}s "
+          f"with {workers} worker(s)", flush=True)
+  return TokenStore(path)
+
+
+def open_store(config, vocab, min_tokens: int, may_build: bool) -> TokenStore:
+  """The configured store, built or extended to min_tokens if allowed."""
+  path = store_path(config, vocab)
+  index = _read_index(path)
+  if index is not None:
+    _check_spec(path, index, store_spec(config, vocab))
+    if _num_tokens(index) >= min_tokens:
+      return TokenStore(path)
+  if not may_build:
+    have = 0 if index is None else _num_tokens(index)
+    raise UserError(
+        f"config.data.store={config.data.store!r}: the store at {path} holds "
+        f"{have:,} clean tokens, the run needs {int(min_tokens):,}; build it "
+        "first: `poisonjax data build-store --config=... "
+        f"--tokens={int(min_tokens)}`")
+  return build(config, vocab, min_tokens, path=path)
