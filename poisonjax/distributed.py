@@ -38,7 +38,7 @@ import contextlib
 import os
 import sys
 import traceback
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import jax
 import numpy as np
@@ -51,6 +51,7 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 ENV_HEARTBEAT = "POISONJAX_HEARTBEAT_TIMEOUT_S"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # JAX's own default.
 RUNTIME_ERROR_EXIT = 3  # Exit status of a process stopped by a runtime error.
+_T = TypeVar("_T")
 
 
 def initialize(coordinator_address: str | None = None,
@@ -170,6 +171,28 @@ def agree_ints(values) -> list[int]:
   if count == 0:
     return []
   return [int(v) for v in multihost_utils.broadcast_one_to_all(own)]
+
+
+def primary_first(make: Callable[[], _T], what: str) -> _T:
+  """make() on process 0, then (once it is done) on the others.
+
+  For what builds shared files on first use (a vocabulary, a data cache):
+  process 0 builds them, the others then find them. A UserError on
+  process 0 stops every process.
+  """
+  if jax.process_count() == 1:
+    return make()
+  result, error = None, None
+  if is_primary():
+    try:
+      result = make()
+    except UserError as e:
+      error = e
+  if not agree(error is None):  # Also the barrier the others wait at.
+    if error is not None:
+      raise error
+    raise UserError(f"process 0 could not prepare {what} (its log says why)")
+  return result if is_primary() else make()
 
 
 def any_process(flag: bool) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 
 from poisonjax import budget
+from poisonjax import distributed
 from poisonjax import hardware
 from poisonjax import model as model_lib
 from poisonjax import optim
@@ -100,7 +101,8 @@ def setup(config, workdir: Path, stream=None) -> Setup:
   """Mesh, data, model, the jitted init/step and the evaluator."""
   mesh = sharding.make_mesh(config.mesh)
   process_block = _check_batch(config, mesh)
-  vocab, stream, clean_tokens = _data(config, stream)
+  vocab, stream, clean_tokens = distributed.primary_first(
+      lambda: _data(config, stream), "the vocabulary and the data")
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   num_steps = stream.num_steps
   last_step = num_steps

@@ -38,6 +38,7 @@ STEPS, HALF = 20, 10
 RUN = {"train.max_steps": STEPS, "train.log_every": 1, "train.ckpt_every": HALF,
        "eval.num_evals": 1, "eval.num_excerpts": 12, "eval.prompt_tokens": 8,
        "eval.gen_tokens": 6, "eval.batch_size": 8, "eval.bootstrap_samples": 20}
+MESHES = [[8, 1, 1], [2, 2, 2], [1, 8, 1], [4, 1, 2], [-1, 2, 2], [1, 1, 8]]
 LOSS_TOL = 1e-5
 KILL_BOUND_S = 120  # Generous: a loaded 2-core CI machine.
 
@@ -111,12 +112,14 @@ def runs(train_cache, tmp_path_factory):
       {"cli": ["train", f"--config={half_cfg}", f"--workdir={d['one_to_two']}",
                f"--config.train.max_steps={STEPS}"]},
       {"eval": {"workdir": str(d["one"]), "step": STEPS, "out": str(root / "eval.json")}},
+      {"rows": {"meshes": MESHES, "rows": 8, "out": str(root / "rows.json")}},
   ]
   results = finish(start_pair(jobs, root))
   for i, (code, _, err) in enumerate(results):
     assert code == 0, f"process {i}:\n{err[-3000:]}"
   train.run(tiny_config(train_cache, **RUN), d["two_to_one"])  # 1 process resumes.
   d["eval_two"] = json.loads((root / "eval.json").read_text())
+  d["rows"] = json.loads((root / "rows.json").read_text())
   d["stdout"] = [out for _, out, _ in results]
   return d
 
@@ -155,6 +158,20 @@ def test_checkpoint_resumes_across_process_counts(runs, resumed, stopped_by):
                     ("finished", STEPS)]
 
 
+def test_each_process_feeds_the_rows_its_devices_hold(runs):
+  """On every mesh that splits the batch over the processes, each feeds one
+  block of rows and the global batch is the 1-process one; a mesh that
+  cannot (tensor over the processes) is refused in one line."""
+  by_mesh = {tuple(r["mesh"]): r for r in runs["rows"]}
+  assert set(by_mesh) == {tuple(m) for m in MESHES}
+  for mesh, r in by_mesh.items():
+    if mesh == (1, 1, 8):
+      assert "batch axes" in r["error"] and "\n" not in r["error"]
+      continue
+    assert sorted(r["blocks"]) == [0, 1], r
+    assert r["shards_ok"] == [1, 1] and r["whole_ok"], r
+
+
 def test_two_process_evaluation_equals_one_process(runs):
   here = evaluate_here(runs["one"], STEPS)
   two = runs["eval_two"]
@@ -173,11 +190,11 @@ def test_two_process_evaluation_equals_one_process(runs):
 
 def test_killing_one_process_stops_the_other(train_cache, tmp_path):
   """Process 1 is SIGKILLed mid-run; process 0 exits by itself, non-zero,
-  with one clear line, within KILL_BOUND_S."""
+  with a clear line, within KILL_BOUND_S. (The run's stream is new: process
+  0 builds it while process 1 waits, distributed.primary_first.)"""
   config = dict(RUN, **{"train.max_steps": 0, "train.tokens_per_param": 1.0,
                         "eval.num_evals": 0})
   wd = tmp_path / "killed"
-  _prebuild_stream(tiny_config(train_cache, **config))
   jobs = [{"cli": ["train", f"--config={config_file(tmp_path, train_cache, **config)}",
                    f"--workdir={wd}"]}]
   procs = start_pair(jobs, tmp_path, {"POISONJAX_HEARTBEAT_TIMEOUT_S": "20"})
@@ -198,13 +215,6 @@ def test_killing_one_process_stops_the_other(train_cache, tmp_path):
   assert ("poisonjax: error: process 0 of 2: runtime error" in err
           or "another task died" in err), err[-3000:]
   assert not (wd / "summary.json").exists()
-
-
-def _prebuild_stream(config) -> None:
-  """The run's data built here first, as training's setup builds it (not by
-  both processes at once)."""
-  from poisonjax import train_setup
-  train_setup._data(config, None)  # pylint: disable=protected-access
 
 
 def _wait_for_steps(path, procs, steps: int, timeout_s: float = 300) -> None:

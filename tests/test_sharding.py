@@ -62,3 +62,46 @@ def test_same_losses_on_three_meshes(tmp_path, train_cache):
   assert ref[-1] < ref[0]  # It trains.
   for name, l in losses.items():
     np.testing.assert_allclose(l, ref, atol=1e-4, rtol=0, err_msg=name)
+
+
+class FakeDevice:
+  """Enough of a jax device for mesh_utils' layout on a non-TPU platform."""
+
+  def __init__(self, id_, process_index, slice_index=0):
+    self.id, self.process_index, self.slice_index = id_, process_index, slice_index
+    self.platform = self.device_kind = "cpu"
+
+  def __repr__(self):
+    return f"D{self.id}(p{self.process_index}s{self.slice_index})"
+
+
+def _owners(grid, attr):
+  """{(data, fsdp) cell: the set of `attr` values of its devices}."""
+  return {(a, b): {getattr(d, attr) for d in grid[a, b].ravel()}
+          for a in range(grid.shape[0]) for b in range(grid.shape[1])}
+
+
+def test_hybrid_layout_puts_hosts_and_slices_on_the_batch_axes():
+  # 4 hosts x 2 devices, listed interleaved (a plain reshape would mix them).
+  hosts = [FakeDevice(i, i % 4) for i in range(8)]
+  grid = sharding.device_grid((4, 1, 2), hosts)
+  assert _owners(grid, "process_index") == {(i, 0): {i} for i in range(4)}
+  grid = sharding.device_grid((2, 2, 2), hosts)  # Hosts over data x fsdp.
+  assert sorted(min(v) for v in _owners(grid, "process_index").values()) == [0, 1, 2, 3]
+  assert all(len(v) == 1 for v in _owners(grid, "process_index").values())
+  slices = [FakeDevice(i, i % 4, slice_index=i % 2) for i in range(8)]
+  grid = sharding.device_grid((2, 2, 2), slices)  # 2 slices: data rows.
+  assert _owners(grid, "slice_index") == {
+      (0, 0): {0}, (0, 1): {0}, (1, 0): {1}, (1, 1): {1}}
+  with pytest.raises(UserError, match=r"^config\.mesh.*batch axes") as e:
+    sharding.device_grid((1, 1, 8), hosts)  # The tensor axis over hosts.
+  assert "\n" not in str(e.value)
+
+
+def test_mesh_spans_every_device_or_says_how():
+  with pytest.raises(UserError, match=r"^config\.mesh.*uses 2 of the 8 devices") as e:
+    sharding.make_mesh(mesh_cfg(2, 1, 1))
+  assert "\n" not in str(e.value) and "-1" in str(e.value)
+  mesh = sharding.make_mesh(mesh_cfg(2, -1, 2))
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert sharding.process_block(mesh, 8) == 0  # One process: all rows.
