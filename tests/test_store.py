@@ -1,12 +1,13 @@
 """The clean token store + poison overlay: the per-run cache's batches, shared."""
 
+import itertools
 import json
 import os
 
 import numpy as np
 import pytest
 
-from poisonjax.data import overlay, store, stream, vocabulary
+from poisonjax.data import overlay, sources, store, stream, vocabulary
 from poisonjax.errors import UserError
 from test_data_common import run_cli, small_config
 
@@ -181,3 +182,32 @@ def test_cli_build_store_then_inspect_reads_it(tmp_path):
   drop = lambda out: [l.split("; cache ")[0] for l in out.splitlines()
                       if not l.startswith(("manifest: ", "vocab: ", "building"))]
   assert drop(runs["auto"].stdout) == drop(runs[""].stdout)
+
+
+def test_text_files_documents_are_reached_by_index(cache, tmp_path):
+  for f in range(3):
+    (tmp_path / f"{f}.txt").write_text("\n\n".join(
+        f"document {f}-{k} " + "word " * k for k in range(7)))
+  c = small_config(cache)
+  c.data.source = "text_files"
+  c.data.text_files.patterns = str(tmp_path / "*.txt")
+  c.data.text_files.heldout_fraction = 0.2
+  src = sources.get_source(c)
+  n = len(src.train)
+  for start in (0, 3, n - 1, n, 2 * n + 5):
+    want = list(itertools.islice(src.train_documents(), start, start + 2 * n))
+    got = list(itertools.islice(store._indexed_documents(src, start), 2 * n))
+    assert got == want
+
+
+def test_in_order_sources_are_read_once_by_the_parent(cache, tmp_path, monkeypatch):
+  c = small_config(cache)
+  _prebuilt(c, 30_000, path=tmp_path / "indexed")
+  # As for TFDS: no random access, so no worker may read documents itself
+  # (in-process, a worker asking would get None and fail).
+  monkeypatch.setattr(store, "_indexed_documents", lambda source, start: None)
+  for workers in (1, 2):
+    built = _prebuilt(c, 30_000, path=tmp_path / f"in_order_{workers}",
+                      workers=workers)
+    assert len(built.shards) >= 3
+    assert _files(tmp_path / "indexed") == _files(tmp_path / f"in_order_{workers}")

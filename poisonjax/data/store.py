@@ -27,7 +27,10 @@ epath backend; array_record 0.8.6 opens files with a local-only reader
 measured sizes of both.
 
 Building runs a multiprocessing pool (spawn start method: safe after JAX
-has started threads), one task per shard. Files appear by atomic rename and
+has started threads), one task per shard. Synthetic and text-file documents
+are reachable by index, so each worker reads its own range; a TFDS split is
+read in order (its shuffle buffer), once, by the parent, which sends each
+shard's documents to a worker. Files appear by atomic rename and
 the index is merged before it is written (the longer shard list wins: all
 builders write the same bytes), so two builders racing waste work but never
 corrupt the store.
@@ -35,6 +38,7 @@ corrupt the store.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -174,11 +178,33 @@ def _init_worker(config, model_proto: bytes, path: str, docs_per_shard: int,
                  dtype=np.dtype(dtype))
 
 
-def _train_documents(source, start: int):
-  """The source's training documents from index `start` on."""
-  if isinstance(source, sources.SyntheticSource):  # Random access: O(1).
+def _indexed_documents(source, start: int):
+  """The training documents from index `start` on, reached in O(1); None
+  for a source that can only be read in order (TFDS: a shuffle buffer)."""
+  if isinstance(source, sources.SyntheticSource):
     return synthetic.documents(source.seed, synthetic.TRAIN, start)
-  return itertools.islice(source.train_documents(), start, None)
+  if isinstance(source, sources.TextFilesSource):
+    return _text_files_documents(source, start)
+  return None
+
+
+def _text_files_documents(source, start: int):
+  """TextFilesSource.train_documents() from `start` (the same epochs and
+  permutations; tests/test_store.py pins the equality)."""
+  n = len(source.train)
+  first_epoch, skip = divmod(start, n)
+  for epoch in itertools.count(first_epoch):
+    order = np.random.default_rng([source.seed, epoch]).permutation(n)
+    for k in order[skip if epoch == first_epoch else 0:]:
+      yield source.train[k]
+
+
+def _train_documents(source, start: int):
+  """The training documents from `start` on (in order: O(start) to reach)."""
+  docs = _indexed_documents(source, start)
+  if docs is None:
+    docs = itertools.islice(source.train_documents(), start, None)
+  return docs
 
 
 def _write_atomic(path, chunks) -> str:
@@ -201,18 +227,22 @@ def _encoded_batches(docs, sp, count: int, dtype, lengths: list):
     if not batch:
       raise UserError("token store: the clean source ran out of documents; "
                       "add data")
-    encoded = sp.EncodeAsIds(batch)
+    encoded = sp.EncodeAsIds(batch, num_threads=1)  # One core per worker.
     for ids in encoded:
       ids.append(eos)
       lengths.append(len(ids))
     yield np.fromiter(itertools.chain.from_iterable(encoded), dtype).tobytes()
 
 
-def _build_shard(i: int) -> dict:
-  """Tokenizes documents [i*D, (i+1)*D) into shard i; returns its index entry."""
+def _build_shard(task: tuple[int, list | None]) -> dict:
+  """Tokenizes documents [i*D, (i+1)*D) into shard i; returns its index entry.
+
+  task = (i, its documents), or (i, None): the worker reads them itself.
+  """
   w = _WORKER
+  i, given = task
   D, name, lengths = w["docs_per_shard"], f"shard-{i:06d}", []
-  docs = _train_documents(w["source"], i * D)
+  docs = iter(given) if given is not None else _indexed_documents(w["source"], i * D)
   tok_sha = _write_atomic(w["path"] / f"{name}.tokens",
                           _encoded_batches(docs, w["sp"], D, w["dtype"], lengths))
   ends = np.cumsum(lengths, dtype=np.int64)
@@ -277,17 +307,36 @@ def _num_tokens(index: dict) -> int:
   return sum(s["num_tokens"] for s in index["shards"])
 
 
+def _tasks(source, ids: list[int], docs_per_shard: int):
+  """(shard, documents) tasks; the documents travel only for in-order sources,
+  which this process then reads once, start to end."""
+  if _indexed_documents(source, 0) is not None:
+    return ((i, None) for i in ids)
+  docs = _train_documents(source, ids[0] * docs_per_shard)
+  return ((i, list(itertools.islice(docs, docs_per_shard))) for i in ids)
+
+
 def _run_shards(config, sp, path, index: dict, ids: list[int], workers: int):
   """Builds the shards `ids` (in a pool if workers > 1), yielding in order."""
-  args = (config, sp.serialized_model_proto(), str(path),
-          index["docs_per_shard"], index["block_docs"], index["dtype"])
+  D = index["docs_per_shard"]
+  args = (config, sp.serialized_model_proto(), str(path), D,
+          index["block_docs"], index["dtype"])
+  tasks = _tasks(sources.get_source(config), ids, D)
   if workers <= 1:
     _init_worker(*args)
-    yield from map(_build_shard, ids)
+    yield from map(_build_shard, tasks)
     return
   ctx = multiprocessing.get_context("spawn")
   with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
-    yield from pool.imap(_build_shard, ids)
+    pending = collections.deque()  # A window: tasks may carry documents.
+    for task in tasks:
+      pending.append(pool.apply_async(_build_shard, (task,)))
+      if len(pending) >= 2 * workers:
+        yield pending.popleft().get()
+    while pending:
+      yield pending.popleft().get()
+    pool.close()  # Workers exit on their own (leaving the block kills them).
+    pool.join()
 
 
 def build(config, vocab, min_tokens: int, *, path=None, workers: int = 1,
