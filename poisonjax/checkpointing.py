@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils.epath import Path
 
 from poisonjax import files
 from poisonjax.errors import UserError
@@ -67,7 +66,7 @@ class Checkpoints:
 
   def __init__(self, workdir, config):
     _plain_array_saves_on_cpu()
-    self.workdir = Path(workdir).absolute()
+    self.workdir = files.absolute(workdir)  # gs:// goes to orbax as it is.
     self.directory = self.workdir / "checkpoints"
     t = config.train
     options = ocp.CheckpointManagerOptions(
@@ -215,7 +214,7 @@ class Checkpoints:
     while dest.exists():
       dest, n = self.workdir / DAMAGED_DIR / f"{step}.{n}", n + 1
     dest.parent.mkdir(exist_ok=True)
-    shutil.move(str(self.step_dir(step)), str(dest))
+    files.move_tree(self.step_dir(step), dest)
     (self.workdir / DIGEST_DIR / f"{step}.json").unlink(missing_ok=True)
     self.manager.reload()
     return dest
@@ -239,8 +238,9 @@ def _retry(fn, what: str):
 def digest(step_dir: Path) -> dict[str, list]:
   """{relative path: [size, sha256 of a small file or None]} of a step."""
   out = {}
-  for path in sorted(p for p in Path(step_dir).rglob("*") if p.is_file()):
-    size = path.stat().st_size
+  step_dir = files.as_path(step_dir)
+  for path in files.list_files(step_dir):
+    size = path.stat().length
     sha = (hashlib.sha256(path.read_bytes()).hexdigest()
            if size <= _HASHED_MAX_BYTES else None)
     out[str(path.relative_to(step_dir))] = [size, sha]

@@ -6,9 +6,9 @@ Peak FLOP/s (for MFU) live in hardware.py, JSONL files in files.py.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import jax
+from etils.epath import Path
 
 from poisonjax import files
 from poisonjax.units import format_duration
@@ -28,13 +28,14 @@ class MetricLogger:
     from clu import metric_writers
 
     self.main = jax.process_index() == 0
-    self.path = Path(workdir) / "metrics.jsonl"
+    self.path = files.as_path(workdir) / "metrics.jsonl"
     self.total_steps = total_steps
     self.total_poisons = total_poisons
     if self.main:
       self.drop_rows_after(resume_step)
+    # TensorBoard files go through TensorFlow's file system (gs:// too).
     self.writer = metric_writers.create_default_writer(
-        str(workdir), just_logging=not self.main)
+        str(files.as_path(workdir)), just_logging=not self.main)
 
   def drop_rows_after(self, step: int) -> int:
     """Removes the rows with a step past `step`; returns how many."""

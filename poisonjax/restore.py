@@ -68,10 +68,8 @@ def _default_mesh():
 
 
 def _item_path(workdir: str, step: int):
-  path = files.as_path(workdir)
-  if "://" not in str(path):
-    path = path.resolve()  # Orbax wants absolute local paths.
-  return path / "checkpoints" / str(step) / "default"
+  # Orbax wants absolute local paths; gs:// ones go to it as they are.
+  return files.absolute(workdir) / "checkpoints" / str(step) / "default"
 
 
 def _load_failure(workdir: str, step: int, e: Exception) -> UserError:

@@ -11,8 +11,16 @@ already there), so two starters never both win.
 A second holder on a live lock is refused with one line naming the holder and
 the fix. A lock whose holder is dead is taken over with a one-line notice on
 stderr: dead means the pid is gone (same host), or no heartbeat for
-`timeout_s` (any host: a holder elsewhere cannot be asked). Local and
-network (POSIX) filesystems only: object stores have no atomic link.
+`timeout_s` (any host: a holder elsewhere cannot be asked).
+
+On an object store (`gs://`: no link, no exclusive create through epath)
+the lock is created if absent, then, after OBJECT_SETTLE_S, read back: the
+starter whose token is there holds it, the others are refused. Two starters
+both win only if one takes longer than OBJECT_SETTLE_S between seeing no
+lock and writing its own (a stalled client); the loser then finds out at
+its first heartbeat ("lost the lock") and the run's own files still tell
+the story. Taking over a dead lock on a store deletes it (if it still holds
+the dead token) and creates a new one the same way.
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
+from etils.epath import Path
+
+from poisonjax import files
 from poisonjax.errors import UserError
 
 LOCK_NAME = "lock.json"
+OBJECT_SETTLE_S = 1.0  # Object stores: wait this long before reading back.
 
 
 class Lock:
@@ -95,7 +106,7 @@ def hold(directory, what: str, timeout_s: float, *,
 
 def acquire(directory, what: str, timeout_s: float) -> Lock:
   """Takes the lock (or a dead holder's); UserError naming a live holder."""
-  directory = Path(directory)
+  directory = files.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   path = directory / LOCK_NAME
   now = time.time()
@@ -157,6 +168,8 @@ def _pid_alive(pid) -> bool:
 
 def _create(path: Path, record: dict) -> bool:
   """Writes the lock atomically; False if one exists (link won't replace)."""
+  if not files.is_local(path):
+    return _create_object(path, record)
   tmp = path.with_name(f".{path.name}.{record['token']}.tmp")
   tmp.write_text(json.dumps(record) + "\n")
   try:
@@ -168,7 +181,20 @@ def _create(path: Path, record: dict) -> bool:
     tmp.unlink(missing_ok=True)
 
 
+def _create_object(path: Path, record: dict) -> bool:
+  """Object stores: write if absent, wait, read back whose token is there."""
+  if path.exists():
+    return False
+  path.write_text(json.dumps(record) + "\n")
+  time.sleep(OBJECT_SETTLE_S)  # A racing starter's write lands meanwhile.
+  holder = _read(path)
+  return holder is not None and holder.get("token") == record["token"]
+
+
 def _write_replace(path: Path, record: dict) -> None:
+  if not files.is_local(path):
+    path.write_text(json.dumps(record) + "\n")  # One object write.
+    return
   tmp = path.with_name(f".{path.name}.{record['token']}.tmp")
   tmp.write_text(json.dumps(record) + "\n")
   os.replace(tmp, path)
@@ -189,8 +215,14 @@ def _take_over(path: Path, holder: dict) -> bool:
 
   Renaming is atomic, so of two takers only one moves the dead lock. If what
   was moved is not the lock judged dead (a live holder took it meanwhile),
-  it is put back.
+  it is put back. On an object store: deleted if it still holds the dead
+  token (see the module docstring for the race).
   """
+  if not files.is_local(path):
+    if (_read(path) or {}).get("token") != holder.get("token"):
+      return False
+    path.unlink(missing_ok=True)
+    return True
   aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.dead")
   try:
     os.rename(path, aside)

@@ -24,11 +24,11 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils.epath import Path
 
 from poisonjax import checkpointing
 from poisonjax import chrono as chrono_lib
@@ -78,7 +78,7 @@ def run(config, workdir, *, stream=None, allow_config_change=False) -> dict[str,
   """
   config = config_lib.validate(config)
   train_setup.check_train_fields(config)
-  workdir = Path(workdir)
+  workdir = files.as_path(workdir)  # Local or gs://, never pathlib's.
   workdir.mkdir(parents=True, exist_ok=True)
   with _workdir_lock(config, workdir), contextlib.ExitStack() as closing:
     changes = run_history.check_resume(workdir, config,
@@ -288,7 +288,8 @@ def diverged(s: Setup, p: Progress, step: int, m) -> None:
           "poison_tokens_in_batch": int(np.sum(batch["poison_mask"])),
           "batch_file": f"nonfinite_batch_{step}.npz"}
   if jax.process_index() == 0:
-    np.savez(s.workdir / diag["batch_file"], **batch)
+    with (s.workdir / diag["batch_file"]).open("wb") as f:
+      np.savez(f, **batch)
     files.write_json(s.workdir / "nonfinite.json", diag)
     run_history.record(s.workdir, "diverged", step=step)
   raise TrainingDiverged(

@@ -8,10 +8,10 @@ eval schedule and evaluator; gathered in one `Setup` the other phases read.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils.epath import Path  # The workdir: local or gs://.
 
 from poisonjax import budget
 from poisonjax import distributed
