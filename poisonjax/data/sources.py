@@ -15,7 +15,6 @@ are evaluation excerpts, odd ones are the poison-prefix pool.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import hashlib
 import itertools
@@ -24,6 +23,7 @@ import os
 
 import numpy as np
 
+from poisonjax import files
 from poisonjax.data import synthetic
 from poisonjax.errors import UserError, field_error
 
@@ -82,13 +82,34 @@ class _FiniteHeldout:
 
 
 def _read_file(path: str) -> bytes:
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    return f.read()
+  data = files.as_path(path).read_bytes()
+  return gzip.decompress(data) if path.endswith(".gz") else data
+
+
+def _matches(pattern: str) -> list[str]:
+  """The files a pattern matches, local or gs:// (`**` recurses)."""
+  return [str(p) for p in files.glob(pattern)]
+
+
+def _file_ids(paths) -> list[tuple]:
+  """(path, size, mtime in ns) of each file: a changed file changes a key.
+
+  Local files give os.stat's values (keys of existing caches stay valid);
+  files on a store give its size and modification time.
+  """
+  out = []
+  for p in paths:
+    if files.is_local(p):
+      st = os.stat(p)
+      out.append((p, st.st_size, st.st_mtime_ns))
+    else:
+      st = files.as_path(p).stat()
+      out.append((p, int(st.length), int(float(st.mtime) * 1e9)))
+  return out
 
 
 class TextFilesSource(_FiniteHeldout):
-  """Local .txt / .jsonl files (optionally .gz), read once into memory."""
+  """.txt / .jsonl files (optionally .gz), local or gs://, read once."""
 
   name = "text_files"
 
@@ -111,8 +132,7 @@ class TextFilesSource(_FiniteHeldout):
                         ".txt/.jsonl(.gz) files")
     paths = set()
     for p in patterns:
-      hits = [h for h in glob.glob(os.path.expanduser(p), recursive=True)
-              if os.path.isfile(h)]
+      hits = _matches(p)
       if not hits:
         raise field_error("config.data.text_files.patterns", p,
                           "glob matches no file", "fix the pattern or the path")
@@ -180,9 +200,9 @@ class TextFilesSource(_FiniteHeldout):
         yield p.strip()
 
   def key(self) -> dict:
-    files = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p in self.paths]
     return {"source": "text_files", "seed": self.seed, "split": self.split,
-            "field": self.field, "fraction": self.fraction, "files": files}
+            "field": self.field, "fraction": self.fraction,
+            "files": _file_ids(self.paths)}
 
   def _heldout_docs(self):
     return self.held
@@ -269,11 +289,9 @@ def get_source(config):
   if kind == "text_files":
     # Read the files once per process (they are re-read if they change).
     t = config.data.text_files
-    files = sorted((p, os.path.getsize(p), os.stat(p).st_mtime_ns)
-                   for pat in str(t.patterns).split(",") if pat.strip()
-                   for p in glob.glob(os.path.expanduser(pat.strip()), recursive=True)
-                   if os.path.isfile(p))
-    key = json.dumps([t.to_dict(), int(config.data.seed), files], sort_keys=True)
+    ids = sorted(_file_ids(p for pat in str(t.patterns).split(",")
+                           if pat.strip() for p in _matches(pat.strip())))
+    key = json.dumps([t.to_dict(), int(config.data.seed), ids], sort_keys=True)
     if key not in _TEXT_SOURCES:
       _TEXT_SOURCES.clear()
       _TEXT_SOURCES[key] = TextFilesSource(config)

@@ -15,6 +15,14 @@ checksum.json written last, so a directory that exists is complete):
   checksum.json  sha256 of the files above
 On load the checksum is verified; a mismatch prints the reason and rebuilds.
 
+A cache on an object store (data.cache_dir=gs://...): np.memmap needs a
+local file, so the stream is read from a local mirror,
+$POISONJAX_MIRROR (default ~/.cache/poisonjax/mirror)/gs/BUCKET/PATH. If the
+store holds the stream (its checksum.json, uploaded last, is there) it is
+downloaded once per host and verified locally; otherwise it is built into
+the mirror and uploaded, checksum.json last. Every run and host then reuses
+it. (This is the small-scale path: data/store.py is the one that scales.)
+
 Batch k holds sequences [k*B, (k+1)*B); process h of P reads its contiguous
 slice [h*B/P, (h+1)*B/P) of them, so the slices concatenate to the global
 batch bit for bit. The final partial batch is padded with pad id 0.
@@ -65,8 +73,17 @@ def stream_spec(config, clean_tokens: int, vocab_file: str) -> dict:
 
 
 def stream_dir(config, spec: dict) -> str:
+  """CACHE/streams/KEY: local, or on a store (see mirror_dir)."""
   key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
-  return os.path.join(vocabulary.cache_dir(config), "streams", key)
+  return str(files.as_path(vocabulary.cache_dir(config)) / "streams" / key)
+
+
+def mirror_dir(remote: str) -> str:
+  """The local mirror of a stream directory on a store."""
+  root = os.environ.get("POISONJAX_MIRROR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "poisonjax", "mirror")
+  scheme, rest = str(remote).split("://", 1)
+  return os.path.join(os.path.abspath(root), scheme, rest)
 
 
 def _file_digest(path: str) -> str:
@@ -331,12 +348,74 @@ def build_stream(config, clean_tokens: int) -> TrainingStream:
   vocab = vocabulary.get_vocabulary(config)
   spec = stream_spec(config, T, vocab.sentencepiece_model_file)
   d = stream_dir(config, spec)
+  if files.is_local(d):
+    return TrainingStream(config, vocab, _ready(config, T, vocab, spec, d))
+  return TrainingStream(config, vocab, _ready_mirror(config, T, vocab, spec, d))
+
+
+def _ready(config, T: int, vocab, spec: dict, d: str) -> str:
+  """d, holding a verified stream: kept if intact, else (re)built."""
   if os.path.isdir(d):
     reason = _verify(d)
     if reason is None:
-      return TrainingStream(config, vocab, d)
+      return d
     print(f"stream cache {d}: {reason}; rebuilding", flush=True)
     shutil.rmtree(d, ignore_errors=True)
   os.makedirs(os.path.dirname(d), exist_ok=True)
   _materialize(config, T, vocab, spec, d)
-  return TrainingStream(config, vocab, d)
+  return d
+
+
+def _ready_mirror(config, T: int, vocab, spec: dict, remote: str) -> str:
+  """The verified local mirror of `remote`: downloaded, or built and uploaded."""
+  local = mirror_dir(remote)
+  if _download(remote, local):
+    reason = _verify(local)
+    if reason is None:
+      return local
+    print(f"stream cache {remote}: {reason}; rebuilding", flush=True)
+    shutil.rmtree(local, ignore_errors=True)
+  _ready(config, T, vocab, spec, local)
+  _upload(local, remote)
+  return local
+
+
+def _download(remote: str, local: str) -> bool:
+  """Makes `local` a copy of the store's stream; False if it has none.
+
+  A mirror whose checksum.json equals the store's is kept as it is.
+  """
+  r = files.as_path(remote)
+  try:
+    want = (r / "checksum.json").read_bytes()
+  except FileNotFoundError:
+    return False
+  mine = os.path.join(local, "checksum.json")
+  if os.path.isfile(mine) and files.as_path(mine).read_bytes() == want:
+    return True
+  tmp = f"{local}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  try:
+    for name in _CHECKED:
+      files.copy_file(r / name, os.path.join(tmp, name))
+    files.as_path(tmp).joinpath("checksum.json").write_bytes(want)
+    shutil.rmtree(local, ignore_errors=True)
+    try:
+      os.rename(tmp, local)
+    except OSError:  # Another process on this host mirrored it first.
+      pass
+  except FileNotFoundError as e:
+    print(f"stream cache {remote}: incomplete ({e.filename or e}); "
+          "rebuilding", flush=True)
+    return False
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  print(f"stream cache: downloaded {remote} to {local}", flush=True)
+  return True
+
+
+def _upload(local: str, remote: str) -> None:
+  """Copies the stream to the store; checksum.json last (it says complete)."""
+  r = files.as_path(remote)
+  for name in (*_CHECKED, "checksum.json"):
+    files.copy_file(os.path.join(local, name), r / name)
+  print(f"stream cache: uploaded {local} to {remote}", flush=True)

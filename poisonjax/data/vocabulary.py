@@ -10,6 +10,9 @@ the same config and data give a byte-identical model file.
 SentencePieceVocabulary that poisonjax uses (same ids, same decode rules),
 on sentencepiece alone, so training and evaluation never import seqio or
 TensorFlow. seqio_tasks.py wraps the same file in seqio's own class.
+
+Paths may be local or `gs://` (files.as_path): the model is read as bytes
+and loaded from its serialized proto, so SentencePiece never opens a path.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 
 import sentencepiece as spm
 
+from poisonjax import files
 from poisonjax.errors import UserError, field_error
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -31,10 +35,13 @@ _FORMAT = "spm-v1"
 
 
 def cache_dir(config) -> str:
-  """config.data.cache_dir, else $POISONJAX_CACHE, else ~/.cache/poisonjax."""
+  """config.data.cache_dir, else $POISONJAX_CACHE, else ~/.cache/poisonjax.
+
+  Absolute if local; a `gs://` one is kept as it is.
+  """
   d = config.data.cache_dir or os.environ.get("POISONJAX_CACHE") or \
       os.path.join(os.path.expanduser("~"), ".cache", "poisonjax")
-  return os.path.abspath(d)
+  return str(files.absolute(d))
 
 
 def _hash(obj) -> str:
@@ -43,7 +50,7 @@ def _hash(obj) -> str:
 
 def file_sha256(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with files.as_path(path).open("rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
@@ -60,7 +67,8 @@ def _train_spec(config) -> dict:
 
 def cached_vocab_path(config) -> str:
   """Where the vocabulary built from this config's clean source lives."""
-  return os.path.join(cache_dir(config), "vocab", f"spm-{_hash(_train_spec(config))}.model")
+  name = f"spm-{_hash(_train_spec(config))}.model"
+  return str(files.as_path(cache_dir(config)) / "vocab" / name)
 
 
 def _sentences(config, source):
@@ -103,20 +111,21 @@ def build_vocabulary(config, out: str | None = None) -> str:
     raise field_error("config.vocab.size", v.size,
                       f"SentencePiece training failed ({str(e).splitlines()[0]})",
                       "lower it or raise config.vocab.sample_docs") from None
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(buf.getvalue())
-  os.replace(tmp, path)
-  sp = spm.SentencePieceProcessor(model_file=path)
+  files.write_bytes_atomic(path, buf.getvalue())
+  sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
   print(f"vocab: built {path} ({sp.GetPieceSize()} pieces, "
         f"{v.sample_docs} sample documents, {time.time() - start:.1f}s)", flush=True)
   return path
 
 
+def load_processor(path: str) -> spm.SentencePieceProcessor:
+  """The SentencePiece model at `path` (local or gs://), from its bytes."""
+  return spm.SentencePieceProcessor(model_proto=files.as_path(path).read_bytes())
+
+
 def _check_model(path: str, field: str) -> None:
   try:
-    sp = spm.SentencePieceProcessor(model_file=path)
+    sp = load_processor(path)
   except (OSError, RuntimeError) as e:
     raise UserError(f"{field}={path!r}: not a readable SentencePiece model "
                     f"({str(e).splitlines()[0] if str(e) else 'corrupt'}); "
@@ -132,14 +141,14 @@ def _check_model(path: str, field: str) -> None:
 def vocab_path(config, build: bool = True) -> str:
   """The .model file to use: config.vocab.path, else the cached build."""
   if config.vocab.path:
-    path = os.path.expanduser(config.vocab.path)
-    if not os.path.isfile(path):
+    path = str(files.as_path(config.vocab.path))
+    if not files.as_path(path).is_file():
       raise field_error("config.vocab.path", config.vocab.path, "no such file",
                         "fix the path, or use '' to build the vocabulary")
     _check_model(path, "config.vocab.path")
     return path
   path = cached_vocab_path(config)
-  if not os.path.isfile(path):
+  if not files.as_path(path).is_file():
     if not build:
       raise UserError(f"config.vocab.path='': no cached vocabulary at {path}; "
                       "run `poisonjax vocab build --config=...`")
@@ -159,7 +168,7 @@ class Vocabulary:
 
   def __init__(self, model_file: str):
     self.sentencepiece_model_file = model_file
-    self.tokenizer = spm.SentencePieceProcessor(model_file=model_file)
+    self.tokenizer = load_processor(model_file)
 
   @property
   def vocab_size(self) -> int:
