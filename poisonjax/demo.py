@@ -23,7 +23,6 @@ pass a fresh --workdir or delete the old one.
 
 from __future__ import annotations
 
-import os
 import time
 
 import ml_collections
@@ -85,7 +84,7 @@ def _finished(workdir: str, config) -> bool:
     return False
   if run_history.config_changes(files.read_json(config_path),
                                 run_history.config_dict(config)):
-    raise UserError(f"--workdir={os.path.dirname(workdir)}: {workdir} holds a "
+    raise UserError(f"--workdir={files.as_path(workdir).parent}: {workdir} holds a "
                     "run with a different config; pass a fresh --workdir or "
                     "delete that directory")
   summary_path = files.as_path(workdir) / "summary.json"
@@ -117,7 +116,8 @@ def plot(rows_by_run: dict[str, list[dict]], path: str) -> None:
   right.set_title("increase through training (95% CI)")
   right.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  from poisonjax import plots
+  plots.save_png(fig, path, dpi=100)
   plt.close(fig)
 
 
@@ -167,31 +167,31 @@ def run_demo(config, workdir: str, log=print) -> dict:
                     "at least 1 poison; set --config.poison.count")
   runs = {"clean (N=0)": ("clean", _run_config(config, 0)),
           f"poisoned (N={count})": ("poisoned", _run_config(config, count))}
-  os.makedirs(workdir, exist_ok=True)
+  files.as_path(workdir).mkdir(parents=True, exist_ok=True)
   vocab = vocabulary.get_vocabulary(config)
   log(f"demo: vocabulary ready ({vocab.vocab_size} pieces, {time.time() - t0:.0f}s)")
   results, rows_by_run = {}, {}
   for label, (sub, cfg) in runs.items():
-    run_dir = os.path.join(workdir, sub)
+    run_dir = str(files.as_path(workdir) / sub)
     if _finished(run_dir, cfg):
       log(f"demo: reusing the finished run in {run_dir}")
     else:
       log(f"demo: training {label} in {run_dir}")
       train.run(cfg, run_dir)
-    rows_by_run[label] = files.read_jsonl(os.path.join(run_dir, "eval.jsonl"))
+    rows_by_run[label] = files.read_jsonl(files.as_path(run_dir) / "eval.jsonl")
   # One more evaluation of each final checkpoint, for its generations (the
   # sampler is deterministic, so the metrics equal the run's last eval row).
   mesh = sharding.make_mesh(config.mesh)
   for label, (sub, cfg) in runs.items():
-    run_dir = os.path.join(workdir, sub)
+    run_dir = str(files.as_path(workdir) / sub)
     model_cfg = model_lib.ModelConfig.from_config(cfg, vocab.vocab_size)
     evaluator = evaluate.Evaluator(cfg, model_cfg, vocab, mesh)
     params, step = restore.restore_params(run_dir, model_cfg, mesh=mesh)
     metrics = evaluator.evaluate(params)
-    summary = files.read_json(os.path.join(run_dir, "summary.json"))
+    summary = files.read_json(files.as_path(run_dir) / "summary.json")
     results[label] = {"metrics": metrics, "step": step,
                       "poisons_seen": summary["poisons_seen"],
                       "sample": evaluator.samples(1)[0]}
-  png = os.path.join(workdir, "demo.png")
+  png = str(files.as_path(workdir) / "demo.png")
   plot(rows_by_run, png)
   return {"results": results, "png": png, "wall_s": time.time() - t0}

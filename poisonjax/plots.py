@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import math
-import os
 
 import numpy as np
 
@@ -36,9 +36,9 @@ _INT_COLS = {"poison_count", "seed", "params", "non_embedding_params",
 
 
 def read_csv(path: str) -> list[dict]:
-  """Rows of the collected CSV with numbers parsed ('' stays None)."""
+  """Rows of the collected CSV (local or gs://), numbers parsed ('' is None)."""
   rows = []
-  with open(path, newline="") as f:
+  with io.StringIO(files.as_path(path).read_text(), newline="") as f:
     for r in csv.DictReader(f):
       out = {}
       for k, v in r.items():
@@ -135,10 +135,18 @@ def ablation_table(finals: list[dict]) -> list[dict]:
 
 
 def _write_table(rows: list[dict], path: str, columns: list[str]) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
+  buf = io.StringIO(newline="")
+  w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+  w.writeheader()
+  w.writerows(rows)
+  files.write_text_atomic(path, buf.getvalue())
+
+
+def save_png(fig, path: str, dpi: int) -> None:
+  """Writes a matplotlib figure as PNG to a local or gs:// path."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
+  files.write_bytes_atomic(path, buf.getvalue())
 
 
 _CURVE_COLS = ["poison_count", "size", "params", "eval_index", "fraction",
@@ -201,7 +209,7 @@ def _curve_figure(table, x_key, xlabel, title, threshold, path):
   axes[-1].legend(fontsize=8, title="size")
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_png(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -228,7 +236,7 @@ def _final_figure(table, threshold, path):
   ax.set_title("Final increase vs model size (bars: min..max over seeds)")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_png(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -255,7 +263,7 @@ def _ablation_figure(table, threshold, path):
     axes[-1].legend(fontsize=8, title="size")
   fig.suptitle("Data-amount ablation: same poison count, more or less clean data")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_png(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -374,21 +382,22 @@ def _report(finals, sentences, figures, threshold) -> str:
         + ("" if r["all_finished"] else " (unfinished)"))
   lines += ["", "## Figures", ""]
   for name in FIGURES:
-    lines += [f"![{name}]({os.path.basename(figures[name]['png'])})", "",
+    lines += [f"![{name}]({files.as_path(figures[name]['png']).name})", "",
               sentences[name], ""]
   return "\n".join(lines)
 
 
 def make_all(csv_path: str, out_dir: str, threshold: float = 50.0) -> dict:
   """Writes the four PNGs, their data CSVs and report.md into out_dir."""
-  os.makedirs(out_dir, exist_ok=True)
+  out = files.as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
   rows = read_csv(csv_path)
   curves = curve_table(rows)
   finals = final_table(rows, threshold)
   ablation = ablation_table(finals)
   final1 = [r for r in finals if r["data_multiplier"] == 1.0]
-  paths = {n: {"png": os.path.join(out_dir, f"{n}.png"),
-               "csv": os.path.join(out_dir, f"{n}.csv")} for n in FIGURES}
+  paths = {n: {"png": str(out / f"{n}.png"), "csv": str(out / f"{n}.csv")}
+           for n in FIGURES}
   _write_table(curves, paths["progress"]["csv"], _CURVE_COLS)
   _write_table(curves, paths["poisons_seen"]["csv"], _CURVE_COLS)
   _write_table(final1, paths["final_vs_size"]["csv"], _FINAL_COLS)
@@ -408,5 +417,5 @@ def make_all(csv_path: str, out_dir: str, threshold: float = 50.0) -> dict:
       "data_ablation": sentence_ablation(ablation, threshold),
   }
   report = _report(finals, sentences, paths, threshold)
-  files.write_text_atomic(os.path.join(out_dir, "report.md"), report + "\n")
+  files.write_text_atomic(out / "report.md", report + "\n")
   return paths
