@@ -7,7 +7,8 @@ process's 8 devices. One launch of the pair runs every 2-process job, in
 order:
 
   two         the tiny config, 20 steps (an evaluation at 0 and 20);
-  two_to_one  the same, stopped at step 10 (then resumed here, 1 process);
+  two_to_one  the same without evaluations, stopped at step 10 (then
+              resumed to 20 here, in 1 process);
   one_to_two  resumed to 20 from this process's run stopped at step 10;
   eval        the `poisonjax eval` evaluation of the 1-process run's step 20.
 
@@ -27,6 +28,7 @@ import time
 import numpy as np
 import pytest
 
+from poisonjax import cli
 from poisonjax import files
 from poisonjax import restore
 from poisonjax import train
@@ -102,7 +104,7 @@ def runs(train_cache, tmp_path_factory):
   root = tmp_path_factory.mktemp("multiprocess")
   d = {name: root / name for name in ("one", "two", "two_to_one", "one_to_two")}
   train.run(tiny_config(train_cache, **RUN), d["one"])
-  half = dict(RUN, **{"train.max_steps": HALF})
+  half = dict(RUN, **{"train.max_steps": HALF, "eval.num_evals": 0})
   train.run(tiny_config(train_cache, **half), d["one_to_two"])
   full_cfg = config_file(root, train_cache, **RUN)
   half_cfg = config_file(root, train_cache, **half)
@@ -117,7 +119,8 @@ def runs(train_cache, tmp_path_factory):
   results = finish(start_pair(jobs, root))
   for i, (code, _, err) in enumerate(results):
     assert code == 0, f"process {i}:\n{err[-3000:]}"
-  train.run(tiny_config(train_cache, **RUN), d["two_to_one"])  # 1 process resumes.
+  resume = dict(half, **{"train.max_steps": STEPS})
+  train.run(tiny_config(train_cache, **resume), d["two_to_one"])  # 1 process resumes.
   d["eval_two"] = json.loads((root / "eval.json").read_text())
   d["rows"] = json.loads((root / "rows.json").read_text())
   d["stdout"] = [out for _, out, _ in results]
@@ -188,16 +191,38 @@ def test_two_process_evaluation_equals_one_process(runs):
   assert rows["one"] == rows["two"]
 
 
+@pytest.mark.parametrize("args, env, named", [
+    (["--num_processes=2"], {}, "--coordinator_address, --process_id: needed"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+     {}, "--process_id=2: must be in 0..1"),
+    (["--process_id=0"], {"JAX_NUM_PROCESSES": "2"}, "--coordinator_address: needed"),
+    ([], {"JAX_NUM_PROCESSES": "two"}, "$JAX_NUM_PROCESSES='two': not an integer"),
+    (["--coordinator_address=h", "--num_processes=2", "--process_id=0"], {},
+     "must be HOST:PORT"),
+])
+def test_process_settings_are_checked_before_anything_starts(
+    args, env, named, monkeypatch, capsys, tmp_path):
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  status = cli.main(["poisonjax", "train", "--config=configs/cpu_micro.py",
+                     f"--workdir={tmp_path}", *args])
+  err = capsys.readouterr().err
+  assert status == 2 and err.count("\n") == 1, err
+  assert err.startswith("poisonjax: error: ") and named in err, err
+  assert not os.listdir(tmp_path)  # Nothing started.
+
+
 def test_killing_one_process_stops_the_other(train_cache, tmp_path):
   """Process 1 is SIGKILLed mid-run; process 0 exits by itself, non-zero,
-  with a clear line, within KILL_BOUND_S. (The run's stream is new: process
-  0 builds it while process 1 waits, distributed.primary_first.)"""
-  config = dict(RUN, **{"train.max_steps": 0, "train.tokens_per_param": 1.0,
+  with a clear line, within KILL_BOUND_S."""
+  # The whole tiny run (43 steps) saving every step: still running when
+  # process 1 is killed; the train step is compiled already (same shapes).
+  config = dict(RUN, **{"train.max_steps": 0, "train.ckpt_every": 1,
                         "eval.num_evals": 0})
   wd = tmp_path / "killed"
   jobs = [{"cli": ["train", f"--config={config_file(tmp_path, train_cache, **config)}",
                    f"--workdir={wd}"]}]
-  procs = start_pair(jobs, tmp_path, {"POISONJAX_HEARTBEAT_TIMEOUT_S": "20"})
+  procs = start_pair(jobs, tmp_path, {"POISONJAX_HEARTBEAT_TIMEOUT_S": "15"})
   try:
     _wait_for_steps(wd / "metrics.jsonl", procs, 2)
     procs[1].send_signal(signal.SIGKILL)
