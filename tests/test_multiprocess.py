@@ -10,7 +10,8 @@ order:
   two_to_one  the same without evaluations, stopped at step 10 (then
               resumed to 20 here, in 1 process);
   one_to_two  resumed to 20 from this process's run stopped at step 10;
-  eval        the `poisonjax eval` evaluation of the 1-process run's step 20.
+  eval        the `poisonjax eval` evaluation of the 1-process run's step 20;
+  rows        the batch rows each process feeds, on several meshes.
 
 A second launch kills one process mid-run: the other must exit by itself,
 non-zero, with a clear line, within a bound.
@@ -18,7 +19,6 @@ non-zero, with a clear line, within a bound.
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -62,28 +62,44 @@ def config_file(directory, cache, **overrides) -> str:
 
 
 def start_pair(jobs: list, directory, env_extra=None) -> list:
-  """The two worker processes (4 CPU devices each) running `jobs`."""
+  """The two worker processes (4 CPU devices each) running `jobs`; their
+  output goes to files (a full pipe would stall one while the other waits
+  on it)."""
   jobs_file = os.path.join(str(directory), "jobs.json")
   with open(jobs_file, "w") as f:
     json.dump(jobs, f, default=str)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
   address = f"127.0.0.1:{free_port()}"
-  return [subprocess.Popen([sys.executable, WORKER, str(i), "2", address, jobs_file],
-                           cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  procs = []
+  for i in (0, 1):
+    out = os.path.join(str(directory), f"process{i}")
+    with open(out + ".out", "w") as stdout, open(out + ".err", "w") as stderr:
+      proc = subprocess.Popen([sys.executable, WORKER, str(i), "2", address, jobs_file],
+                              cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+    proc.output = out
+    procs.append(proc)
+  return procs
 
 
 def finish(procs, timeout=600) -> list:
   """[(returncode, stdout, stderr)] of both; kills both on a timeout."""
+  deadline = time.monotonic() + timeout
   try:
-    outs = [p.communicate(timeout=timeout) for p in procs]
-    return [(p.returncode,) + out for p, out in zip(procs, outs)]
+    for p in procs:
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
-        p.communicate()
+        p.wait()
+  return [(p.returncode, _read(p.output + ".out"), _read(p.output + ".err"))
+          for p in procs]
+
+
+def _read(path: str) -> str:
+  with open(path, errors="replace") as f:
+    return f.read()
 
 
 def losses(workdir) -> dict[int, float]:
@@ -247,7 +263,7 @@ def _wait_for_steps(path, procs, steps: int, timeout_s: float = 300) -> None:
   while time.monotonic() < deadline:
     if any(p.poll() is not None for p in procs):
       pytest.fail("a process ended before it was killed:\n"
-                  + "\n".join(p.communicate()[1][-2000:] for p in procs))
+                  + "\n".join(_read(p.output + ".err")[-2000:] for p in procs))
     if path.exists() and len(files.read_jsonl(path)) >= steps:
       return
     time.sleep(0.1)
