@@ -71,7 +71,7 @@ def initialize(coordinator_address: str | None = None,
   heartbeat = _heartbeat(heartbeat_timeout_s)
   if address is None and count is None and index is None:
     if _on_cloud_tpu():
-      jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
+      _initialize_on_cloud_tpu(heartbeat)
     return
   if count == 1 and index in (None, 0):
     return
@@ -99,7 +99,11 @@ def _int_setting(flag: str, value, env: str) -> int | None:
 def _heartbeat(value) -> int:
   if value is None:
     text = os.environ.get(ENV_HEARTBEAT, "").strip()
-    value = float(text) if text else DEFAULT_HEARTBEAT_TIMEOUT_S
+    try:
+      value = float(text) if text else DEFAULT_HEARTBEAT_TIMEOUT_S
+    except ValueError:
+      raise UserError(f"${ENV_HEARTBEAT}={text!r}: not a number of seconds; "
+                      f"use e.g. {DEFAULT_HEARTBEAT_TIMEOUT_S}") from None
   if value < 1:
     raise UserError(f"--heartbeat_timeout_s={value}: must be >= 1; use e.g. "
                     f"{DEFAULT_HEARTBEAT_TIMEOUT_S} (seconds)")
@@ -123,6 +127,16 @@ def _check_complete(address, count, index) -> None:
   if ":" not in address:
     raise UserError(f"--coordinator_address={address!r}: must be HOST:PORT "
                     "(process 0's host and a free port), e.g. 10.0.0.1:1234")
+
+
+def _initialize_on_cloud_tpu(heartbeat: int) -> None:
+  try:
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
+  except ValueError as e:  # JAX found no TPU cluster around this VM.
+    raise UserError(
+        f"this Cloud TPU VM's processes could not be found ({e}); pass "
+        "--coordinator_address, --num_processes and --process_id (or "
+        "--num_processes=1 for this host alone)") from None
 
 
 def _on_cloud_tpu() -> bool:
@@ -249,6 +263,8 @@ def exit_on_any_error() -> Iterator[None]:
   except BaseException as e:  # pylint: disable=broad-except
     if jax.process_count() == 1 or (isinstance(e, SystemExit) and not e.code):
       raise
+    if isinstance(e, SystemExit):
+      stop_now("", e.code if isinstance(e.code, int) else 1)
     if isinstance(e, UserError):
       stop_now(f"poisonjax: error: {e}", 2)
     if isinstance(e, jax.errors.JaxRuntimeError):
@@ -270,6 +286,7 @@ def runtime_error_line(e: BaseException) -> str:
 
 def stop_now(line: str, status: int) -> None:
   """Prints `line` and exits at once (no clean-up, no shutdown barrier)."""
-  print(line, file=sys.stderr, flush=True)
+  if line:
+    print(line, file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(status)  # pylint: disable=protected-access
