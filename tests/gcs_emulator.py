@@ -1,0 +1,134 @@
+"""A local GCS emulator (gcp-storage-emulator, from PyPI) for the gs:// tests.
+
+`emulated_gcs()` starts it in this process on 127.0.0.1 (a free port, one
+bucket, objects in memory) and points at it every library that honours an
+emulator endpoint:
+
+  gcsfs (epath's fsspec backend)  STORAGE_EMULATOR_HOST; EPATH_USE_TF=false
+                                  makes epath use it instead of tf.io.gfile
+  google-cloud-storage (orbax's   STORAGE_EMULATOR_HOST (anonymous
+  bucket look-ups)                credentials)
+  tensorstore (orbax's arrays)    TENSORSTORE_GCS_HTTP_URL, with
+                                  GOOGLE_AUTH_TOKEN_FOR_TESTING (no
+                                  credential search)
+
+TensorFlow's GCS file system (tf.io.gfile, and the tf.summary writer clu
+uses for TensorBoard) has no endpoint setting: its URLs are fixed to
+googleapis.com, so it is never pointed at a gs:// path here (see
+test_cloud_paths for how its path handling is tested instead).
+
+Nothing may reach the real network: credential searches are pointed at a
+closed local port (GCE_METADATA_*), and `no_remote_connections()` refuses,
+and records, any Python-level DNS look-up or connection off 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+
+BUCKET = "poisonjax-test"
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(url: str, closed: str) -> dict[str, str]:
+  return {
+      "STORAGE_EMULATOR_HOST": url,
+      "TENSORSTORE_GCS_HTTP_URL": url,
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+      "EPATH_USE_TF": "false",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # No gRPC bucket probe.
+      "GOOGLE_CLOUD_PROJECT": "poisonjax-test",
+      "GCE_METADATA_HOST": closed, "GCE_METADATA_IP": closed,
+      "GCE_METADATA_ROOT": closed, "NO_GCE_CHECK": "true",
+  }
+
+
+def _clear_client_caches() -> None:
+  """Clients built before (or for) the emulator are not reused."""
+  import fsspec
+  import gcsfs.core
+  from etils.epath import backend, gpath
+  from orbax.checkpoint._src.path import gcs_utils
+
+  gpath._is_tf_installed.cache_clear()  # Re-reads EPATH_USE_TF.
+  backend._FileSystemSpecBackend._get_filesystem.cache_clear()
+  gcsfs.core.GCSFileSystem.clear_instance_cache()
+  for proto in ("gs", "gcs"):  # The plain client, whatever gcsfs registered.
+    fsspec.register_implementation(proto, gcsfs.core.GCSFileSystem, clobber=True)
+  gcs_utils.get_bucket.cache_clear()
+
+
+@contextlib.contextmanager
+def emulated_gcs():
+  """Yields "gs://BUCKET" served by a fresh in-memory emulator."""
+  import fsspec
+  import pytest
+  from gcp_storage_emulator.server import create_server
+
+  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+  port = free_port()
+  url = f"http://127.0.0.1:{port}"
+  server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+  server.start()
+  with pytest.MonkeyPatch.context() as mp:
+    for key, value in _env(url, f"127.0.0.1:{free_port()}").items():
+      mp.setenv(key, value)
+    mp.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
+    _clear_client_caches()
+    try:
+      yield f"gs://{BUCKET}"
+    finally:
+      _clear_client_caches()
+      server.stop()
+  _clear_client_caches()
+
+
+def bucket_objects() -> dict[str, int]:
+  """{object name: size} of the bucket, listed by google-cloud-storage."""
+  from google.cloud import storage
+
+  client = storage.Client()
+  return {b.name: b.size for b in client.list_blobs(BUCKET)}
+
+
+@contextlib.contextmanager
+def no_remote_connections():
+  """Refuses (and lists) DNS look-ups and connections off 127.0.0.1.
+
+  Covers Python's sockets (gcsfs/aiohttp, google-cloud-storage/requests);
+  tensorstore and TensorFlow use their own C++ clients, kept local by the
+  endpoint and credential variables above.
+  """
+  import pytest
+
+  attempts = []
+  real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+  def local(host) -> bool:
+    return str(host) in ("127.0.0.1", "localhost", "::1")
+
+  def getaddrinfo(host, *args, **kwargs):
+    if not local(host):
+      attempts.append(f"dns {host}")
+      raise socket.gaierror(f"test: no network ({host})")
+    return real_getaddrinfo(host, *args, **kwargs)
+
+  def connect(sock, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and not local(host):
+      attempts.append(f"connect {address}")
+      raise OSError(f"test: no network ({address})")
+    return real_connect(sock, address)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(socket, "getaddrinfo", getaddrinfo)
+    mp.setattr(socket.socket, "connect", connect)
+    yield attempts
