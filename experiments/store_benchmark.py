@@ -4,8 +4,9 @@
 
 On the synthetic source, for the 1k CPU vocabulary and the largest one the
 synthetic corpus supports (asked for 32k, it yields ~4k pieces):
-  * build throughput with 1 and 2 worker processes (tokens/s, per worker),
-    and the single-core rate of each build stage (generate, tokenize);
+  * build throughput with 1 and 2 worker processes (tokens/s, per worker,
+    per CPU-second), the single-core rate of each build stage (generate,
+    tokenize), and the per-run cache's loop on the same machine;
   * size on disk per billion tokens: the store as built (uint16 ids + uint32
     document ends + index), the same ids as uint32, and in ArrayRecord files
     (64 KiB records, one per group so they stay randomly readable),
@@ -26,7 +27,7 @@ import time
 import numpy as np
 
 from poisonjax import config as config_lib
-from poisonjax.data import overlay, store, synthetic, vocabulary
+from poisonjax.data import overlay, store, stream, synthetic, vocabulary
 
 PAPER_BATCH, PAPER_SEQ, HOSTS = 256, 2048, 16
 
@@ -72,6 +73,18 @@ def timed_build(config, vocab, tokens: int, workers: int, path: str) -> dict:
   return {"store": s, "seconds": seconds, "cpu_seconds": cpu,
           "tokens": s.num_tokens, "tokens_per_s": s.num_tokens / seconds,
           "per_worker": s.num_tokens / seconds / workers,
+          "per_cpu_second": s.num_tokens / cpu}
+
+
+def old_cache_rate(config, tokens: int) -> dict:
+  """The per-run cache's single loop (stream.py), for comparison."""
+  c = config.copy_and_resolve_references()
+  c.poison.count = 0
+  shutil.rmtree(os.path.join(c.data.cache_dir, "streams"), ignore_errors=True)
+  start, cpu = time.perf_counter(), _cpu_seconds()
+  s = stream.build_stream(c, tokens)
+  seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+  return {"tokens": s.num_tokens, "tokens_per_s": s.num_tokens / seconds,
           "per_cpu_second": s.num_tokens / cpu}
 
 
@@ -151,6 +164,10 @@ def main() -> None:
             f"{b['tokens_per_s'] / 1e6:.3f}M tokens/s, {b['per_worker'] / 1e6:.3f}M "
             f"per worker; {b['cpu_seconds']:.1f} CPU-s = "
             f"{b['per_cpu_second'] / 1e6:.3f}M tokens per CPU-second")
+    old = old_cache_rate(c, int(args.tokens) // 4)
+    print(f"old per-run cache (one loop): {old['tokens']:,} tokens, "
+          f"{old['tokens_per_s'] / 1e6:.3f}M tokens/s, "
+          f"{old['per_cpu_second'] / 1e6:.3f}M tokens per CPU-second")
     sizes = sizes_per_billion(builds[1]["store"], args.workdir)
     print("GB per 1e9 tokens:", {k: round(v / 1e9, 3) for k, v in sizes.items()})
     if size == 1024:

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from poisonjax import files
 from poisonjax.data import overlay, sources, store, stream, vocabulary
 from poisonjax.errors import UserError
 from test_data_common import run_cli, small_config
@@ -211,3 +212,22 @@ def test_in_order_sources_are_read_once_by_the_parent(cache, tmp_path, monkeypat
                       workers=workers)
     assert len(built.shards) >= 3
     assert _files(tmp_path / "indexed") == _files(tmp_path / f"in_order_{workers}")
+
+
+def test_a_store_on_gs_gives_the_local_batches(cache, tmp_path):
+  from gcs_emulator import bucket_objects, emulated_gcs, no_remote_connections
+  c = _store_config(cache, count=10)
+  c.data.store = str(tmp_path / "local")
+  _prebuilt(c, 20_000, path=c.data.store)
+  local = overlay.training_stream(c, 20_000)
+  with emulated_gcs() as bucket, no_remote_connections() as attempts:
+    c.data.store = f"{bucket}/store"
+    _prebuilt(c, 20_000, path=c.data.store)
+    remote = overlay.training_stream(c, 20_000)
+    names = {k.split("/", 1)[1] for k in bucket_objects() if k.startswith("store/")}
+    assert _files(tmp_path / "local") == {  # The same bytes, no temporaries.
+        n: (files.as_path(c.data.store) / n).read_bytes() for n in names}
+    for k in range(local.num_steps):
+      for a, b in zip(local.batch(k, 1, 2).values(), remote.batch(k, 1, 2).values()):
+        np.testing.assert_array_equal(a, b)
+  assert attempts == []

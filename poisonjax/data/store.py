@@ -208,14 +208,20 @@ def _train_documents(source, start: int):
 
 
 def _write_atomic(path, chunks) -> str:
-  """Writes byte chunks to path via a temporary file; returns their sha256."""
+  """Writes byte chunks so that readers see all or nothing; returns sha256.
+
+  Locally via a temporary file and a rename; on an object store the object
+  appears whole when the upload closes (and stores have no cheap rename).
+  """
   h = hashlib.sha256()
-  tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+  local = files.is_local(path)
+  tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp" if local else path
   with tmp.open("wb") as f:
     for chunk in chunks:
       h.update(chunk)
       f.write(chunk)
-  tmp.replace(path)
+  if local:
+    tmp.replace(path)
   return h.hexdigest()
 
 
@@ -331,7 +337,7 @@ def _run_shards(config, sp, path, index: dict, ids: list[int], workers: int):
     pending = collections.deque()  # A window: tasks may carry documents.
     for task in tasks:
       pending.append(pool.apply_async(_build_shard, (task,)))
-      if len(pending) >= 2 * workers:
+      if len(pending) > workers:
         yield pending.popleft().get()
     while pending:
       yield pending.popleft().get()
