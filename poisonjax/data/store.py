@@ -55,7 +55,7 @@ from poisonjax.data import sources, synthetic, vocabulary
 from poisonjax.errors import UserError
 
 FORMAT = "poisonjax-token-store-v1"
-DOCS_PER_SHARD = 1 << 17  # ~65M tokens (130 MB) of C4-like documents.
+DOCS_PER_SHARD = 1 << 17  # ~56M tokens (112 MB) at C4's ~427 tokens/document.
 BLOCK_DOCS = 4096  # The index keeps every BLOCK_DOCS-th document end.
 _ENCODE_DOCS = 1024  # Documents per SentencePiece batch call.
 _INDEX_EVERY_S = 30.0  # How often a long build saves its progress.
@@ -100,7 +100,7 @@ class TokenStore:
   def __init__(self, path):
     self.path = files.as_path(path)
     self.index = files.read_json(self.path / "index.json")
-    self.dtype = np.dtype(self.index["dtype"])
+    self.dtype = np.dtype(self.index["dtype"]).newbyteorder("<")
     self.shards = self.index["shards"]
     counts = [s["num_tokens"] for s in self.shards]
     self.cum_tokens = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -175,7 +175,7 @@ def _init_worker(config, model_proto: bytes, path: str, docs_per_shard: int,
   _WORKER.update(source=sources.get_source(config), path=files.as_path(path),
                  sp=spm.SentencePieceProcessor(model_proto=model_proto),
                  docs_per_shard=docs_per_shard, block_docs=block_docs,
-                 dtype=np.dtype(dtype))
+                 dtype=np.dtype(dtype).newbyteorder("<"))
 
 
 def _indexed_documents(source, start: int):
