@@ -23,6 +23,11 @@ def base():
   c.data.source = "tfds"
   c.data.tfds.name = "c4/en:3.1.0"
   c.data.seq_len = 2048
+  # The shared clean token store (not each run's own 520 GB cache): build it
+  # once with `poisonjax data build-store --config=... --tokens=260e9`, split
+  # over machines with --part=H/N (docs/data_at_scale.md); with a gs://
+  # cache_dir it lives in the bucket. Not a defining field: same batches.
+  c.data.store = "auto"
   c.vocab.size = 32000
   c.vocab.sample_docs = 1_000_000
   c.model.dtype = "bfloat16"

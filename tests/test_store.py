@@ -1,5 +1,6 @@
 """The clean token store + poison overlay: the per-run cache's batches, shared."""
 
+import argparse
 import itertools
 import json
 import os
@@ -103,6 +104,62 @@ def test_store_bytes_do_not_depend_on_the_worker_count(cache, tmp_path):
   assert len(one.shards) >= 4
   assert _files(tmp_path / "one") == _files(tmp_path / "two")
   np.testing.assert_array_equal(one.read(0, one.num_tokens), two.read(0, two.num_tokens))
+
+
+@pytest.mark.parametrize("in_order", [False, True])
+def test_a_split_build_equals_a_single_build(cache, tmp_path, monkeypatch, in_order):
+  c = small_config(cache)
+  vocab = vocabulary.get_vocabulary(c)
+  one = _prebuilt(c, 100_000, path=tmp_path / "one", workers=1)
+  assert len(one.shards) >= 4
+  if in_order:  # As for TFDS: each part reads the split, skipping others' shards.
+    monkeypatch.setattr(store, "_indexed_documents", lambda source, start: None)
+  built = []
+  real = store._build_shard
+  monkeypatch.setattr(store, "_build_shard", lambda t: built.append(t[0]) or real(t))
+  split = tmp_path / "split"
+  part = lambda h: store.build_part(c, vocab, 100_000, h, 2, path=split,
+                                    docs_per_shard=SHARD_DOCS)
+  assert part(0) is None  # Part 1's shards are missing: no index yet.
+  assert built == list(range(0, len(one.shards), 2))
+  assert not (split / "index.json").exists()
+  with pytest.raises(UserError) as e:
+    store.finalize(c, vocab, 100_000, path=split, parts=2, docs_per_shard=SHARD_DOCS)
+  odd = len(one.shards) // 2
+  assert "\n" not in str(e.value)
+  assert f"{odd} of the {len(one.shards)} planned shards" in str(e.value)
+  assert "part(s) 1/2:" in str(e.value)
+  built.clear()
+  assert part(0) is None and built == []  # A rerun resumes: nothing rebuilt.
+  done = part(1)  # The last part to finish writes index.json.
+  assert built == list(range(1, len(one.shards), 2))
+  assert done is not None and done.num_tokens == one.num_tokens
+  assert _files(tmp_path / "one") == _files(split)
+  (split / "index.json").unlink()  # The explicit finalize writes the same.
+  store.finalize(c, vocab, 100_000, path=split, parts=2, docs_per_shard=SHARD_DOCS)
+  assert _files(tmp_path / "one") == _files(split)
+
+
+def test_part_flag_errors(cache, tmp_path):
+  from poisonjax.commands import Args
+  from poisonjax.commands import data as data_cmd
+  assert data_cmd.parse_part("3/4") == (3, 4) and data_cmd.parse_part(None) is None
+  for bad in ("4/4", "-1/2", "1/0", "1", "a/b", "1/2/3"):
+    with pytest.raises(UserError, match=r"--part=.*0 <= H < N"):
+      data_cmd.parse_part(bad)
+  c = small_config(cache)
+  c.data.store = str(tmp_path / "s")
+  fl = lambda **kw: argparse.Namespace(**{**dict(
+      workers=1, docs_per_shard=SHARD_DOCS, tokens="30000", part=None,
+      finalize=0), **kw})
+  cli = lambda **kw: data_cmd.data_build_store(Args(fl(**kw), c, None, {}))
+  with pytest.raises(UserError, match="give one"):
+    cli(part="0/2", finalize=2)
+  with pytest.raises(UserError, match=r"not built: 0, 1\b.*part\(s\) 0/3, 1/3\b"):
+    cli(finalize=3)  # Nothing built yet.
+  assert cli(part="0/2") == 0
+  assert cli(part="1/2") == 0  # Finalizes.
+  assert cli(finalize=2) == 0  # Already complete: nothing to do.
 
 
 def test_a_batch_reads_only_its_own_clean_tokens(cache, monkeypatch):

@@ -168,21 +168,47 @@ def _parse_tokens(text: str | None, config, vocab) -> int:
   return value
 
 
+def parse_part(text: str | None) -> tuple[int, int] | None:
+  """--part=H/N as (H, N); None when not given."""
+  if text is None:
+    return None
+  try:
+    h, n = (int(x) for x in text.split("/"))
+  except ValueError:
+    h, n = -1, 0
+  if not 0 <= h < n:
+    raise UserError(f"--part={text!r}: not H/N with 0 <= H < N; use e.g. "
+                    "--part=0/4 (this machine builds the shards i with "
+                    "i % 4 == 0)")
+  return h, n
+
+
 def data_build_store(args) -> int:
   from poisonjax.data import store, vocabulary  # pylint: disable=g-import-not-at-top
   config, fl = args.config, args.flags
-  if fl.workers < 1 or fl.docs_per_shard < 0:
+  if fl.workers < 1 or fl.docs_per_shard < 0 or fl.finalize < 0:
     raise UserError(f"--workers={fl.workers} --docs_per_shard="
-                    f"{fl.docs_per_shard}: use workers >= 1, docs_per_shard "
-                    ">= 0")
+                    f"{fl.docs_per_shard} --finalize={fl.finalize}: use "
+                    "workers >= 1, docs_per_shard >= 0, finalize >= 0")
+  part = parse_part(fl.part)
+  if part and fl.finalize:
+    raise UserError(f"--part={fl.part} --finalize={fl.finalize}: give one; "
+                    "a part finalizes by itself when it finds every shard built")
   if not config.data.store:
     config.data.store = "auto"
     print("build-store: config.data.store='' (the per-run cache); building the "
           "'auto' store: runs read it with --config.data.store=auto")
   vocab = vocabulary.get_vocabulary(config)
   tokens = _parse_tokens(fl.tokens, config, vocab)
-  s = store.build(config, vocab, tokens, workers=fl.workers,
-                  docs_per_shard=fl.docs_per_shard)
+  common = dict(docs_per_shard=fl.docs_per_shard)
+  if part:
+    s = store.build_part(config, vocab, tokens, *part, workers=fl.workers, **common)
+    if s is None:
+      return 0
+  elif fl.finalize:
+    s = store.finalize(config, vocab, tokens, parts=fl.finalize, **common)
+  else:
+    s = store.build(config, vocab, tokens, workers=fl.workers, **common)
   size = sum(f.stat().length for f in s.path.iterdir() if f.name.startswith("shard-"))
   print(f"store: {s.path}")
   print(f"store: {s.num_tokens:,} clean tokens ({s.num_docs:,} documents) in "
@@ -201,6 +227,13 @@ def _build_store_flags(fv) -> None:
   flags.DEFINE_integer("docs_per_shard", 0, "Documents per shard, fixed when "
                        "the store is created (0: ~16 shards for --tokens, at "
                        "most 131072 documents each).", flag_values=fv)
+  flags.DEFINE_string("part", None, "H/N: build only the shards i with "
+                      "i % N == H (one of N machines or jobs, same other "
+                      "flags); the last part to finish writes index.json.",
+                      flag_values=fv)
+  flags.DEFINE_integer("finalize", 0, "N: write index.json from an N-part "
+                       "build's shards once all exist (else name the missing "
+                       "parts); builds nothing.", flag_values=fv)
 
 
 def _vocab_flags(fv) -> None:
@@ -221,7 +254,8 @@ VOCAB_BUILD = Command(
     run=vocab_build, define_flags=_vocab_flags)
 
 DATA_BUILD_STORE = Command(
-    usage="poisonjax data build-store --config=FILE [--workers=N] [--tokens=T]",
+    usage="poisonjax data build-store --config=FILE [--workers=W] [--tokens=T] "
+          "[--part=H/N | --finalize=N]",
     summary="Tokenizes the clean source once into the shared token store "
             "(config.data.store; '' builds the 'auto' one) that every run of "
             "the study reads with its own poison overlay.",

@@ -34,6 +34,14 @@ shard's documents to a worker. Files appear by atomic rename and
 the index is merged before it is written (the longer shard list wins: all
 builders write the same bytes), so two builders racing waste work but never
 corrupt the store.
+
+A build may be split across machines (`build_part`: part h of n builds the
+planned shards i with i % n == h). Each shard's index entry is also written
+next to it (shard-NNNNNN.json), so index.json is assembled from those files
+(`finalize`) by whichever part finds them all, or by `--finalize`; racing
+finalizers write the same bytes. The plan (docs per shard, shard count) is a
+pure function of (source, vocabulary, --tokens, index.json), so every part
+computes the same one without talking to the others.
 """
 
 from __future__ import annotations
@@ -260,9 +268,11 @@ def _build_shard(task: tuple[int, list | None]) -> dict:
   block_ends = ends[block - 1::block].tolist()
   if D % block:  # The last block is partial: its end closes the shard.
     block_ends.append(int(ends[-1]))
-  return {"name": name, "first_doc": i * D, "num_docs": D,
-          "num_tokens": int(ends[-1]), "block_ends": block_ends,
-          "sha256": {"tokens": tok_sha, "ends": ends_sha}}
+  entry = {"name": name, "first_doc": i * D, "num_docs": D,
+           "num_tokens": int(ends[-1]), "block_ends": block_ends,
+           "sha256": {"tokens": tok_sha, "ends": ends_sha}}
+  files.write_json(w["path"] / f"{name}.json", entry)  # Last: the shard is done.
+  return entry
 
 
 def _read_index(path) -> dict | None:
@@ -315,11 +325,19 @@ def _num_tokens(index: dict) -> int:
 
 def _tasks(source, ids: list[int], docs_per_shard: int):
   """(shard, documents) tasks; the documents travel only for in-order sources,
-  which this process then reads once, start to end."""
+  which this process then reads once, start to end (skipping the documents
+  of shards not in `ids`: another part's)."""
   if _indexed_documents(source, 0) is not None:
     return ((i, None) for i in ids)
-  docs = _train_documents(source, ids[0] * docs_per_shard)
-  return ((i, list(itertools.islice(docs, docs_per_shard))) for i in ids)
+  return _in_order_tasks(source, ids, docs_per_shard)
+
+
+def _in_order_tasks(source, ids: list[int], D: int):
+  docs, at = _train_documents(source, ids[0] * D), ids[0] * D
+  for i in ids:
+    next(itertools.islice(docs, i * D - at, i * D - at), None)  # Skip.
+    yield i, list(itertools.islice(docs, D))
+    at = (i + 1) * D
 
 
 def _run_shards(config, sp, path, index: dict, ids: list[int], workers: int):
@@ -345,28 +363,42 @@ def _run_shards(config, sp, path, index: dict, ids: list[int], workers: int):
     pool.join()
 
 
-def build(config, vocab, min_tokens: int, *, path=None, workers: int = 1,
-          docs_per_shard: int = 0) -> TokenStore:
-  """Extends (or creates) the store until it holds >= min_tokens clean tokens.
+def _start(config, vocab, min_tokens: int, path, docs_per_shard: int):
+  """(path, index, tokens per document): the store's state before a build.
 
-  docs_per_shard: fixed when the store is created (0: chosen from
-  min_tokens, never from `workers`, so the bytes do not depend on them).
+  A new index's docs_per_shard: the given one, else chosen from min_tokens
+  (never from workers or parts, so the bytes do not depend on them).
   """
   path = files.as_path(path) if path is not None else store_path(config, vocab)
   spec, index = store_spec(config, vocab), _read_index(path)
-  source = sources.get_source(config)
-  per_doc = _tokens_per_doc(index, vocab.tokenizer, source)
+  per_doc = _tokens_per_doc(index, vocab.tokenizer, sources.get_source(config))
   if index is None:
     index = _new_index(spec, vocab, docs_per_shard
                        or _auto_docs_per_shard(min_tokens / per_doc))
   _check_spec(path, index, spec)
+  return path, index, per_doc
+
+
+def _plan(index: dict, min_tokens: int, per_doc: float) -> list[int]:
+  """The next shards to build (2% spare: the tokens per document are a guess)."""
+  first = len(index["shards"])
+  more = (min_tokens - _num_tokens(index)) / per_doc / index["docs_per_shard"]
+  return list(range(first, first + max(1, math.ceil(more * 1.02))))
+
+
+def build(config, vocab, min_tokens: int, *, path=None, workers: int = 1,
+          docs_per_shard: int = 0) -> TokenStore:
+  """Extends (or creates) the store until it holds >= min_tokens clean tokens.
+
+  docs_per_shard: fixed when the store is created (0: chosen from min_tokens).
+  """
+  path, index, per_doc = _start(config, vocab, min_tokens, path, docs_per_shard)
+  source = sources.get_source(config)
   path.mkdir(parents=True, exist_ok=True)
   start = last_save = time.time()
   built = 0
   while _num_tokens(index) < min_tokens:
-    first = len(index["shards"])
-    more = (min_tokens - _num_tokens(index)) / per_doc / index["docs_per_shard"]
-    ids = list(range(first, first + max(1, math.ceil(more * 1.02))))
+    ids = _plan(index, min_tokens, per_doc)
     for entry in _run_shards(config, vocab.tokenizer, path, index, ids, workers):
       index["shards"].append(entry)
       built += entry["num_tokens"]
@@ -382,6 +414,102 @@ def build(config, vocab, min_tokens: int, *, path=None, workers: int = 1,
     print(f"store: {path}: built {built:,} tokens in {time.time() - start:.1f}s "
           f"with {workers} worker(s)", flush=True)
   return TokenStore(path)
+
+
+# ---- a build split across machines -------------------------------------
+
+
+def _built_entries(path, ids: list[int]) -> dict:
+  """{shard: its entry (shard-NNNNNN.json)} for the shards of `ids` built;
+  read in parallel threads (on gs:// each is a round trip)."""
+  def entry(i):
+    p = path / f"shard-{i:06d}.json"
+    return files.read_json(p) if p.exists() else None
+  with futures.ThreadPoolExecutor(_LOOKUP_THREADS) as pool:
+    found = dict(zip(ids, pool.map(entry, ids)))
+  return {i: e for i, e in found.items() if e is not None}
+
+
+def build_part(config, vocab, min_tokens: int, part: int, parts: int, *,
+               path=None, workers: int = 1,
+               docs_per_shard: int = 0) -> TokenStore | None:
+  """Builds this part's planned shards (i % parts == part), skipping those
+  already built (a rerun resumes), then finalizes if every shard exists.
+
+  Returns the store if this part finalized it (or it was complete), else None.
+  """
+  path, index, per_doc = _start(config, vocab, min_tokens, path, docs_per_shard)
+  if _num_tokens(index) >= min_tokens:
+    return TokenStore(path)
+  path.mkdir(parents=True, exist_ok=True)
+  plan = _plan(index, min_tokens, per_doc)
+  mine = [i for i in plan if i % parts == part]
+  done = _built_entries(path, mine)
+  todo = [i for i in mine if i not in done]
+  start, built = time.time(), 0
+  if todo:
+    for entry in _run_shards(config, vocab.tokenizer, path, index, todo, workers):
+      built += entry["num_tokens"]
+    print(f"store: part {part}/{parts}: built {len(todo)} of shards "
+          f"{plan[0]}..{plan[-1]} ({built:,} tokens) in "
+          f"{time.time() - start:.1f}s with {workers} worker(s)", flush=True)
+  built_now = _built_entries(path, plan)
+  missing = [i for i in plan if i not in built_now]
+  if missing:
+    print(f"store: part {part}/{parts}: done; {len(missing)} shards of other "
+          "parts not built yet (the last part to finish writes index.json)",
+          flush=True)
+    return None
+  return finalize(config, vocab, min_tokens, path=path, parts=parts,
+                  docs_per_shard=docs_per_shard)
+
+
+def finalize(config, vocab, min_tokens: int, *, path=None, parts: int = 0,
+             docs_per_shard: int = 0) -> TokenStore:
+  """Writes index.json from the planned shards' entries once all exist.
+
+  Every finalizer writes the same bytes (the entries are pure functions of
+  the shards), so two racing do no harm. parts: the split's part count,
+  to name the parts whose shards are missing.
+  """
+  path, index, per_doc = _start(config, vocab, min_tokens, path, docs_per_shard)
+  if _num_tokens(index) >= min_tokens:
+    return TokenStore(path)
+  plan = _plan(index, min_tokens, per_doc)
+  entries = _built_entries(path, plan)
+  missing = [i for i in plan if i not in entries]
+  if missing:
+    raise UserError(_missing_error(path, plan, missing, parts))
+  D = index["docs_per_shard"]
+  for i in plan:
+    if (entries[i]["first_doc"], entries[i]["num_docs"]) != (i * D, D):
+      raise UserError(
+          f"token store {path}: shard-{i:06d} holds {entries[i]['num_docs']} "
+          f"documents per shard, the plan {D}; build every part and finalize "
+          "with the same --docs_per_shard and --tokens")
+  index["shards"] += [entries[i] for i in plan]
+  _save_index(path, index)
+  if _num_tokens(index) < min_tokens:
+    raise UserError(
+        f"token store {path}: its {len(index['shards'])} shards hold "
+        f"{_num_tokens(index):,} tokens, fewer than --tokens={int(min_tokens)} "
+        "(documents were shorter than estimated); run every part again with "
+        "the same flags: they build the next shards")
+  print(f"store: {path}: index.json written: {len(index['shards'])} shards, "
+        f"{_num_tokens(index):,} tokens", flush=True)
+  return TokenStore(path)
+
+
+def _missing_error(path, plan: list[int], missing: list[int], parts: int) -> str:
+  shown = ", ".join(str(i) for i in missing[:8]) + (" ..." if len(missing) > 8 else "")
+  if parts:
+    which = sorted({i % parts for i in missing})
+    owners = (f"; they belong to part(s) {', '.join(f'{h}/{parts}' for h in which)}"
+              f": run `--part=H/{parts}` for those, then finalize again")
+  else:
+    owners = "; run the parts that build them, then finalize again"
+  return (f"token store {path}: {len(missing)} of the {len(plan)} planned shards "
+          f"(shards {plan[0]}..{plan[-1]}) are not built: {shown}{owners}")
 
 
 def open_store(config, vocab, min_tokens: int, may_build: bool) -> TokenStore:
