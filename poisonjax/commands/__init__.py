@@ -63,6 +63,8 @@ COMMANDS = {
     ("study", "run"): "poisonjax.commands.study:RUN",
     ("study", "collect"): "poisonjax.commands.study:COLLECT",
     ("study", "figures"): "poisonjax.commands.study:FIGURES",
+    ("launch", "tpu"): "poisonjax.commands.launch:LAUNCH_TPU",
+    ("launch", "gpu"): "poisonjax.commands.launch:LAUNCH_GPU",
 }
 
 

@@ -1,0 +1,149 @@
+"""`poisonjax launch tpu|gpu`: run a training or a grid on TPU slices or GPU hosts.
+
+The commands are built by poisonjax.launch as argv lists; --dry-run prints
+them and runs nothing. See docs/tpu.md and docs/gpu.md.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from poisonjax.commands import NO_CONFIG, Command
+from poisonjax.errors import UserError
+
+
+def _workload_flags(fv) -> None:
+  flags.DEFINE_string("config", None, "Run config FILE[:ARG] (with --workdir), "
+                      "or a study config (with --root; e.g. "
+                      "configs/study_paper.py). Copied to each worker as is: put "
+                      "overrides in the file.", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "One run's workdir (gs://... on a "
+                      "multi-host slice).", flag_values=fv)
+  flags.DEFINE_string("root", None, "A grid's root, one workdir per run "
+                      "(with a study --config).", flag_values=fv)
+  flags.DEFINE_string("only", "", "Grid: only the runs whose name contains "
+                      "this.", flag_values=fv)
+  flags.DEFINE_bool("dry-run", False, "Print every command and run nothing.",
+                    flag_values=fv)
+
+
+def _workloads(fv, remote_config, one_slice: bool):
+  """The workloads named by --config with --workdir or --root."""
+  from poisonjax import study  # pylint: disable=g-import-not-at-top
+  from poisonjax.commands import parsing  # pylint: disable=g-import-not-at-top
+  from poisonjax.launch import workload  # pylint: disable=g-import-not-at-top
+
+  if not fv.config:
+    raise UserError("--config: required; e.g. --config=configs/study_paper.py "
+                    "--root=gs://BUCKET/study")
+  if bool(fv.workdir) == bool(fv.root):
+    raise UserError("--workdir/--root: give exactly one (--workdir for one "
+                    "run, --root for a study grid)")
+  config = parsing.load_config_file(fv.config)
+  if fv.workdir:
+    if study.is_study_config(config):
+      raise UserError(f"--config={fv.config}: a study config; pick one run "
+                      "with FILE:run=NAME, or pass --root for the grid")
+    return [workload.single(remote_config(fv.config), fv.workdir)]
+  if not study.is_study_config(config):
+    raise UserError(f"--config={fv.config}: not a study config; --root "
+                    "needs one (configs/study_*.py)")
+  return workload.grid(remote_config(fv.config), config, fv.root, fv.only,
+                       one_slice)
+
+
+def _tpu_flags(fv) -> None:
+  _workload_flags(fv)
+  flags.DEFINE_string("name", None, "TPU name (grid: the prefix of each "
+                      "slice's name).", flag_values=fv)
+  flags.DEFINE_string("zone", None, "Zone, e.g. us-east5-a.", flag_values=fv)
+  flags.DEFINE_string("project", "", "Project (default: gcloud's).",
+                      flag_values=fv)
+  flags.DEFINE_string("accelerator", "v5p-64", "Accelerator type.",
+                      flag_values=fv)
+  flags.DEFINE_string("runtime", "", "TPU software version (default: by "
+                      "generation, e.g. v2-alpha-tpuv5 for v5p).", flag_values=fv)
+  flags.DEFINE_bool("spot", False, "Spot capacity through a queued resource.",
+                    flag_values=fv)
+  flags.DEFINE_string("wheel", "", "poisonjax wheel to install (local or "
+                      "gs://).", flag_values=fv)
+  flags.DEFINE_string("git", "", "Install poisonjax from git: URL@REV.",
+                      flag_values=fv)
+  flags.DEFINE_string("jax", "jax[tpu]", "pip requirement for JAX on TPU.",
+                      flag_values=fv)
+  flags.DEFINE_bool("one_slice", False, "Grid: queue all runs on one slice "
+                    "(study run) instead of one slice per run.", flag_values=fv)
+  flags.DEFINE_bool("babysit", False, "Poll the slice; recreate it when "
+                    "preempted or deleted and rerun until summary.json says "
+                    "the run finished.", flag_values=fv)
+  flags.DEFINE_float("poll_s", 60.0, "Seconds between babysitter polls.",
+                     flag_values=fv)
+
+
+def launch_tpu(args) -> int:
+  from poisonjax.launch import babysit, tpu  # pylint: disable=g-import-not-at-top
+
+  fv = args.flags
+  for flag in ("name", "zone"):
+    if not fv[flag].value:
+      raise UserError(f"--{flag}: required; e.g. --name=pj --zone=us-east5-a")
+  install = tpu.Install(wheel=fv.wheel, git=fv.git, jax=fv.jax)
+  base = tpu.Slice(fv.name, fv.zone, fv.accelerator, fv.runtime, fv.project,
+                   fv.spot)
+  sitters, lines = [], []
+  for w in _workloads(fv, tpu.remote_config, fv.one_slice):
+    s = base.named(w.label)
+    tpu.check_workdirs(s, w, fv.babysit)
+    setup = tpu.setup_steps(s, install, fv.config.partition(":")[0])
+    run = tpu.run_step(s, w)
+    lines += tpu.dry_run(s, setup, run, w.workdirs, fv.babysit, fv.poll_s)
+    sitters.append(babysit.Sitter(s, setup, run, w.workdirs,
+                                  recreate=fv.babysit))
+  if fv["dry-run"].value:
+    print("\n".join(lines))
+    return 0
+  return babysit.sit(sitters, poll_s=fv.poll_s)
+
+
+def _gpu_flags(fv) -> None:
+  _workload_flags(fv)
+  flags.DEFINE_list("hosts", [], "ssh hosts, one process each (first: the "
+                    "coordinator); empty: this host, all its GPUs.",
+                    flag_values=fv)
+  flags.DEFINE_integer("port", 8476, "Coordinator port on the first host.",
+                       flag_values=fv)
+  flags.DEFINE_string("remote_dir", "", "Directory on each host to run in "
+                      "(a checkout holding --config).", flag_values=fv)
+  flags.DEFINE_string("python", "python3", "Python on the hosts.",
+                      flag_values=fv)
+
+
+def launch_gpu(args) -> int:
+  from poisonjax.launch import gpu, quoting  # pylint: disable=g-import-not-at-top
+
+  fv = args.flags
+  quoting.check_value("--python", fv.python)
+  (w,) = _workloads(fv, lambda c: c, one_slice=True)
+  argvs = gpu.commands(w, list(fv.hosts), fv.port, fv.remote_dir,
+                       python=(fv.python, "-m", "poisonjax.cli"))
+  if fv["dry-run"].value:
+    print("\n".join(quoting.line(a) for a in argvs))
+    return 0
+  return gpu.run(argvs)
+
+
+LAUNCH_TPU = Command(
+    usage="poisonjax launch tpu --name=NAME --zone=Z [--accelerator=v5p-64] "
+          "(--wheel=X.whl | --git=URL@REV) --config=FILE (--workdir=gs://... | "
+          "--root=gs://...) [--spot] [--babysit] [--one_slice] [--dry-run]",
+    summary="Creates (or reuses) Cloud TPU slices, installs poisonjax on every "
+            "worker and runs one training or a study grid there; --babysit "
+            "recreates preempted slices and resumes until finished.",
+    run=launch_tpu, define_flags=_tpu_flags, config=NO_CONFIG)
+
+LAUNCH_GPU = Command(
+    usage="poisonjax launch gpu --config=FILE (--workdir=DIR | --root=DIR) "
+          "[--hosts=h0,h1,...] [--port=8476] [--remote_dir=DIR] [--dry-run]",
+    summary="Runs one training (or a study grid) on this GPU host, or on "
+            "several hosts over ssh with one process per host.",
+    run=launch_gpu, define_flags=_gpu_flags, config=NO_CONFIG)

@@ -1,0 +1,72 @@
+"""What a launch runs: one `poisonjax train`, or a grid's runs.
+
+A workload is the poisonjax command (an argv after the Python launcher)
+and the workdirs whose summary.json says it is finished. A study grid gives
+either one workload per run (`train --config=STUDY.py:run=NAME`, one slice
+each) or one for all (`study run --only=...`, the runs queued on one slice;
+finished runs are skipped and an interrupted one resumes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from poisonjax.launch import quoting
+
+PYTHON = ("python3", "-m", "poisonjax.cli")  # Needs no ~/.local/bin on PATH.
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  label: str  # "" for one run; else a short, name-safe run label.
+  argv: tuple[str, ...]  # After PYTHON: ("train", "--config=...", ...).
+  workdirs: tuple[str, ...]  # Each holds summary.json once finished.
+
+  def command(self, python=PYTHON) -> list[str]:
+    return list(python) + list(self.argv)
+
+
+def join(root: str, name: str) -> str:
+  return f"{root.rstrip('/')}/{name}"
+
+
+def single(config: str, workdir: str) -> Workload:
+  """One run: `poisonjax train --config=CONFIG --workdir=WORKDIR`."""
+  quoting.check_value("--config", config)
+  quoting.check_value("--workdir", workdir)
+  return Workload("", ("train", f"--config={config}", f"--workdir={workdir}"),
+                  (workdir,))
+
+
+def run_label(run) -> str:
+  """`size=600m_n=250_seed=0_data=1.0` -> `600m-n250-s0-d1p0` (a name part)."""
+  data = f"{run.data_multiplier!r}".replace(".", "p")
+  text = f"{run.size}-n{run.poisons}-s{run.seed}-d{data}".lower()
+  return re.sub(r"[^a-z0-9-]+", "-", text)
+
+
+def grid(config_file: str, study, root: str, only: str = "",
+         one_slice: bool = False) -> list[Workload]:
+  """The study's runs (names containing `only`) as workloads under root."""
+  from poisonjax import study as study_lib  # pylint: disable=g-import-not-at-top
+
+  quoting.check_value("--config", config_file)
+  quoting.check_value("--root", root)
+  quoting.check_value("--only", only)
+  runs = study_lib.select(study_lib.expand(study), only)
+  if one_slice:
+    argv = ("study", "run", f"--config={config_file}", f"--root={root}")
+    argv += (f"--only={only}",) if only else ()
+    return [Workload("", argv, tuple(join(root, r.name) for r in runs))]
+  return [Workload(run_label(r), ("train", f"--config={config_file}:run={r.name}",
+                                  f"--workdir={join(root, r.name)}"),
+                   (join(root, r.name),)) for r in runs]
+
+
+def finished(workdirs, read=None) -> bool:
+  """Whether every workdir has summary.json (train writes it at the end)."""
+  if read is None:
+    from poisonjax import files  # pylint: disable=g-import-not-at-top
+    read = lambda path: files.as_path(path).exists()
+  return all(read(join(w, "summary.json")) for w in workdirs)
