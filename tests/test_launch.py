@@ -134,7 +134,7 @@ def test_injection_is_quoted(workdir, capsys, tmp_path):
   """The remote strings, run by a real shell, pass each value as one word."""
   tpu_lines = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-a",
                    f"--git={GIT}", f"--config=configs/study_paper.py:run={RUN}",
-                   f"--workdir={workdir}")
+                   f"--workdir={workdir}", f"--set=data.tfds.data_dir={workdir}")
   gpu_lines = _dry(capsys, "launch", "gpu", "--hosts=a,b",
                    f"--remote_dir={tmp_path}", "--config=configs/cpu_micro.py",
                    f"--workdir={workdir}")
@@ -150,8 +150,33 @@ def test_injection_is_quoted(workdir, capsys, tmp_path):
     subprocess.run(["sh", "-c", remote], cwd=tmp_path, env=env, check=True)
     argv = json.loads((tmp_path / "argv.json").read_text())
     assert f"--workdir={workdir}" in argv
+    if line is tpu_lines[-1]:
+      assert argv[-1] == f"--config.data.tfds.data_dir={workdir}"
     assert argv[:3] == ["-m", "poisonjax.cli", "train"]
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_slurm_template_passes_each_value_as_one_argument(tmp_path):
+  """launch/slurm.sbatch under a fake srun/scontrol: the train argv, exactly."""
+  fakes = {
+      "scontrol": "#!/bin/sh\nprintf 'node-a\\nnode-b\\n'\n",
+      "srun": "#!/bin/sh\nwhile [ \"${1#--}\" != \"$1\" ]; do shift; done\n"
+              "SLURM_NTASKS=2 SLURM_PROCID=1 exec \"$@\"\n",
+      "python3": f"#!{sys.executable}\nimport json, sys\n"
+                 "open('argv.json', 'w').write(json.dumps(sys.argv[1:]))\n"}
+  for name, text in fakes.items():
+    (tmp_path / name).write_text(text)
+    (tmp_path / name).chmod(0o755)
+  workdir = "/shared/runs/a b; touch PWNED"
+  env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CONFIG": "configs/x.py:run=r",
+         "WORKDIR": workdir, "SLURM_JOB_NODELIST": "node-[a-b]"}
+  template = os.path.join(os.path.dirname(__file__), "..", "launch", "slurm.sbatch")
+  subprocess.run(["bash", template], cwd=tmp_path, env=env, check=True)
+  argv = json.loads((tmp_path / "argv.json").read_text())
+  assert argv == ["-m", "poisonjax.cli", "train", "--config=configs/x.py:run=r",
+                  f"--workdir={workdir}", "--coordinator_address=node-a:8476",
+                  "--num_processes=2", "--process_id=1"]
+  assert not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.parametrize("args,needle", [

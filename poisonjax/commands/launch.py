@@ -23,6 +23,11 @@ def _workload_flags(fv) -> None:
                       "(with a study --config).", flag_values=fv)
   flags.DEFINE_string("only", "", "Grid: only the runs whose name contains "
                       "this.", flag_values=fv)
+  flags.DEFINE_multi_string("set", [], "FIELD=VALUE: passed on as "
+                            "--config.FIELD=VALUE (a grid's runs get it on "
+                            "their run config), e.g. "
+                            "--set=data.cache_dir=gs://BUCKET/cache.",
+                            flag_values=fv)
   flags.DEFINE_bool("dry-run", False, "Print every command and run nothing.",
                     flag_values=fv)
 
@@ -44,12 +49,12 @@ def _workloads(fv, remote_config, one_slice: bool):
     if study.is_study_config(config):
       raise UserError(f"--config={fv.config}: a study config; pick one run "
                       "with FILE:run=NAME, or pass --root for the grid")
-    return [workload.single(remote_config(fv.config), fv.workdir)]
+    return [workload.single(remote_config(fv.config), fv.workdir, fv.set)]
   if not study.is_study_config(config):
     raise UserError(f"--config={fv.config}: not a study config; --root "
                     "needs one (configs/study_*.py)")
   return workload.grid(remote_config(fv.config), config, fv.root, fv.only,
-                       one_slice)
+                       one_slice, fv.set)
 
 
 def _tpu_flags(fv) -> None:

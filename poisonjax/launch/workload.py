@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from poisonjax.errors import UserError
 from poisonjax.launch import quoting
 
 PYTHON = ("python3", "-m", "poisonjax.cli")  # Needs no ~/.local/bin on PATH.
@@ -31,12 +32,25 @@ def join(root: str, name: str) -> str:
   return f"{root.rstrip('/')}/{name}"
 
 
-def single(config: str, workdir: str) -> Workload:
+def overrides(sets, prefix: str = "") -> tuple[str, ...]:
+  """--set=a.b=V values -> ("--config.{prefix}a.b=V", ...), checked."""
+  out = []
+  for kv in sets or ():
+    quoting.check_value("--set", kv)
+    key, eq, _ = kv.partition("=")
+    if not eq or not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", key):
+      raise UserError(f"--set={kv!r}: not FIELD=VALUE; e.g. "
+                      "--set=data.cache_dir=gs://BUCKET/cache")
+    out.append(f"--config.{prefix}{kv}")
+  return tuple(out)
+
+
+def single(config: str, workdir: str, sets=()) -> Workload:
   """One run: `poisonjax train --config=CONFIG --workdir=WORKDIR`."""
   quoting.check_value("--config", config)
   quoting.check_value("--workdir", workdir)
-  return Workload("", ("train", f"--config={config}", f"--workdir={workdir}"),
-                  (workdir,))
+  return Workload("", ("train", f"--config={config}", f"--workdir={workdir}")
+                  + overrides(sets), (workdir,))
 
 
 def run_label(run) -> str:
@@ -47,7 +61,7 @@ def run_label(run) -> str:
 
 
 def grid(config_file: str, study, root: str, only: str = "",
-         one_slice: bool = False) -> list[Workload]:
+         one_slice: bool = False, sets=()) -> list[Workload]:
   """The study's runs (names containing `only`) as workloads under root."""
   from poisonjax import study as study_lib  # pylint: disable=g-import-not-at-top
 
@@ -57,10 +71,11 @@ def grid(config_file: str, study, root: str, only: str = "",
   runs = study_lib.select(study_lib.expand(study), only)
   if one_slice:
     argv = ("study", "run", f"--config={config_file}", f"--root={root}")
-    argv += (f"--only={only}",) if only else ()
+    argv += ((f"--only={only}",) if only else ()) + overrides(sets, "base.")
     return [Workload("", argv, tuple(join(root, r.name) for r in runs))]
   return [Workload(run_label(r), ("train", f"--config={config_file}:run={r.name}",
-                                  f"--workdir={join(root, r.name)}"),
+                                  f"--workdir={join(root, r.name)}")
+                   + overrides(sets),
                    (join(root, r.name),)) for r in runs]
 
 
