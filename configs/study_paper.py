@@ -31,7 +31,13 @@ def base():
   c.vocab.size = 32000
   c.vocab.sample_docs = 1_000_000
   c.model.dtype = "bfloat16"
-  c.model.remat = "dots"
+  # What experiments/fit_check.py found to fit every size on its slice
+  # (docs/fit_check.md): parameters and optimizer state sharded over the
+  # whole slice (fsdp), and full remat. 600m at 256 x 2048 on v5p:2x2x1
+  # with remat=dots needs 106 GB of temporaries per chip (HBM: 95 GiB).
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.model.remat = "full"
   c.train.batch_size = 256
   c.train.tokens_per_param = 20.0
   c.train.learning_rate = 3e-4
