@@ -97,6 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- Training ---------------------------------------------------------
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # Global batch, in sequences.
+  # Gradient accumulation: each global batch is split into this many
+  # microbatches inside the step, their gradients summed (float32), then one
+  # optimizer update: the same update, less activation memory. batch_size
+  # must divide by microbatches x the data x fsdp devices.
+  c.train.microbatches = 1
   # Clean tokens = tokens_per_param x total parameters x data_multiplier
   # (Chinchilla: 20; the paper also runs 0.5x and 2x).
   c.train.tokens_per_param = 20.0
@@ -198,6 +203,10 @@ def _check_train(t: ml_collections.ConfigDict) -> None:
   if t.batch_size < 1:
     raise field_error("config.train.batch_size", t.batch_size,
                       "must be >= 1", "use a positive batch size")
+  if t.microbatches < 1 or t.batch_size % t.microbatches:
+    raise field_error("config.train.microbatches", t.microbatches,
+                      f"must be >= 1 and divide batch_size {t.batch_size}",
+                      "use a divisor of the batch size (1: no accumulation)")
   if t.learning_rate < 0:
     raise field_error("config.train.learning_rate", t.learning_rate,
                       "must be >= 0", "use a positive peak learning rate")

@@ -41,6 +41,7 @@ NOT_DEFINING = (
     "data.cache_dir", "data.tfds.data_dir",  # Where files live.
     "data.store",  # The store + overlay give the per-run cache's batches.
     "model.remat",  # Memory/compute trade, same values.
+    "train.microbatches",  # Same update; sums differ only in float rounding.
     "train.max_steps",  # Where to stop; the stream and schedule stay.
     "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
     "train.keep_period", "train.skip_nonfinite", "train.peak_flops",
