@@ -285,6 +285,21 @@ def test_babysitter_gives_up_on_a_run_that_keeps_failing(tmp_path, monkeypatch):
                           is_finished=lambda _: False, call=call,
                           start=lambda argv: Done(), log=lambda _: None,
                           max_failures=2)
-  with pytest.raises(Exception, match="ended 3 times"):
+  with pytest.raises(Exception, match="ended without finishing 3 times"):
     babysit.sit([sitter], poll_s=0, max_polls=50)
   assert sitter.runs == 3 and sitter.creations == 0
+
+
+def test_babysitter_stops_at_once_when_gcloud_is_not_set_up():
+  def call(argv):
+    return subprocess.CompletedProcess(argv, 1, "", (
+        "ERROR: (gcloud.compute.tpus.tpu-vm.describe) The required property "
+        "[project] is not currently set.\nIt can be set in these ways:"))
+
+  s = tpu.Slice("pj", "us-east5-a", "v5p-8")
+  w = workload.single("c.py", "gs://bkt/x")
+  sitter = babysit.Sitter(s, [], tpu.run_step(s, w), w.workdirs,
+                          is_finished=lambda _: False, call=call,
+                          log=lambda _: None)
+  with pytest.raises(Exception, match=r"describe` failed: ERROR.*\[project\]"):
+    babysit.sit([sitter], poll_s=0, max_polls=5)

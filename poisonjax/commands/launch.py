@@ -141,9 +141,9 @@ LAUNCH_TPU = Command(
     usage="poisonjax launch tpu --name=NAME --zone=Z [--accelerator=v5p-64] "
           "(--wheel=X.whl | --git=URL@REV) --config=FILE (--workdir=gs://... | "
           "--root=gs://...) [--spot] [--babysit] [--one_slice] [--dry-run]",
-    summary="Creates (or reuses) Cloud TPU slices, installs poisonjax on every "
-            "worker and runs one training or a study grid there; --babysit "
-            "recreates preempted slices and resumes until finished.",
+    summary="Runs one training or a study grid on Cloud TPU slices, created "
+            "or reused. It installs poisonjax on every worker first; "
+            "--babysit recreates preempted slices and resumes until finished.",
     run=launch_tpu, define_flags=_tpu_flags, config=NO_CONFIG)
 
 LAUNCH_GPU = Command(

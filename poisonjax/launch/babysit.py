@@ -23,7 +23,11 @@ from poisonjax.launch.tpu import Slice
 
 
 def run_captured(argv: list[str]) -> subprocess.CompletedProcess:
-  return subprocess.run(argv, capture_output=True, text=True, check=False)
+  try:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+  except FileNotFoundError:
+    raise UserError(f"{argv[0]}: not found on PATH; install the Google Cloud "
+                    "CLI (gcloud) and run `gcloud auth login`") from None
 
 
 class Sitter:
@@ -44,6 +48,7 @@ class Sitter:
     self.done, self.rc = False, 0
     self.creations = self.runs = self.failures = 0
     self._ended_unfinished = False
+    self.described, self.describe_errors = False, 0
 
   def _say(self, text: str) -> None:
     self.log(f"[{self.tpu.name}] {text}")
@@ -59,11 +64,21 @@ class Sitter:
   def state(self) -> str:
     """ready | wait | gone | absent (and logs an unknown state as wait)."""
     result = self.call(self.tpu.describe())
+    err = (result.stderr or "").strip()
     if result.returncode != 0:
-      if "NOT_FOUND" in (result.stderr or "") or "not found" in (result.stderr or ""):
+      if "NOT_FOUND" in err or "not found" in err:
         return "absent"
-      self._say(f"describe failed, will retry: {(result.stderr or '').strip()[-200:]}")
+      self.describe_errors += 1
+      lines = err.splitlines() or [f"status {result.returncode}"]
+      last = next((l for l in lines if "ERROR" in l), lines[0])
+      # Before any answer it is the set-up (project, login); later, a blip.
+      if not self.described or self.describe_errors > 10:
+        raise UserError(f"slice {self.tpu.name}: `gcloud ... describe` failed: "
+                        f"{last[:300]}; check `gcloud config list`, the "
+                        "project and the zone")
+      self._say(f"describe failed, will retry: {last[:300]}")
       return "wait"
+    self.described, self.describe_errors = True, 0
     raw = result.stdout.strip()
     return self.tpu.states().get(raw, "wait")
 
@@ -95,18 +110,22 @@ class Sitter:
       self.creations += 1
       self.installed, self.failures, self._ended_unfinished = False, 0, False
 
+  def _failed(self, what: str) -> None:
+    """Counts a failure on a live slice; gives up after max_failures in a row."""
+    self.failures += 1
+    if self.failures > self.max_failures:
+      raise UserError(f"slice {self.tpu.name}: {what} {self.failures} times "
+                      "on a live slice; see the log above")
+
   def _on_ready(self) -> None:
     if not self.installed:
       self.installed = all(self._call(what, argv) for what, argv in self.setup)
       if not self.installed:
-        return
+        return self._failed("the set-up failed")
     if self.proc is not None:
       return
     if self._ended_unfinished:
-      self.failures += 1
-      if self.failures > self.max_failures:
-        raise UserError(f"slice {self.tpu.name}: the run ended {self.failures} "
-                        "times on a live slice without finishing; see its log")
+      self._failed("the run ended without finishing")
     self._say(f"{self.run[0]}: {quoting.line(self.run[1])}")
     self.proc, self._ended_unfinished = self.start(self.run[1]), False
     self.runs += 1
