@@ -3,15 +3,16 @@
     python experiments/reproduce_paper.py --root=gs://BUCKET/poisonjax/study_paper [--mfu=0.4]
 
 Prints the plan (parameters, tokens, poison share, steps, FLOPs and
-chip-hours per run and in total) and then one launch command per run. The
-pod launcher (launch/) comes later; until then run each command on a host or
-pod slice yourself. When the runs are done, on any machine that can read
-the root:
+chip-hours per run and in total) and then one `poisonjax train` command per
+run. `poisonjax launch tpu --config=configs/study_paper.py --root=ROOT ...`
+runs them on Cloud TPU slices (creating, installing, babysitting; see
+docs/tpu.md); `poisonjax launch gpu` on GPU hosts (docs/gpu.md). When the
+runs are done, on any machine that can read the root:
 
     poisonjax study collect --root=ROOT && poisonjax study figures --root=ROOT
 
-How long: the plan's totals (about 2.7e23 training FLOPs, roughly 2e5
-TPU v5p chip-hours at 40% MFU, for all 72 runs).
+How long: the plan's totals (2.65e23 training FLOPs for all 72 runs: about
+186k H100-hours or 402k TPU v5p chip-hours at 40% MFU).
 """
 
 import argparse
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
   plan = study.plan(s, mfu=args.mfu, cpu_flops=hardware.measure_cpu_flops())
   print(f"# study {s.name}: {len(plan['runs'])} runs")
   print(study.format_plan(plan))
-  print("\n# launch commands (one per run; the pod launcher comes later):")
+  print("\n# one command per run (poisonjax launch tpu|gpu runs them on slices/hosts):")
   rel = os.path.relpath(CONFIG)
   for run in study.select(study.expand(s), args.only):
     print(study.launch_command(rel, run.name, f"{args.root.rstrip('/')}/{run.name}"))
