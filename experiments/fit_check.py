@@ -3,6 +3,7 @@
     pip install -e ".[tpu]"        # libtpu: the TPU compiler, no TPU needed
     python experiments/fit_check.py [--sizes=600m,13b] [--topology=v5p:4x4x4]
         [--topology=13b=v5e:16x16] [--mfu=0.4] [--no_fallback]
+        [--set=model.remat=dots]
 
 For each size, the run config of configs/study_paper.py is built, and its
 train step (poisonjax.train_step: the model, optimizer, shardings and remat
@@ -24,6 +25,7 @@ below --mfu by the recomputation remat adds. Steps per run come from
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib.util
 import math
@@ -370,14 +372,29 @@ def topologies_for(sizes: list[str], flags: list[str]) -> dict[str, str]:
   return chosen
 
 
+def parse_overrides(flags: list[str]) -> dict:
+  """['model.remat=dots', 'train.microbatches=2'] -> {key: value}."""
+  out = {}
+  for flag in flags:
+    key, sep, text = flag.partition("=")
+    if not sep or key.count(".") != 1:
+      raise ValueError(f"--set={flag!r}: expected SECTION.FIELD=VALUE")
+    try:
+      out[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      out[key] = text  # A bare word: a string.
+  return out
+
+
 def check_size(module, study, plan_rows, size: str, topology: str,
-               mfu: float, fallback: bool) -> tuple[str, list[str]]:
+               mfu: float, fallback: bool,
+               overrides: dict | None = None) -> tuple[str, list[str]]:
   """One size: its tries logged, its table row and its grid's chip-hours."""
   from poisonjax import model as model_lib
   from poisonjax.study import grids
 
   name = grids.run_name(size, 250, 0, 1.0)
-  cfg = module.get_config(f"run={name}")
+  cfg = with_overrides(module.get_config(f"run={name}"), overrides or {})
   vocab = cfg.model.vocab_size or cfg.vocab.size
   steps = next(r["steps"] for r in plan_rows if r["run"] == name)
   print(f"{size} ({name}), {steps:,} steps:", flush=True)
@@ -416,6 +433,9 @@ def main(argv=None) -> int:
                  help="assumed fraction of peak the compiled FLOPs run at")
   p.add_argument("--no_fallback", action="store_true",
                  help="compile the preset only (no fsdp / remat fall-backs)")
+  p.add_argument("--set", action="append", default=[], dest="overrides",
+                 help="SECTION.FIELD=VALUE on every run config (e.g. "
+                      "model.remat=dots); repeatable")
   p.add_argument("--study", default=PAPER_STUDY)
   args = p.parse_args(argv)
   if why := libtpu_missing():
@@ -432,7 +452,8 @@ def main(argv=None) -> int:
   rows, notes = [], []
   for size in sizes:
     row, size_notes = check_size(module, study, plan_rows, size, topos[size],
-                                 args.mfu, not args.no_fallback)
+                                 args.mfu, not args.no_fallback,
+                                 parse_overrides(args.overrides))
     rows.append(row)
     notes += size_notes
   print("\n" + TABLE_HEAD + "\n" + "\n".join(rows) + "\n")

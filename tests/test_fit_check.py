@@ -45,6 +45,16 @@ def test_parse_topology_names_the_choices():
     fit_check.parse_topology("v5x:2x2")
 
 
+def test_set_flags_parse_to_typed_overrides():
+  got = fit_check.parse_overrides(["model.remat=dots", "train.microbatches=2"])
+  assert got == {"model.remat": "dots", "train.microbatches": 2}
+  c = fit_check.with_overrides(_stand_in(remat="full"),
+                               {"model.remat": "dots", "train.batch_size": 32})
+  assert c.model.remat == "dots" and c.train.batch_size == 32
+  with pytest.raises(ValueError, match="SECTION.FIELD=VALUE"):
+    fit_check.parse_overrides(["remat=dots"])
+
+
 def test_fallbacks_end_in_fsdp_and_full_remat():
   c = _stand_in()
   c.mesh.data, c.mesh.fsdp = -1, 1
