@@ -192,18 +192,22 @@ def compile_step(config, topology: str, vocab_size: int, num_steps: int) -> Fit:
 
 
 def _all_layers_flops(raw: float, model_cfg, config, chips: int) -> float:
-  """The compiled FLOPs with the scanned layer body counted num_layers times.
+  """The compiled FLOPs with every loop iteration counted.
 
   XLA's cost analysis counts a while loop's body once, so `raw` holds one
-  layer (forward, recompute, backward) plus what runs outside the scan:
-  taken as the untied output head's 6 x d_model x vocab per token (the
-  optimizer's elementwise update is small and lands in the layer share).
+  layer (forward, recompute, backward) of one microbatch, plus what runs
+  outside the layer scan: taken as the untied output head's 6 x d_model x
+  vocab per token of that microbatch (the optimizer's elementwise update is
+  small and lands in the layer share). With k microbatches (a scan around
+  the model) the whole is then counted k times.
   """
-  if not model_cfg.scan_layers:
-    return raw
-  tokens = config.train.batch_size * config.data.seq_len
+  k = int(config.train.get("microbatches", 1))
+  tokens = config.train.batch_size * config.data.seq_len / k
   outside = 6.0 * model_cfg.d_model * model_cfg.vocab_size * tokens / chips
-  return outside + model_cfg.num_layers * max(raw - outside, 0.0)
+  layers = model_cfg.num_layers if model_cfg.scan_layers else 1
+  if not model_cfg.scan_layers:
+    outside = 0.0
+  return k * (outside + layers * max(raw - outside, 0.0))
 
 
 def _first_line(message: str) -> str:
