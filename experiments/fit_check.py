@@ -390,7 +390,7 @@ def parse_overrides(flags: list[str]) -> dict:
   return out
 
 
-def check_size(module, study, plan_rows, size: str, topology: str,
+def check_size(module, plan_rows, size: str, topology: str,
                mfu: float, fallback: bool,
                overrides: dict | None = None) -> tuple[str, list[str]]:
   """One size: its tries logged, its table row and its grid's chip-hours."""
@@ -449,15 +449,18 @@ def main(argv=None) -> int:
   import poisonjax.study as study_lib
 
   sizes = [s for s in args.sizes.split(",") if s]
-  topos = topologies_for(sizes, args.topology)
+  try:
+    topos = topologies_for(sizes, args.topology)
+    overrides = parse_overrides(args.overrides)
+  except ValueError as e:
+    print(f"fit_check: error: {e}", file=sys.stderr)
+    return 2
   module = load_study(args.study)
-  study = module.get_config()
-  plan_rows = study_lib.plan(study, args.mfu)["runs"]
+  plan_rows = study_lib.plan(module.get_config(), args.mfu)["runs"]
   rows, notes = [], []
   for size in sizes:
-    row, size_notes = check_size(module, study, plan_rows, size, topos[size],
-                                 args.mfu, not args.no_fallback,
-                                 parse_overrides(args.overrides))
+    row, size_notes = check_size(module, plan_rows, size, topos[size],
+                                 args.mfu, not args.no_fallback, overrides)
     rows.append(row)
     notes += size_notes
   print("\n" + TABLE_HEAD + "\n" + "\n".join(rows) + "\n")
