@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from poisonjax import config as config_lib
-from poisonjax.data import overlay, store, stream, synthetic, vocabulary
+from poisonjax.data import overlay, store, store_build, stream, synthetic, vocabulary
 
 PAPER_BATCH, PAPER_SEQ, HOSTS = 256, 2048, 16
 
@@ -67,7 +67,7 @@ def timed_build(config, vocab, tokens: int, workers: int, path: str) -> dict:
   per-core rate even when other jobs share the cores."""
   shutil.rmtree(path, ignore_errors=True)
   start, cpu = time.perf_counter(), _cpu_seconds()
-  s = store.build(config, vocab, tokens, path=path, workers=workers,
+  s = store_build.build(config, vocab, tokens, path=path, workers=workers,
                   docs_per_shard=2048)
   seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
   return {"store": s, "seconds": seconds, "cpu_seconds": cpu,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from poisonjax import files
-from poisonjax.data import overlay, sources, store, stream, vocabulary
+from poisonjax.data import overlay, sources, store, store_build, stream, vocabulary
 from poisonjax.errors import UserError
 from test_data_common import run_cli, small_config
 
@@ -30,7 +30,7 @@ def _store_config(cache, **poison):
 
 def _prebuilt(c, tokens=T, **kw):
   kw.setdefault("docs_per_shard", SHARD_DOCS)
-  return store.build(c, vocabulary.get_vocabulary(c), tokens, **kw)
+  return store_build.build(c, vocabulary.get_vocabulary(c), tokens, **kw)
 
 
 def _files(path) -> dict:
@@ -74,8 +74,8 @@ def test_runs_with_other_poisons_and_budgets_share_one_store(cache, monkeypatch)
   base = _store_config(cache, count=10)
   base.data.seed = 5  # A store of its own for this test.
   built = []
-  real = store._build_shard
-  monkeypatch.setattr(store, "_build_shard", lambda i: built.append(i) or real(i))
+  real = store_build._build_shard
+  monkeypatch.setattr(store_build, "_build_shard", lambda i: built.append(i) or real(i))
   first = overlay.training_stream(base, T)  # Creates the store.
   assert built and first.store.num_tokens >= T
   d = first.dir
@@ -113,18 +113,18 @@ def test_a_split_build_equals_a_single_build(cache, tmp_path, monkeypatch, in_or
   one = _prebuilt(c, 100_000, path=tmp_path / "one", workers=1)
   assert len(one.shards) >= 4
   if in_order:  # As for TFDS: each part reads the split, skipping others' shards.
-    monkeypatch.setattr(store, "_indexed_documents", lambda source, start: None)
+    monkeypatch.setattr(store_build, "_indexed_documents", lambda source, start: None)
   built = []
-  real = store._build_shard
-  monkeypatch.setattr(store, "_build_shard", lambda t: built.append(t[0]) or real(t))
+  real = store_build._build_shard
+  monkeypatch.setattr(store_build, "_build_shard", lambda t: built.append(t[0]) or real(t))
   split = tmp_path / "split"
-  part = lambda h: store.build_part(c, vocab, 100_000, h, 2, path=split,
+  part = lambda h: store_build.build_part(c, vocab, 100_000, h, 2, path=split,
                                     docs_per_shard=SHARD_DOCS)
   assert part(0) is None  # Part 1's shards are missing: no index yet.
   assert built == list(range(0, len(one.shards), 2))
   assert not (split / "index.json").exists()
   with pytest.raises(UserError) as e:
-    store.finalize(c, vocab, 100_000, path=split, parts=2, docs_per_shard=SHARD_DOCS)
+    store_build.finalize(c, vocab, 100_000, path=split, parts=2, docs_per_shard=SHARD_DOCS)
   odd = len(one.shards) // 2
   assert "\n" not in str(e.value)
   assert f"{odd} of the {len(one.shards)} planned shards" in str(e.value)
@@ -136,7 +136,7 @@ def test_a_split_build_equals_a_single_build(cache, tmp_path, monkeypatch, in_or
   assert done is not None and done.num_tokens == one.num_tokens
   assert _files(tmp_path / "one") == _files(split)
   (split / "index.json").unlink()  # The explicit finalize writes the same.
-  store.finalize(c, vocab, 100_000, path=split, parts=2, docs_per_shard=SHARD_DOCS)
+  store_build.finalize(c, vocab, 100_000, path=split, parts=2, docs_per_shard=SHARD_DOCS)
   assert _files(tmp_path / "one") == _files(split)
 
 
@@ -209,7 +209,7 @@ def test_store_refuses_another_source_and_rate_mode(cache, tmp_path):
 
 
 def test_document_ends_match_a_scan_of_the_tokens(cache, tmp_path, monkeypatch):
-  monkeypatch.setattr(store, "BLOCK_DOCS", 8)  # Full and partial blocks.
+  monkeypatch.setattr(store_build, "BLOCK_DOCS", 8)  # Full and partial blocks.
   c = small_config(cache)
   s = _prebuilt(c, 20_000, path=tmp_path / "s", docs_per_shard=20)
   assert s.index["block_docs"] == 8 and len(s.shards) >= 2
@@ -254,7 +254,7 @@ def test_text_files_documents_are_reached_by_index(cache, tmp_path):
   n = len(src.train)
   for start in (0, 3, n - 1, n, 2 * n + 5):
     want = list(itertools.islice(src.train_documents(), start, start + 2 * n))
-    got = list(itertools.islice(store._indexed_documents(src, start), 2 * n))
+    got = list(itertools.islice(store_build._indexed_documents(src, start), 2 * n))
     assert got == want
 
 
@@ -263,7 +263,7 @@ def test_in_order_sources_are_read_once_by_the_parent(cache, tmp_path, monkeypat
   _prebuilt(c, 30_000, path=tmp_path / "indexed")
   # As for TFDS: no random access, so no worker may read documents itself
   # (in-process, a worker asking would get None and fail).
-  monkeypatch.setattr(store, "_indexed_documents", lambda source, start: None)
+  monkeypatch.setattr(store_build, "_indexed_documents", lambda source, start: None)
   for workers in (1, 2):
     built = _prebuilt(c, 30_000, path=tmp_path / f"in_order_{workers}",
                       workers=workers)

@@ -184,7 +184,7 @@ def parse_part(text: str | None) -> tuple[int, int] | None:
 
 
 def data_build_store(args) -> int:
-  from poisonjax.data import store, vocabulary  # pylint: disable=g-import-not-at-top
+  from poisonjax.data import store_build, vocabulary  # pylint: disable=g-import-not-at-top
   config, fl = args.config, args.flags
   if fl.workers < 1 or fl.docs_per_shard < 0 or fl.finalize < 0:
     raise UserError(f"--workers={fl.workers} --docs_per_shard="
@@ -202,13 +202,13 @@ def data_build_store(args) -> int:
   tokens = _parse_tokens(fl.tokens, config, vocab)
   common = dict(docs_per_shard=fl.docs_per_shard)
   if part:
-    s = store.build_part(config, vocab, tokens, *part, workers=fl.workers, **common)
+    s = store_build.build_part(config, vocab, tokens, *part, workers=fl.workers, **common)
     if s is None:
       return 0
   elif fl.finalize:
-    s = store.finalize(config, vocab, tokens, parts=fl.finalize, **common)
+    s = store_build.finalize(config, vocab, tokens, parts=fl.finalize, **common)
   else:
-    s = store.build(config, vocab, tokens, workers=fl.workers, **common)
+    s = store_build.build(config, vocab, tokens, workers=fl.workers, **common)
   size = sum(f.stat().length for f in s.path.iterdir() if f.name.startswith("shard-"))
   print(f"store: {s.path}")
   print(f"store: {s.num_tokens:,} clean tokens ({s.num_docs:,} documents) in "
