@@ -125,24 +125,6 @@ class OverlayStream(stream_lib.TrainingStream):
       if x1 > x0:
         tokens[x0 - a:x1 - a] = self.store.read(c0 + x0 - m0, c0 + x1 - m0)
 
-  def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
-    """Process `process_index`'s slice of global batch `step`, in O(log N)."""
-    B, S = self.batch_size, self.seq_len
-    if process_count < 1 or B % process_count:
-      raise field_error("config.train.batch_size", B,
-                        f"not divisible by the {process_count} processes",
-                        "use a multiple of the process count")
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if not 0 <= step < self.num_steps:
-      raise IndexError(f"step {step} not in [0, {self.num_steps})")
-    rows = B // process_count
-    a = (step * B + process_index * rows) * S
-    tokens = np.zeros(rows * S, np.int32)  # Past the stream's end: pad id 0.
-    mask = np.zeros(rows * S, np.bool_)
-    self._fill(tokens, mask, a, a + rows * S)
-    return {"tokens": tokens.reshape(rows, S), "poison_mask": mask.reshape(rows, S)}
-
 
 def training_stream(config, clean_tokens: int, may_build: bool = True):
   """The run's stream: the per-run cache, or the store + overlay (data.store).

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 import shutil
 import time
@@ -312,16 +311,19 @@ class TrainingStream:
       raise IndexError(f"step {step} not in [0, {self.num_steps})")
     rows = B // process_count
     a = (step * B + process_index * rows) * S
-    b = a + rows * S
-    tokens = np.zeros(rows * S, np.int32)
+    tokens = np.zeros(rows * S, np.int32)  # Past the stream's end: pad id 0.
+    mask = np.zeros(rows * S, np.bool_)
+    self._fill(tokens, mask, a, a + rows * S)
+    return {"tokens": tokens.reshape(rows, S), "poison_mask": mask.reshape(rows, S)}
+
+  def _fill(self, tokens: np.ndarray, mask: np.ndarray, a: int, b: int) -> None:
+    """Stream positions [a, b) into tokens/mask (the overlay overrides it)."""
     seg = self.tokens[a:min(b, self.num_tokens)]
     tokens[:len(seg)] = seg
-    mask = np.zeros(rows * S, np.bool_)
     lo = np.searchsorted(self.spans[:, 1], a, side="right")
     hi = np.searchsorted(self.spans[:, 0], b, side="left")
     for s, e, _ in self.spans[lo:hi]:
       mask[max(s, a) - a:min(e, b) - a] = True
-    return {"tokens": tokens.reshape(rows, S), "poison_mask": mask.reshape(rows, S)}
 
   def poisons_seen(self, step: int) -> int:
     """Poison documents wholly inside steps [0, step)."""
