@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -69,12 +70,18 @@ def _under(objects: dict, prefix: str) -> dict:
 # ---------------------------------------------------------------------------
 
 
+# gcp-storage-emulator now and then answers tensorstore's read of an OCDBT
+# manifest with a generation tensorstore rejects ("Malformed StorageGeneration",
+# seen in 1 of ~6 runs here; real GCS does not): only that error reruns the
+# test, in a fresh workdir, and every assertion must then pass.
+@pytest.mark.flaky(reruns=2, only_rerun=["Malformed StorageGeneration"])
 def test_gs_workdir_and_cache_train_resume_and_read_back(
     gcs, offline, tensorboard_logdirs, tmp_path, capsys):
-  workdir, cache = f"{gcs}/runs/tiny", f"{gcs}/cache"
+  name = f"runs/tiny-{uuid.uuid4().hex[:8]}"
+  workdir, cache = f"{gcs}/{name}", f"{gcs}/cache"
   first = train.run(tiny_config(cache, **{"train.max_steps": 20}), workdir)
   assert first["final_step"] == 20 and not first["finished"]
-  run = _under(bucket_objects(), "runs/tiny/")
+  run = _under(bucket_objects(), f"{name}/")
   assert "lock.json" not in run  # Released.
   assert {"config.json", "metrics.jsonl", "history.jsonl", "manifest.json",
           "checkpoint_digests/20.json"} <= set(run)
@@ -88,7 +95,7 @@ def test_gs_workdir_and_cache_train_resume_and_read_back(
   assert second["finished"] and last == second["num_steps"] > 20
 
   objects = bucket_objects()
-  run = _under(objects, "runs/tiny/")
+  run = _under(objects, f"{name}/")
   assert "lock.json" not in run
   assert {"config.json", "summary.json"} <= set(run)
   t = config.train  # Saved every ckpt_every and at the end; the newest kept.
