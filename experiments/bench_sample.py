@@ -26,6 +26,7 @@ calls. It builds (once, cached under --cache_dir) the vocabulary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -121,7 +122,8 @@ def bench_full_eval(preset: str, args) -> dict:
   from poisonjax.data import vocabulary  # Only this mode needs a tokenizer.
 
   config = full_eval_config(preset, args)
-  vocab = vocabulary.get_vocabulary(config)
+  with contextlib.redirect_stdout(sys.stderr):  # Build progress off stdout.
+    vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   start = time.perf_counter()
