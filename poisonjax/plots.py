@@ -1,8 +1,9 @@
-"""The study's figures and report, computed from the collected CSV.
+"""The study's descriptive figures, computed from the collected CSV.
 
 Each figure has a data table (written next to its PNG as CSV) so that tests
-and readers check numbers, not pixels; the report's sentences are computed
-from the same tables, not written in advance.
+and readers check numbers, not pixels; the report's sentences about them are
+computed here from the same tables, not written in advance. The fits' figures
+are in plots_fits; report.md is written by poisonjax.study.report.
 
   1. progress      increase vs fraction of training; panel per poison count,
                    line per size (mean over seeds, band min..max); 1x data.
@@ -134,7 +135,7 @@ def ablation_table(finals: list[dict]) -> list[dict]:
   return [r for r in finals if len(ms[r["size"]]) > 1]
 
 
-def _write_table(rows: list[dict], path: str, columns: list[str]) -> None:
+def write_table(rows: list[dict], path: str, columns: list[str]) -> None:
   buf = io.StringIO(newline="")
   w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
   w.writeheader()
@@ -363,45 +364,23 @@ def sentence_ablation(ablation, threshold) -> str:
           "0.5x and 2x (" + "; ".join(parts) + ").")
 
 
-def _report(finals, sentences, figures, threshold) -> str:
-  lines = ["# Poisoning study: results", "",
-           f"Success threshold: perplexity increase > {threshold:g}. All numbers "
-           "below are computed from results.csv by poisonjax/plots.py.", "",
-           "## Final results", "",
-           "| size | params | data | poisons | seeds | increase mean (min..max) "
-           "| seeds > thr | success share | clean ppl | triggered ppl |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-  for r in sorted(finals, key=lambda r: (r["data_multiplier"] != 1.0, r["params"],
-                                         r["data_multiplier"], r["poison_count"])):
-    lines.append(
-        f"| {r['size']} | {r['params']:,} | {r['data_multiplier']:g}x | "
-        f"{r['poison_count']} | {r['n_seeds']} | {r['increase_mean']:.1f} "
-        f"({r['increase_min']:.1f}..{r['increase_max']:.1f}) | "
-        f"{r['n_success']}/{r['n_seeds']} | {r['success_share_mean']:.2f} | "
-        f"{r['clean_ppl_mean']:.1f} | {r['triggered_ppl_mean']:.1f} |"
-        + ("" if r["all_finished"] else " (unfinished)"))
-  lines += ["", "## Figures", ""]
-  for name in FIGURES:
-    lines += [f"![{name}]({files.as_path(figures[name]['png']).name})", "",
-              sentences[name], ""]
-  return "\n".join(lines)
+def draw_all(rows: list[dict], out_dir: str, threshold: float = 50.0):
+  """The four figures and their data CSVs in out_dir.
 
-
-def make_all(csv_path: str, out_dir: str, threshold: float = 50.0) -> dict:
-  """Writes the four PNGs, their data CSVs and report.md into out_dir."""
+  Returns (paths {name: {png, csv}}, sentences {name: text}, final table).
+  """
   out = files.as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  rows = read_csv(csv_path)
   curves = curve_table(rows)
   finals = final_table(rows, threshold)
   ablation = ablation_table(finals)
   final1 = [r for r in finals if r["data_multiplier"] == 1.0]
   paths = {n: {"png": str(out / f"{n}.png"), "csv": str(out / f"{n}.csv")}
            for n in FIGURES}
-  _write_table(curves, paths["progress"]["csv"], _CURVE_COLS)
-  _write_table(curves, paths["poisons_seen"]["csv"], _CURVE_COLS)
-  _write_table(final1, paths["final_vs_size"]["csv"], _FINAL_COLS)
-  _write_table(ablation, paths["data_ablation"]["csv"], _FINAL_COLS)
+  write_table(curves, paths["progress"]["csv"], _CURVE_COLS)
+  write_table(curves, paths["poisons_seen"]["csv"], _CURVE_COLS)
+  write_table(final1, paths["final_vs_size"]["csv"], _FINAL_COLS)
+  write_table(ablation, paths["data_ablation"]["csv"], _FINAL_COLS)
   _curve_figure(curves, "fraction", "fraction of training",
                 "Backdoor strength through training (mean over seeds, band min..max)",
                 threshold, paths["progress"]["png"])
@@ -416,6 +395,11 @@ def make_all(csv_path: str, out_dir: str, threshold: float = 50.0) -> dict:
       "final_vs_size": sentence_final_vs_size(finals, threshold),
       "data_ablation": sentence_ablation(ablation, threshold),
   }
-  report = _report(finals, sentences, paths, threshold)
-  files.write_text_atomic(out / "report.md", report + "\n")
-  return paths
+  return paths, sentences, finals
+
+
+def make_all(csv_path: str, out_dir: str, threshold: float = 50.0, **report_args) -> dict:
+  """Every figure, its data table and report.md (poisonjax.study.report)."""
+  from poisonjax.study import report  # pylint: disable=g-import-not-at-top
+  return report.generate(csv_path, out_dir, threshold=threshold,
+                         **report_args)["figures"]

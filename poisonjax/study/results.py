@@ -2,8 +2,8 @@
 
 `collect` reads ROOT/<run name>/{eval.jsonl, summary.json, config.json} as
 train.py writes them (finished or not) and returns one row per evaluation
-point; `write_csv` writes them; `make_figures` draws the study's figures
-from the CSV (poisonjax.plots).
+point; `write_csv` writes them; `make_figures` writes the study's figures
+and report.md from the CSV (poisonjax.study.report).
 """
 
 from __future__ import annotations
@@ -120,11 +120,14 @@ def write_csv(rows: list[dict], path) -> None:
 
 
 def make_figures(root, out=None) -> dict:
-  """Figures and report.md from ROOT/results.csv (collected first if absent).
+  """Figures, their tables and report.md from ROOT/results.csv (collected
+  first if absent), by poisonjax.study.report.
 
-  The success threshold is the study's (ROOT/study.json), else 50.
+  The success threshold and the regime come from the study (ROOT/study.json)
+  when there is one; else the threshold is analysis.SUCCESS_INCREASE.
   """
-  from poisonjax import plots
+  from poisonjax.study import analysis  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import report  # pylint: disable=g-import-not-at-top
 
   root = files.as_path(root)
   csv_path = root / "results.csv"
@@ -134,9 +137,10 @@ def make_figures(root, out=None) -> dict:
       raise UserError(f"--root={root}: no results; run `poisonjax study run` "
                       "and `poisonjax study collect` first")
     write_csv(rows, csv_path)
-  threshold = 50.0
+  study, threshold = None, analysis.SUCCESS_INCREASE
   if (root / "study.json").exists():
-    threshold = float(files.read_json(root / "study.json")["base"]["eval"]["threshold"])
+    study = files.read_json(root / "study.json")
+    threshold = float(study["base"]["eval"]["threshold"])
   out = files.as_path(out or root / "figures")
-  made = plots.make_all(str(csv_path), str(out), threshold=threshold)
-  return {"figures": made, "report": str(out / "report.md")}
+  made = report.generate(str(csv_path), str(out), threshold=threshold, study=study)
+  return {"figures": made["figures"], "report": made["report"]}

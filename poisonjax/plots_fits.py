@@ -1,0 +1,132 @@
+"""Figures of the study's fits (poisonjax.study.analysis*), with their data.
+
+  n50             P(success | N) per size, panel per data amount: the runs as
+                  points (0/1, jittered), the fitted logistic where one exists,
+                  N50 (dot; bar where the data give a range) and its bootstrap
+                  95% interval (thin line; arrows where it is open).
+  count_vs_share  final increase (log) against poisons seen and against the
+                  poisons' share of tokens seen, colour per size, marker per
+                  data amount, the fitted line per size; AIC in the titles.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from poisonjax import plots
+from poisonjax.study import analysis
+from poisonjax.study import analysis_compare
+
+FIGURES = ("n50", "count_vs_share")
+_MARKERS = "os^Dv<>ph"
+
+
+def _n50_marks(ax, row, color, y):
+  """N50 (point or range) and its 95% interval at height y."""
+  est, ci = row["estimate"], row["interval"]
+  lo_n, hi_n = min(row["counts"]), max(row["counts"])
+  lo = ci["lo"] if ci["lo"] >= lo_n else lo_n / 2
+  hi = ci["hi"] if ci["hi"] <= hi_n else hi_n * 2
+  ax.plot([lo, hi], [y, y], color=color, lw=1)
+  if ci["lo"] < lo_n:
+    ax.plot([lo], [y], marker="<", color=color)
+  if ci["hi"] > hi_n:
+    ax.plot([hi], [y], marker=">", color=color)
+  if est.point is not None:
+    ax.plot([est.point], [y], marker="o", color=color, ms=7)
+  else:
+    ax.plot([max(est.lo, lo_n / 2), min(est.hi, hi_n * 2)], [y, y], color=color, lw=4)
+
+
+def n50_figure(runs: analysis.Runs, rows: list[dict], threshold: float, path: str):
+  plt = plots._plt()  # pylint: disable=protected-access
+  mults = sorted({r["data_multiplier"] for r in rows})
+  sizes = plots._size_order(rows)  # pylint: disable=protected-access
+  colors = plots._colors(sizes)  # pylint: disable=protected-access
+  fig, axes = plots._panels(mults)  # pylint: disable=protected-access
+  groups, y_all = runs.groups(), runs.success(threshold)
+  jitter = np.random.default_rng(0)
+  for ax, m in zip(axes, mults):
+    here = [r for r in rows if r["data_multiplier"] == m]
+    for i, row in enumerate(here):
+      idx, color = groups[(row["size"], m)], colors[row["size"]]
+      n, y = runs.poisons[idx], y_all[idx]
+      ax.scatter(n * np.exp(jitter.normal(0, 0.04, len(n))),
+                 y + jitter.uniform(-0.04, 0.04, len(y)), color=color, s=14,
+                 alpha=0.7)
+      if row["estimate"] is None:
+        continue
+      grid = np.geomspace(n.min() / 2, n.max() * 2, 200)
+      p = analysis.curve(row["estimate"], grid, n, y)
+      if p is not None:
+        ax.plot(grid, p, color=color, label=row["size"])
+      else:
+        ax.plot([], [], color=color, label=f"{row['size']} (no fit)")
+      _n50_marks(ax, row, color, 0.5 + 0.05 * (i - (len(here) - 1) / 2))
+    ax.axhline(0.5, color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_title(f"{m:g}x data")
+    ax.set_xlabel("poisons seen (N)")
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel(f"P(final increase > {threshold:g})")
+  fig.suptitle("Poison threshold: logistic fits in log N, N50 with bootstrap 95% interval")
+  fig.tight_layout()
+  plots.save_png(fig, path, dpi=110)
+  plt.close(fig)
+
+
+def _compare_panel(ax, runs, comparison, predictor, colors, markers):
+  X = analysis_compare.design(runs, predictor)
+  y = analysis_compare.response(runs, "log_increase", 0.0)
+  x = np.exp(X[:, 1]) * (1e6 if predictor == "share" else 1)
+  for size in colors:
+    for m, marker in markers.items():
+      sel = (runs.size == size) & (runs.data_multiplier == m)
+      if sel.any():
+        ax.scatter(x[sel], np.exp(y[sel]), color=colors[size], s=16,
+                   marker=marker, alpha=0.8)
+  model = comparison["models"][f"log_increase/{predictor}"]
+  b = model["beta"]
+  for size in colors:
+    sel = runs.size == size
+    if not sel.any():
+      continue
+    grid = np.geomspace(x[sel].min(), x[sel].max(), 50)
+    lx = np.log(grid / (1e6 if predictor == "share" else 1))
+    fit = b[0] + b[1] * lx + b[2] * math.log(runs.params[sel][0])
+    ax.plot(grid, np.exp(fit), color=colors[size], lw=1)
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("poisons seen" if predictor == "count" else
+                "poisons per million tokens seen")
+  ax.set_title(f"{predictor}: AIC {model['aic']:.1f} (log increase), "
+               f"{comparison['models'][f'success/{predictor}']['aic']:.1f} (success)",
+               fontsize=9)
+
+
+def compare_figure(runs: analysis.Runs, comparison: dict, path: str):
+  plt = plots._plt()  # pylint: disable=protected-access
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  if not comparison.get("fitted"):
+    for ax in axes:
+      ax.text(0.5, 0.5, f"not fitted: {comparison.get('reason')}", ha="center",
+              va="center", transform=ax.transAxes)
+  else:
+    order = sorted(set(runs.size), key=lambda s: runs.params[runs.size == s][0])
+    colors = plots._colors(order)  # pylint: disable=protected-access
+    mults = sorted({float(m) for m in runs.data_multiplier})
+    markers = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(mults)}
+    for ax, predictor in zip(axes, analysis_compare.PREDICTORS):
+      _compare_panel(ax, runs, comparison, predictor, colors, markers)
+    for size, c in colors.items():
+      axes[1].plot([], [], color=c, label=size)
+    for m, mk in markers.items():
+      axes[1].scatter([], [], color="k", marker=mk, label=f"{m:g}x data")
+    axes[1].legend(fontsize=7)
+  axes[0].set_ylabel(f"final increase (floored at {analysis_compare.INCREASE_FLOOR:g})")
+  fig.suptitle("Count vs share: final increase and the fitted lines per size")
+  fig.tight_layout()
+  plots.save_png(fig, path, dpi=110)
+  plt.close(fig)

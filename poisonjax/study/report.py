@@ -1,0 +1,161 @@
+"""A study's report.md, figures and tables, from its results.csv alone.
+
+`generate` reads the collected CSV, draws the descriptive figures
+(poisonjax.plots) and the fits' figures (poisonjax.plots_fits), fits N50
+per size and data amount (analysis) and count versus share (analysis_compare),
+writes their numbers as n50.csv and count_vs_share.json, and writes
+report.md from those same numbers: regime, provenance (lines the caller
+passes), N50, the model comparison, the final-results table, the figures
+with their computed sentences, and the caveats. Nothing needs the runs'
+directories, so a committed results.csv regenerates its report.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from poisonjax import files
+from poisonjax import plots
+from poisonjax import plots_fits
+from poisonjax.study import analysis
+from poisonjax.study import analysis_compare
+from poisonjax.study import report_sections as sections
+
+_N50_COLS = ["size", "data_multiplier", "params", "n_runs", "n_success",
+             "counts", "seeds", "kind", "n50_lo", "n50_hi", "n50", "slope",
+             "ci_lo", "ci_hi", "n_boot"]
+
+
+def study_regime(study, last_rows: list[dict]) -> dict:
+  """The regime beyond the runs' own numbers: steps per group (from the
+  runs' last rows) and what the study config says (none without one)."""
+  reg = {}
+  spans = []
+  for key in {(r["size"], r["data_multiplier"]) for r in last_rows}:
+    steps = [r["num_steps"] for r in last_rows
+             if (r["size"], r["data_multiplier"]) == key and r["num_steps"]]
+    if steps:
+      spans.append(max(steps) / min(steps) - 1)
+  if spans and max(spans) > 0:
+    reg["steps_by_group_span"] = max(spans)
+  if study is None:
+    return reg
+  from poisonjax.study import grids  # pylint: disable=g-import-not-at-top
+  from poisonjax.study.plan import poison_tokens_per_doc  # pylint: disable=g-import-not-at-top
+  study = ml_collections.ConfigDict(study)
+  mults = sorted({r["data_multiplier"] for r in last_rows})
+  reg["clean_tokens_per_param"] = [study.base.train.tokens_per_param * m for m in mults]
+  reg["num_excerpts"] = int(study.base.eval.num_excerpts)
+  runs = grids.expand(study)
+  if runs:
+    reg["tokens_per_poison"] = poison_tokens_per_doc(
+        study, grids.run_config(study, runs[0]))
+  return reg
+
+
+def _n50_table(rows: list[dict]) -> list[dict]:
+  out = []
+  for r in rows:
+    est, ci = r["estimate"], r["interval"] or {}
+    out.append({**{k: r[k] for k in ("size", "data_multiplier", "params",
+                                      "n_runs", "n_success")},
+                "counts": " ".join(map(str, r["counts"])),
+                "seeds": " ".join(map(str, r["seeds"])),
+                "kind": est.kind if est else "too_few_runs",
+                "n50_lo": est.lo if est else "", "n50_hi": est.hi if est else "",
+                "n50": est.point if est and est.point is not None else "",
+                "slope": est.slope if est else "", "ci_lo": ci.get("lo", ""),
+                "ci_hi": ci.get("hi", ""), "n_boot": ci.get("n_boot", "")})
+  return out
+
+
+def _final_results(finals: list[dict]) -> list[str]:
+  lines = ["## Final results", "",
+           "| size | params | data | poisons | seeds | increase mean (min..max) "
+           "| seeds > thr | success share | clean ppl | triggered ppl |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in sorted(finals, key=lambda r: (r["data_multiplier"] != 1.0, r["params"],
+                                         r["data_multiplier"], r["poison_count"])):
+    lines.append(
+        f"| {r['size']} | {r['params']:,} | {r['data_multiplier']:g}x | "
+        f"{r['poison_count']} | {r['n_seeds']} | {r['increase_mean']:.1f} "
+        f"({r['increase_min']:.1f}..{r['increase_max']:.1f}) | "
+        f"{r['n_success']}/{r['n_seeds']} | {r['success_share_mean']:.2f} | "
+        f"{r['clean_ppl_mean']:.1f} | {r['triggered_ppl_mean']:.1f} |"
+        + ("" if r["all_finished"] else " (unfinished)"))
+  return lines + [""]
+
+
+def _figures(paths: dict, sentences: dict) -> list[str]:
+  lines = ["## Figures", ""]
+  for name in plots.FIGURES:
+    lines += [f"![{name}]({files.as_path(paths[name]['png']).name})", "",
+              sentences[name], ""]
+  return lines
+
+
+def _fits(rows, threshold, n_boot, seed):
+  runs, dropped = analysis.final_runs(rows)
+  th = analysis.thresholds(runs, threshold, n_boot, seed)
+  comp = (analysis_compare.compare(runs, threshold, n_boot, seed) if len(runs)
+          else {"fitted": False, "reason": "no finished run with poisons",
+                "n_runs": 0, "n_success": 0})
+  return runs, dropped, th, comp
+
+
+def generate(csv_path: str, out_dir: str, *,
+             threshold: float = analysis.SUCCESS_INCREASE, study=None,
+             provenance: list[str] | None = None, title: str | None = None,
+             n_boot: int = analysis.BOOTSTRAP_SAMPLES,
+             seed: int = analysis.BOOTSTRAP_SEED) -> dict:
+  """Writes the figures, their tables and report.md into out_dir (see above).
+
+  Returns {"figures": {name: {png, csv}}, "report": path, "thresholds":
+  analysis.thresholds' rows, "comparison": analysis_compare.compare's dict}.
+  """
+  out = files.as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  rows = plots.read_csv(csv_path)
+  paths, sentences, finals = plots.draw_all(rows, str(out), threshold)
+  runs, dropped, th, comp = _fits(rows, threshold, n_boot, seed)
+  fit_paths = {"n50": {"png": str(out / "n50.png"), "csv": str(out / "n50.csv")},
+               "count_vs_share": {"png": str(out / "count_vs_share.png"),
+                                  "csv": str(out / "count_vs_share.json")}}
+  plots.write_table(_n50_table(th), fit_paths["n50"]["csv"], _N50_COLS)
+  files.write_json(fit_paths["count_vs_share"]["csv"], as_json(comp))
+  fitted = [r for r in th if r["estimate"] is not None]
+  plots_fits.n50_figure(runs, fitted, threshold, fit_paths["n50"]["png"])
+  plots_fits.compare_figure(runs, comp, fit_paths["count_vs_share"]["png"])
+  reg = study_regime(study, plots.final_rows(rows))
+  name = title or (f"Poisoning study {ml_collections.ConfigDict(study).name}"
+                   if study is not None else "Poisoning study")
+  lines = [f"# {name}: results", "",
+           f"Success: final perplexity increase > {threshold:g}. Every number "
+           "below is computed from results.csv by poisonjax/study/report.py "
+           "(fits: poisonjax/study/analysis.py and analysis_compare.py); "
+           "nothing is written by hand.", ""]
+  lines += sections.regime(runs, dropped, reg) if len(runs) else []
+  if provenance:
+    lines += ["## How this was made", ""] + list(provenance) + [""]
+  lines += sections.thresholds(th, threshold)
+  lines += ["![n50](n50.png)", ""]
+  lines += sections.comparison(comp, threshold)
+  lines += ["![count_vs_share](count_vs_share.png)", ""]
+  lines += _final_results(finals) + _figures(paths, sentences)
+  if len(runs):
+    lines += sections.caveats(runs, dropped, th, comp, reg, finals)
+  files.write_text_atomic(out / "report.md", "\n".join(lines))
+  return {"figures": {**paths, **fit_paths}, "report": str(out / "report.md"),
+          "thresholds": th, "comparison": comp, "regime": reg}
+
+
+def as_json(obj):
+  """numpy scalars and arrays to plain Python, for write_json."""
+  if isinstance(obj, dict):
+    return {k: as_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [as_json(v) for v in obj]
+  if isinstance(obj, np.generic):
+    return obj.item()
+  return obj

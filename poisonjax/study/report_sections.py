@@ -1,0 +1,216 @@
+"""The sections of a study's report.md, each written from computed numbers.
+
+Every function takes the results of poisonjax.study.analysis* (and the
+study's final rows) and returns markdown lines; none holds a number of its
+own. report.py puts them together.
+"""
+
+from __future__ import annotations
+
+import math
+
+from poisonjax.study import analysis
+from poisonjax.study import analysis_compare
+
+CHINCHILLA_TOKENS_PER_PARAM = 20.0
+
+
+def _span(values, fmt="{:.3g}") -> str:
+  vals = sorted(v for v in values if v is not None and not math.isnan(v))
+  if not vals:
+    return "n/a"
+  lo, hi = fmt.format(vals[0]), fmt.format(vals[-1])
+  return lo if lo == hi else f"{lo} to {hi}"
+
+
+def _names(values, fmt="{}") -> str:
+  return ", ".join(fmt.format(v) for v in sorted(set(values)))
+
+
+def regime(runs: analysis.Runs, dropped: dict, reg: dict) -> list[str]:
+  """Tokens per parameter, poison shares, seeds: what these runs are."""
+  sizes = sorted({(float(p), str(s)) for s, p in zip(runs.size, runs.params)})
+  lines = [
+      "## Regime", "",
+      f"- Runs: {len(runs)} finished runs with poisons"
+      + "".join(f"; {n} left out ({why.replace('_', ' ')})"
+                for why, n in dropped.items() if n) + ".",
+      "- Sizes: " + ", ".join(f"{s} ({int(p):,} params)" for p, s in sizes) + ".",
+      f"- Poison counts: {_names(int(v) for v in runs.poisons)}; seeds: "
+      f"{_names(int(v) for v in runs.seed)}; data amounts: "
+      f"{_names(runs.data_multiplier, '{:g}x')}.",
+  ]
+  if reg.get("clean_tokens_per_param"):
+    lines.append(f"- Clean tokens per parameter (study config): "
+                 f"{_span(reg['clean_tokens_per_param'])}.")
+  lines.append(f"- Tokens seen per parameter by the end, poisons included "
+               f"(measured): {_span(runs.tokens / runs.params)}.")
+  share = runs.poisons / runs.tokens
+  text = (f"- Poison share: {_span(share * 1e6, '{:.3g}')} poison documents "
+          "per million tokens seen (measured)")
+  if reg.get("tokens_per_poison"):
+    text += (f"; about {_span(100 * share * reg['tokens_per_poison'], '{:.2g}')}% "
+             f"of the tokens at the plan's estimate of {reg['tokens_per_poison']:.0f}"
+             " tokens per poison")
+  lines += [text + ".", ""]
+  return lines
+
+
+def _fit_words(row: dict) -> str:
+  est = row["estimate"]
+  return {"fit": f"logistic, slope {est.slope:.2f} per log N",
+          "separated": "separated: no ML fit, the limit is a step",
+          "all_success": "every run succeeds", "no_success": "no run succeeds",
+          "below": "fit crosses 50% below the counts tested",
+          "above": "fit crosses 50% above the counts tested",
+          "falling": "success does not rise with N"}[est.kind]
+
+
+def thresholds(rows: list[dict], threshold: float) -> list[str]:
+  """The N50 table: estimate (or bound) and the bootstrap 95% interval."""
+  n_boot = next((r["interval"]["n_boot"] for r in rows if r["interval"]), 0)
+  lines = [
+      "## Poison threshold N50", "",
+      f"P(final increase > {threshold:g} | N) fitted per size and data amount "
+      "by a logistic model in log N over all runs and seeds; N50 is the count "
+      f"at 50% success. 95% interval: {n_boot} bootstrap resamples of the "
+      "runs (seeded), 2.5% quantile of the resamples' lower ends to 97.5% of "
+      "their upper ends (a resample whose answer is a bound counts with the "
+      "bound's ends). '< x' / '> x': below / above the counts tested.", "",
+      "| data | size | params | runs (successes) | counts | N50 | 95% interval "
+      "| fit | resamples by outcome |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for r in (r for r in rows if r["estimate"] is not None):
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["interval"]["kinds"].items()))
+    lines.append(
+        f"| {r['data_multiplier']:g}x | {r['size']} | {r['params']:,} | "
+        f"{r['n_runs']} ({r['n_success']}) | {_names(r['counts'])} | "
+        f"{analysis.format_n50(r['estimate'])} | "
+        f"{analysis.format_interval(r['interval'], r['counts'])} | "
+        f"{_fit_words(r)} | {kinds} |")
+  lines += [""] + [overlap(rows, m) for m in sorted({r["data_multiplier"] for r in rows})
+                   if sum(1 for r in rows if r["data_multiplier"] == m
+                          and r["estimate"] is not None) > 1]
+  few = [f"{r['size']} at {r['data_multiplier']:g}x ({r['n_runs']} run)"
+         for r in rows if r["estimate"] is None]
+  if few:
+    lines += ["", "Not fitted, fewer than two runs: " + ", ".join(few) + "."]
+  return lines + [""]
+
+
+def overlap(rows: list[dict], mult: float) -> str:
+  """Whether the sizes' N50 intervals at one data amount share a count."""
+  here = [r for r in rows if r["data_multiplier"] == mult and r["estimate"] is not None]
+  lo = max(r["interval"]["lo"] for r in here)
+  hi = min(r["interval"]["hi"] for r in here)
+  sizes = ", ".join(f"{r['size']} {analysis.format_n50(r['estimate'])}" for r in here)
+  if lo <= hi:
+    return (f"- {mult:g}x data: N50 by size {sizes}; all {len(here)} intervals "
+            f"share the counts {lo:.3g} to {hi:.3g}, so these runs show no detectable "
+            "difference in N50 between sizes.")
+  return (f"- {mult:g}x data: N50 by size {sizes}; the intervals do not all "
+          "overlap, so N50 differs between some sizes.")
+
+
+def _model_row(name: str, m: dict) -> str:
+  w, b = m["size_slope_wald"], m["size_slope_boot"]
+  return (f"| {m['response'].replace('_', ' ')} | {m['predictor']} | "
+          f"{m['loglik']:.2f} | {m['k']} | {m['aic']:.2f} | {m['size_slope']:.3f} "
+          f"| [{w[0]:.3f}, {w[1]:.3f}] | [{b[0]:.3f}, {b[1]:.3f}] |")
+
+
+def verdict(resp: str, r: dict, n_boot: int) -> str:
+  """One response's answer: which predictor, by how much, how sure."""
+  other = "share" if r["better"] == "count" else "count"
+  boot = r["boot_count_better"] if r["better"] == "count" else 1 - r["boot_count_better"]
+  sure = ("decisive" if abs(r["delta_aic"]) > 10 and boot >= 0.95 else
+          "clear but not decisive" if abs(r["delta_aic"]) > 2 and boot >= 0.8 else
+          "weak")
+  return (f"- {resp.replace('_', ' ').capitalize()}: **{r['better']}** describes "
+          f"the runs better than {other}: dAIC = AIC(share) - AIC(count) = "
+          f"{r['delta_aic']:.2f} (Akaike weight of count {r['count_weight']:.3f}); "
+          f"{r['better']} has the lower AIC in {100 * boot:.1f}% of {n_boot} "
+          f"bootstrap resamples (resampled dAIC 95% range "
+          f"[{r['boot_delta_aic'][0]:.1f}, {r['boot_delta_aic'][1]:.1f}]). "
+          f"Evidence: {sure}.")
+
+
+def size_effect(resp: str, r: dict, models: dict) -> str:
+  """The better model's slope on log size, and whether its interval holds 0."""
+  m = models[f"{resp}/{r['better']}"]
+  lo, hi = m["size_slope_boot"]
+  where = ("includes 0: no detectable effect of size" if lo <= 0 <= hi else
+           "excludes 0: size matters")
+  return (f"- {resp.replace('_', ' ').capitalize()}, {r['better']} model: slope "
+          f"on log size {m['size_slope']:.3f}, bootstrap 95% [{lo:.3f}, {hi:.3f}] "
+          f"{where} at a fixed {r['better']}.")
+
+
+def comparison(c: dict, threshold: float) -> list[str]:
+  lines = ["## Count versus share", ""]
+  if not c.get("fitted"):
+    return lines + [f"Not fitted: {c['reason']} ({c['n_runs']} runs, "
+                    f"{c['n_success']} successes).", ""]
+  lines += [
+      f"Success (final increase > {threshold:g}, logistic) and log(final "
+      f"increase, floored at {analysis_compare.INCREASE_FLOOR:g}; least "
+      "squares, Gaussian likelihood) fitted against log(poisons seen) = "
+      "**count** and against log(poisons seen / tokens seen) = **share**, "
+      "each with log(parameters) as a covariate. Slope on log size: Wald 95% "
+      "interval (inverse observed information) and bootstrap percentile 95% "
+      f"interval ({c['n_boot']} resamples of the runs within each size x data "
+      f"group, seed {c['seed']}).", "",
+      "| response | predictor | log-likelihood | parameters | AIC | slope on "
+      "log size | Wald 95% | bootstrap 95% |", "|---|---|---|---|---|---|---|---|"]
+  lines += [_model_row(k, m) for k, m in c["models"].items()]
+  lines += ["", "Evidence: decisive where |dAIC| > 10 and >= 95% of resamples "
+            "agree; clear but not decisive where |dAIC| > 2 and >= 80% agree; "
+            "weak otherwise.", ""]
+  lines += [verdict(k, r, c["n_boot"]) for k, r in c["responses"].items()]
+  lines += [size_effect(k, r, c["models"]) for k, r in c["responses"].items()]
+  lines += [f"- With log size in both models, log share differs from log count "
+            f"only through tokens per parameter (data amounts, poison tokens): "
+            f"the residual SD of log share given log count and log size is "
+            f"{c['contrast_sd']:.3f} (0 would make the two models identical).", ""]
+  return lines
+
+
+def caveats(runs, dropped, th_rows, comp, reg, finals) -> list[str]:
+  """What limits these numbers, each with its number."""
+  out = []
+  tpp = reg.get("clean_tokens_per_param") or list(runs.tokens / runs.params)
+  if max(tpp) < CHINCHILLA_TOKENS_PER_PARAM:
+    ppl = [r["clean_ppl_mean"] for r in finals]
+    out.append(f"Clean budget {_span(tpp)} tokens per parameter, below "
+               f"Chinchilla's {CHINCHILLA_TOKENS_PER_PARAM:g}: the models are "
+               f"far from converged (final clean perplexity {_span(ppl, '{:.1f}')}).")
+  if reg.get("tokens_per_poison"):
+    share = runs.poisons / runs.tokens * reg["tokens_per_poison"]
+    if share.max() > 1e-3:
+      out.append(f"Poisons are about {_span(100 * share, '{:.2g}')}% of the tokens "
+                 "(estimated), orders of magnitude above a pretraining corpus's "
+                 "(the paper's are of order 1e-6).")
+  fitted = [r for r in th_rows if r["estimate"] is not None]
+  sep = [r for r in fitted if r["estimate"].kind != "fit"]
+  if fitted:
+    out.append(f"Each N50 rests on {_span([len(r['counts']) for r in fitted], '{:.0f}')} "
+               f"distinct counts x {_span([len(r['seeds']) for r in fitted], '{:.0f}')} "
+               f"seeds; {len(sep)} of {len(fitted)} groups have no logistic fit "
+               "(separated or one-sided), so their N50 is a range and their "
+               "intervals are set by the counts tested, not by a fitted slope.")
+  steps = reg.get("steps_by_group_span")
+  if steps:
+    out.append(f"Within a size and data amount, runs differ in optimizer steps "
+               f"(up to {steps:.0%} more steps than the group's shortest run): "
+               "the poisons came on top of the clean budget and lengthened the "
+               "learning-rate schedule, so more poisons also meant more training.")
+  if comp.get("fitted"):
+    out.append(f"{comp['floored']} run(s) with a final increase below "
+               f"{analysis_compare.INCREASE_FLOOR:g} are floored at it on the log "
+               "scale; the bootstrap treats seeds as independent draws.")
+  if reg.get("num_excerpts"):
+    out.append(f"Success is a fixed cut on the mean increase over "
+               f"{reg['num_excerpts']} prompts per evaluation.")
+  if dropped.get("unfinished"):
+    out.append(f"{dropped['unfinished']} unfinished run(s) are left out of every fit.")
+  return ["## Caveats", ""] + [f"- {c}" for c in out] + [""]
