@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shlex
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -137,6 +138,9 @@ def main(argv, *, doc, script, config, root, out) -> int:
   """Runs (unless --partial/--report_only), collects and reports one study."""
   args = _parser(doc, config, root, out).parse_args(argv)
   command = "python " + " ".join(shlex.quote(a) for a in [script] + list(argv))
+  if not os.path.exists(args.config):
+    print(f"--config={args.config}: no such study config", file=sys.stderr)
+    return 2
   s = load_study(args.config)
   if args.report_only:
     return _regenerate(args, s, command)

@@ -40,6 +40,17 @@ def _n50_marks(ax, row, color, y):
     ax.plot([max(est.lo, lo_n / 2), min(est.hi, hi_n * 2)], [y, y], color=color, lw=4)
 
 
+def _limit_step(ax, est, grid, color, size):
+  """Where no ML fit exists: the limit the likelihood approaches, dashed (0
+  below the range, 1 above it; all at 0 or all at 1 when one-sided)."""
+  lo = est.lo if est.lo > 0 else grid[0]
+  hi = est.hi if est.hi < math.inf else grid[-1]
+  y_lo = 1.0 if est.kind == "all_success" else 0.0
+  y_hi = 0.0 if est.kind == "no_success" else 1.0
+  ax.plot([grid[0], lo, hi, grid[-1]], [y_lo, y_lo, y_hi, y_hi], color=color,
+          ls="--", lw=1, label=f"{size} (no fit: limit)")
+
+
 def n50_figure(runs: analysis.Runs, rows: list[dict], threshold: float, path: str):
   plt = plots._plt()  # pylint: disable=protected-access
   mults = sorted({r["data_multiplier"] for r in rows})
@@ -63,7 +74,7 @@ def n50_figure(runs: analysis.Runs, rows: list[dict], threshold: float, path: st
       if p is not None:
         ax.plot(grid, p, color=color, label=row["size"])
       else:
-        ax.plot([], [], color=color, label=f"{row['size']} (no fit)")
+        _limit_step(ax, row["estimate"], grid, color, row["size"])
       _n50_marks(ax, row, color, 0.5 + 0.05 * (i - (len(here) - 1) / 2))
     ax.axhline(0.5, color="grey", ls=":", lw=0.8)
     ax.set_xscale("log")
