@@ -37,6 +37,7 @@ from poisonjax.errors import UserError
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CACHE = os.path.join("/tmp", "poisonjax-bench-cache")
 STREAMS = ("cache", "store")
+MIN_CLEAN_TOKENS = 200_000
 
 
 def data_config(config, args):
@@ -105,7 +106,9 @@ def bench_shape(name: str, config, args) -> list[dict]:
   """One row per (stream kind, process count) at this shape."""
   c = data_config(config, args)
   batch_tokens = c.train.batch_size * c.data.seq_len
-  clean_tokens = (args.steps + 2) * batch_tokens
+  # Enough for the timed steps, and at least ~1000 synthetic documents so
+  # the config's poisons (250 by default) have boundaries to go at.
+  clean_tokens = max((args.steps + 2) * batch_tokens, MIN_CLEAN_TOKENS)
   step_rate = args.step_tokens_per_s or measured_step_rate(name, args)
   rows = []
   for kind in args.streams:
