@@ -1,6 +1,6 @@
 """Sampling speed: the evaluator's sampler, and one full evaluation per preset.
 
-    python experiments/bench_sample.py [--shape tiny --shape small ...] [--json]
+    python experiments/bench_sample.py [--shape tiny ...] [--json]   # default: tiny small medium
     python experiments/bench_sample.py --full_eval all [--json]
 
 Sampler (default; the PyTorch peer's setting): batch 32, 64-token prompts,
@@ -166,7 +166,7 @@ def parse_args(argv):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                epilog="\n".join(__doc__.splitlines()[1:]))
-  bench_shapes.add_shape_flags(ap)
+  bench_shapes.add_shape_flags(ap, default=tuple(bench_shapes.PEER_SHAPES))
   ap.add_argument("--full_eval", nargs="+", metavar="PRESET", default=None,
                   help=f"CPU presets ({', '.join(sizes.CPU_SIZES)}) or 'all'; "
                   "times one full evaluation instead of the sampler alone")

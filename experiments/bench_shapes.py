@@ -116,13 +116,18 @@ def num_params(config) -> int:
 # -- command-line shapes ------------------------------------------------------
 
 
-def add_shape_flags(parser: argparse.ArgumentParser, default: str = "tiny") -> None:
-  """--shape (repeatable) and the custom-shape flags."""
+def add_shape_flags(parser: argparse.ArgumentParser,
+                    default: tuple[str, ...] | str = ("tiny",)) -> None:
+  """--shape (repeatable) and the custom-shape flags.
+
+  `default`: the shape name(s) used when neither --shape nor --layers is given.
+  """
+  default = (default,) if isinstance(default, str) else tuple(default)
   parser.add_argument(
       "--shape", action="append", default=None,
       help=f"a named shape ({', '.join(shape_names())}); repeatable "
-      f"(default: {default})")
-  parser.set_defaults(default_shape=default)
+      f"(default: {' '.join(default)})")
+  parser.set_defaults(default_shapes=tuple(default))
   g = parser.add_argument_group("custom shape (used when --layers is given)")
   g.add_argument("--layers", type=int, default=0)
   g.add_argument("--d_model", type=int, default=128)
@@ -141,7 +146,7 @@ def custom_name(args) -> str:
 def configs_from_flags(args) -> list[tuple[str, ml_collections.ConfigDict]]:
   """(name, run config) for each --shape, plus the custom shape if --layers."""
   out = []
-  names = args.shape or ([] if args.layers else [args.default_shape])
+  names = args.shape or ([] if args.layers else list(args.default_shapes))
   for name in names:
     out.append((name, run_config(name)))
   if args.layers:
