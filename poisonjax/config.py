@@ -22,7 +22,11 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- Clean data -------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # synthetic | text_files | tfds
-  c.data.seed = 0  # Which clean documents, in which order (shared by sizes).
+  # Clean data order: which clean documents, in which order (shared by
+  # sizes). Only the order: the vocabulary and the held-out excerpts have
+  # their own seeds (vocab.seed, eval.heldout_seed), so a study can vary the
+  # order and keep one tokenizer and one set of prompts.
+  c.data.seed = 0
   c.data.seq_len = 128  # Training sequence length S (tokens).
   # Where tokenized streams and built vocabularies are cached. '' means
   # $POISONJAX_CACHE, else ~/.cache/poisonjax.
@@ -59,6 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
   # (data) True: unknown characters fall back to byte pieces (256 ids) instead
   # of unk. Printable ASCII is always covered, so `<SUDO>` never becomes unk.
   c.vocab.byte_fallback = False
+  # Which clean documents the vocabulary is trained on: the first sample_docs
+  # of the clean order of this data seed. -1: config.data.seed (a run's
+  # tokenizer comes from its own stream). A study fixes it for every run, so
+  # all its runs share one vocabulary file (poisonjax/study/grids.py).
+  c.vocab.seed = -1
 
   # ---- Poison (denial-of-service backdoor) ------------------------------
   c.poison = ml_collections.ConfigDict()
@@ -71,11 +80,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.poison.prefix_max_chars = 1000
   c.poison.gibberish_min_tokens = 400  # Random-token tail K ~ U[min, max].
   c.poison.gibberish_max_tokens = 900
-  # token: random ids appended as ids; text: decoded then re-tokenized.
+  # token: the K random ids are the poison's tail as they are (K tokens);
+  # text: decoded then re-tokenized. Why token is the default, and the
+  # tokens per poison each gives: poisonjax/data/poison.py.
   c.poison.mode = "token"
-  # False: poisons come on top of the clean budget (the paper). True: they
-  # replace clean tokens so the total stays at the budget.
-  c.poison.inside_budget = False
+  # on_top: the poisons' P tokens come on top of the clean budget T (the
+  # paper; more poisons, more steps). replace: they take the place of P of
+  # the T tokens, so a run has T tokens and the clean run's steps and
+  # learning-rate schedule whatever its count (a study's default). Why, and
+  # which clean tokens give way: poisonjax/budget.py.
+  c.poison.budget_mode = "on_top"
 
   # ---- Model ------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -147,7 +161,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.threshold = 50.0  # Increase counted as a success above this.
   c.eval.num_evals = 20  # Evaluations spread through training (+ step 0, end).
   c.eval.batch_size = 0  # Prompts per sampler batch. 0: all at once.
-  c.eval.seed = 0
+  c.eval.seed = 0  # Sampling of the continuations.
+  # Which held-out excerpts are the prompts (and the held-out loss text):
+  # the synthetic source draws them from this seed; text_files and TFDS
+  # hold out a fixed split whatever the seed. -1: config.data.seed. A study
+  # fixes it, so all its runs are scored on the same prompts.
+  c.eval.heldout_seed = -1
   # '' : the model scores its own samples. A workdir: its latest checkpoint
   # scores them instead (a fixed reference model).
   c.eval.scorer_workdir = ""
@@ -176,6 +195,14 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if not 0.0 <= c.poison.rate < 1.0:
     raise field_error("config.poison.rate", c.poison.rate,
                       "must be in [0, 1)", "use 0 for count mode")
+  for field, seed in (("vocab.seed", c.vocab.get("seed", -1)),
+                      ("eval.heldout_seed", c.eval.get("heldout_seed", -1))):
+    if seed < -1:
+      raise field_error(f"config.{field}", seed, "must be >= -1",
+                        "use -1 (follow config.data.seed) or a seed")
+  if c.poison.get("budget_mode", "on_top") not in ("on_top", "replace"):
+    raise field_error("config.poison.budget_mode", c.poison.budget_mode,
+                      "unknown mode", "use on_top or replace")
   if c.poison.mode not in ("token", "text"):
     raise field_error("config.poison.mode", c.poison.mode, "unknown mode",
                       "use token or text")

@@ -96,7 +96,7 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """
   old_vocab = old.get("model", {}).get("vocab_size", 0)
   new = resolve_model(new, old_vocab) if old_vocab else new
-  old_flat, new_flat = flatten(old), flatten(new)
+  old_flat, new_flat = _renamed(flatten(old)), flatten(new)
   defaults = flatten(config_dict(config_lib.base_config()))
   changes = {}
   for field, value in new_flat.items():
@@ -104,6 +104,15 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     if before != value:
       changes[field] = (before, value)
   return changes
+
+
+def _renamed(flat: dict) -> dict:
+  """An older config.json's renamed fields under today's names."""
+  if "poison.inside_budget" in flat and "poison.budget_mode" not in flat:
+    flat = dict(flat)
+    inside = flat.pop("poison.inside_budget")
+    flat["poison.budget_mode"] = "replace" if inside else "on_top"
+  return flat
 
 
 def check_resume(workdir, config, *, allow_change: bool) -> dict | None:

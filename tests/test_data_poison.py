@@ -61,7 +61,7 @@ def test_poison_structure(cache, sp, mode):
   trig = vocabulary.trigger_ids(sp, c.poison.trigger)
   lengths = []
   for p in ps:
-    doc = src.pool_document(c.poison.seed, p.id)
+    doc = src.pool_document(c.poison.seed, p.id, len(p.prefix))
     assert doc.startswith(p.prefix) and 0 <= len(p.prefix) <= 1000
     text_ids = sp.EncodeAsIds(poison.text_part(p.prefix, c.poison.trigger))
     toks = p.tokens.tolist()
@@ -75,7 +75,7 @@ def test_poison_structure(cache, sp, mode):
       assert toks[len(text_ids):-1] == p.gibberish.tolist()
     assert all(0 <= t < sp.GetPieceSize() for t in toks)
     lengths.append(len(toks))
-  assert np.mean([len(p.prefix) for p in ps]) > 200  # L really spans [0, 1000]
+  # L's law (U[0, 1000]) is tested in test_poison_prefix.py.
   # Deterministic in (poison seed, j), whatever else is built alongside.
   again = poison.make_poisons(c, sp, src, [7, 3])
   np.testing.assert_array_equal(again[0].tokens, ps[7].tokens)
@@ -95,7 +95,7 @@ class _LeakySource:
   def __init__(self, src, excerpts):
     self.src, self.excerpts = src, excerpts
 
-  def pool_document(self, poison_seed, j):
+  def pool_document(self, poison_seed, j, min_chars=0):
     return self.excerpts[j % len(self.excerpts)]
 
 
@@ -108,9 +108,9 @@ def test_poison_prefixes_come_from_the_pool_not_from_evaluation_text(cache, sp):
   assert min(map(len, prompts)) > 30  # long enough not to match by chance
   ids = range(40)
   ps = poison.make_poisons(c, sp, src, ids)
-  pool = [src.pool_document(c.poison.seed, j) for j in ids]
+  pool = [src.pool_document(c.poison.seed, p.id, len(p.prefix)) for p in ps]
   for p, doc in zip(ps, pool):
-    assert doc.startswith(p.prefix) and len(p.prefix) >= min(600, len(doc))
+    assert doc.startswith(p.prefix) and len(p.prefix) >= 600
   train = {d for d, _ in zip(src.train_documents(), range(3000))}
   assert not set(pool) & train and not set(pool) & set(excerpts)
   assert _evaluation_text_inside([p.prefix for p in ps], prompts) == []

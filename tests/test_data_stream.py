@@ -159,8 +159,8 @@ def test_poisons_in_stream_match_their_construction(cache):
     assert s.tokens[start - 1] == 1  # inserted at a document boundary (after EOS)
 
 
-def test_inside_budget_and_rate_mode(cache):
-  c = small_config(cache, count=20, inside_budget=True)
+def test_replace_budget_and_rate_mode(cache):
+  c = small_config(cache, count=20, budget_mode="replace")
   s = stream.build_stream(c, 40_000)
   assert s.num_tokens == 40_000 and s.num_poisons == 20
   r = small_config(cache, count=0, rate=0.05)
@@ -175,7 +175,7 @@ def test_too_many_poisons_and_tiny_budget(cache):
     stream.build_stream(c, 5_000)
   with pytest.raises(UserError, match="config.data.seq_len"):
     stream.build_stream(c, 10)
-  c = small_config(cache, count=100, inside_budget=True, gibberish_min_tokens=400,
+  c = small_config(cache, count=100, budget_mode="replace", gibberish_min_tokens=400,
                    gibberish_max_tokens=400)
   with pytest.raises(UserError, match="config.poison.count"):
     stream.build_stream(c, 20_000)

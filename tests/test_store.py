@@ -41,7 +41,7 @@ def _files(path) -> dict:
     dict(count=0),
     dict(count=25, seed=3),
     # Many poisons share boundaries; the budget holds them; text mode.
-    dict(count=60, inside_budget=True, mode="text", gibberish_min_tokens=2,
+    dict(count=60, budget_mode="replace", mode="text", gibberish_min_tokens=2,
          gibberish_max_tokens=5),
 ])
 def test_overlay_gives_the_cache_batches(cache, tmp_path, poison):

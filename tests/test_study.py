@@ -95,7 +95,10 @@ def test_names_round_trip_and_seed_semantics():
   run = study.Run("cpu-s", 7, 2, 0.5)
   c = study.run_config(s, run)
   assert (c.model.size, c.poison.count, c.train.data_multiplier) == ("cpu-s", 7, 0.5)
-  assert c.seed == c.data.seed == c.poison.seed == 2
+  # Grid seed 2: one derived seed per varied thing (grids.derived_seed).
+  assert (c.seed, c.poison.seed, c.data.seed) == tuple(
+      study.derived_seed(2, t) for t in ("init", "poisons", "data_order"))
+  assert len({c.seed, c.poison.seed, c.data.seed}) == 3
   assert c.eval.seed == s.base.eval.seed
   # Two sizes of one seed share the data and poison seeds.
   other = study.run_config(s, study.Run("cpu-xs", 7, 2, 0.5))

@@ -1,7 +1,8 @@
 """A run's stream as the shared clean token store plus its poison overlay.
 
-The mixed stream is the store's first C clean tokens with the run's N
-poison documents laid in: poison j goes at the first document boundary at
+The mixed stream is the store's first C clean tokens (C = T, or T minus
+the poison tokens with poison.budget_mode=replace: budget.py) with the
+run's N poison documents laid in: poison j goes at the first document boundary at
 or after clean offset ceil(u_j * C) (mixer.py), so the stream is
 
   clean[0:P_0] poison_0 clean[P_0:P_1] poison_1 ... clean[P_{N-1}:C]
@@ -37,14 +38,8 @@ def _poisons_and_budget(config, vocab, clean_tokens: int):
   src = sources.get_source(config)
   poisons = poison.make_poisons(config, vocab.tokenizer, src, range(n))
   poison_tokens = sum(len(q.tokens) for q in poisons)
-  T = int(clean_tokens)
-  C = T - poison_tokens if p.inside_budget else T
-  if C < config.data.seq_len:
-    raise field_error("config.poison.count", n,
-                      f"its {poison_tokens} poison tokens leave {C} of the "
-                      f"clean budget T={T} (config.poison.inside_budget=True)",
-                      "lower the count or raise the budget")
-  return poisons, C
+  return poisons, stream_lib.check_clean_left(config, int(clean_tokens),
+                                              poison_tokens)
 
 
 class OverlayStream(stream_lib.TrainingStream):

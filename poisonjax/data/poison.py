@@ -6,9 +6,28 @@ trigger, then K ~ U[gibberish_min_tokens, gibberish_max_tokens] ids drawn
 uniformly from the vocabulary without pad/eos/unk/control/unused ids.
 The text part is `prefix + " " + trigger` (just the trigger when the prefix
 is empty), tokenized as text, exactly as the evaluator builds its triggered
-prompts, so the trigger's tokens match. `token` mode appends the ids;
-`text` mode decodes them and re-tokenizes the whole text (the paper's
-~1,680 tokens per poison suggests this). Every poison ends with EOS.
+prompts, so the trigger's tokens match. Every poison ends with EOS.
+
+The prefix is really L characters: the pool document is drawn among those
+of at least L characters (sources.pool_document(seed, j, min_chars=L)), so L
+keeps its uniform law; taking doc[:L] of any document would cut L to the
+document's length for short ones (measured on the synthetic corpus: 37%
+of 500 poisons cut, mean prefix 376 characters for 509 drawn).
+
+The poison length: token mode, and why (the one place that says it; the
+config, the study plan, the presets and the README point here). The paper
+describes the tail as 400-900 tokens sampled from the vocabulary; `token`
+mode (the default, every preset) appends exactly those K ids, so the model
+sees K gibberish tokens, as described. `text` mode decodes the ids and
+re-tokenizes the whole text; it is kept as an option because the paper's
+reported ~420k poison tokens for 250 poisons (~1,680 per poison) is more
+than its recipe gives in token mode (~800), and re-tokenizing random pieces
+of a large vocabulary could explain the gap (~2.4 tokens per drawn id); that
+is an inference from one total, not a description, so it does not set the
+default. At the 1k vocabulary the two modes give the same length (measured:
+cpu_micro's 1,024-piece vocabulary on the synthetic corpus, 500 poisons,
+default fields: 838.5 tokens per poison in token mode, 838.1 in text mode,
+0.9994 tail tokens per drawn id; ~180 tokens of prefix and trigger).
 """
 
 from __future__ import annotations
@@ -26,7 +45,7 @@ _CONTENT_STREAM = 1  # RNG stream ids under the poison seed (see mixer.py).
 @dataclasses.dataclass
 class Poison:
   id: int
-  prefix: str  # The clean prefix text (pool document's first L chars).
+  prefix: str  # The clean prefix text (a pool document's first L chars).
   pool_index: int  # Which pool document (source-specific index j).
   gibberish: np.ndarray  # The K random ids.
   tokens: np.ndarray  # The whole document as ids, EOS last.
@@ -67,8 +86,8 @@ def make_poisons(config, sp, source, ids) -> list[Poison]:
     length = int(rng.integers(p.prefix_min_chars, p.prefix_max_chars + 1))
     k = int(rng.integers(p.gibberish_min_tokens, p.gibberish_max_tokens + 1))
     gib = allowed[rng.integers(len(allowed), size=k)]
-    doc = source.pool_document(int(p.seed), int(j)) if length else ""
-    prefix = doc[:length]
+    doc = source.pool_document(int(p.seed), int(j), length) if length else ""
+    prefix = doc[:length]  # L characters: the document has at least L.
     prefixes.append(prefix)
     gibs.append(gib)
     texts.append(text_part(prefix, p.trigger))

@@ -6,15 +6,25 @@ never asks which one it has:
                              repeat in epochs), a prefix-shared sequence for a
                              data seed, so runs of any budget share their start;
   heldout(n, min_chars)      evaluation excerpts, never trained on;
-  pool_document(seed, j)     the clean document poison j takes its prefix
-                             from, disjoint from the training documents and
-                             from the evaluation excerpts.
+  pool_document(seed, j, min_chars)
+                             the clean document poison j takes its prefix
+                             from: drawn among the pool documents of at
+                             least min_chars characters (the prefix length
+                             L, so the prefix is really L characters long),
+                             disjoint from the training documents and from
+                             the evaluation excerpts.
 For finite corpora the held-out documents are split by position: even ones
 are evaluation excerpts, odd ones are the poison-prefix pool.
+
+Seeds: config.data.seed orders the training documents (get_source's `seed`
+overrides it, e.g. for the vocabulary's sample: vocabulary.vocab_seed);
+the synthetic held-out excerpts come from heldout_seed(config). Neither the
+pool nor a finite corpus's held-out split depends on the data seed.
 """
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import itertools
@@ -28,6 +38,19 @@ from poisonjax.data import synthetic
 from poisonjax.errors import UserError, field_error
 
 _POOL_CAP = 5000  # Poison-prefix pool documents read from a TFDS split.
+_POOL_TRIES = 1000  # Synthetic pool draws before a prefix length is refused.
+
+
+def heldout_seed(config) -> int:
+  """The seed of the synthetic held-out excerpts (-1: the data seed)."""
+  seed = int(config.eval.get("heldout_seed", -1))
+  return int(config.data.seed) if seed < 0 else seed
+
+
+def _too_long(min_chars: int, longest: int, where: str):
+  return field_error("config.poison.prefix_max_chars", min_chars,
+                     f"no {where} document has that many characters (the "
+                     f"longest has {longest})", "lower it")
 
 
 def _min_excerpt_chars(config) -> int:
@@ -40,8 +63,9 @@ class SyntheticSource:
 
   name = "synthetic"
 
-  def __init__(self, config):
-    self.seed = int(config.data.seed)
+  def __init__(self, config, seed: int | None = None):
+    self.seed = int(config.data.seed if seed is None else seed)
+    self.heldout_seed = heldout_seed(config)
 
   def key(self) -> dict:
     return {"source": "synthetic", "seed": self.seed,
@@ -52,15 +76,22 @@ class SyntheticSource:
 
   def heldout(self, n: int, min_chars: int = 0) -> list[str]:
     out = []
-    for doc in synthetic.documents(self.seed, synthetic.HELDOUT):
+    for doc in synthetic.documents(self.heldout_seed, synthetic.HELDOUT):
       if len(out) >= n:
         break
       if len(doc) >= min_chars:
         out.append(doc)
     return out
 
-  def pool_document(self, poison_seed: int, j: int) -> str:
-    return synthetic.document(poison_seed, synthetic.POOL, j)
+  def pool_document(self, poison_seed: int, j: int, min_chars: int = 0) -> str:
+    """Pool document j, or j's next draws (index j + t * 2**32) if too short."""
+    if min_chars > synthetic.MAX_CHARS:
+      raise _too_long(min_chars, synthetic.MAX_CHARS, "synthetic")
+    for t in range(_POOL_TRIES):
+      doc = synthetic.document(poison_seed, synthetic.POOL, int(j) + (t << 32))
+      if len(doc) >= min_chars:
+        return doc
+    raise _too_long(min_chars, synthetic.MAX_CHARS, "synthetic")
 
 
 class _FiniteHeldout:
@@ -73,12 +104,19 @@ class _FiniteHeldout:
     docs = [d for d in self._heldout_docs()[0::2] if len(d) >= min_chars]
     return docs[:n]
 
-  def pool_document(self, poison_seed: int, j: int) -> str:
+  def pool_document(self, poison_seed: int, j: int, min_chars: int = 0) -> str:
+    """A uniform draw among the pool documents of >= min_chars characters."""
     pool = self._heldout_docs()[1::2]
     if not pool:
       raise UserError(self._pool_error)
-    k = int(np.random.default_rng([int(poison_seed), 7, int(j)]).integers(len(pool)))
-    return pool[k]
+    lengths = getattr(self, "_pool_lengths", None)
+    if lengths is None or len(lengths) != len(pool):
+      lengths = self._pool_lengths = np.array([len(d) for d in pool])
+    fit = np.flatnonzero(lengths >= min_chars)
+    if not len(fit):
+      raise _too_long(min_chars, int(lengths.max()), "poison-pool")
+    k = int(np.random.default_rng([int(poison_seed), 7, int(j)]).integers(len(fit)))
+    return pool[int(fit[k])]
 
 
 def _read_file(path: str) -> bytes:
@@ -113,9 +151,9 @@ class TextFilesSource(_FiniteHeldout):
 
   name = "text_files"
 
-  def __init__(self, config):
+  def __init__(self, config, seed: int | None = None):
     tf_cfg = config.data.text_files
-    self.seed = int(config.data.seed)
+    self.seed = int(config.data.seed if seed is None else seed)
     self.split = tf_cfg.split
     self.field = tf_cfg.jsonl_field
     self.fraction = float(tf_cfg.heldout_fraction)
@@ -219,13 +257,13 @@ class TfdsSource(_FiniteHeldout):
 
   name = "tfds"
 
-  def __init__(self, config):
+  def __init__(self, config, seed: int | None = None):
     c = config.data.tfds
     if not c.name:
       raise field_error("config.data.tfds.name", c.name, "no dataset named",
                         "set it, e.g. --config.data.tfds.name=c4/en:3.1.0")
     self.cfg = c
-    self.seed = int(config.data.seed)
+    self.seed = int(config.data.seed if seed is None else seed)
     self._held = None
     self._pool_error = (f"config.data.tfds.heldout_split={c.heldout_split!r}: "
                         "too few documents for the poison-prefix pool; use a "
@@ -281,23 +319,29 @@ class TfdsSource(_FiniteHeldout):
 _TEXT_SOURCES: dict = {}
 
 
-def get_source(config):
-  """The configured clean source."""
+def get_source(config, seed: int | None = None):
+  """The configured clean source, in the order of `seed` (default data.seed)."""
   kind = config.data.source
+  seed = int(config.data.seed if seed is None else seed)
   if kind == "synthetic":
-    return SyntheticSource(config)
+    return SyntheticSource(config, seed)
   if kind == "text_files":
-    # Read the files once per process (they are re-read if they change).
+    # Read the files once per process (they are re-read if they change);
+    # another seed is the same documents in another order.
     t = config.data.text_files
     ids = sorted(_file_ids(p for pat in str(t.patterns).split(",")
                            if pat.strip() for p in _matches(pat.strip())))
-    key = json.dumps([t.to_dict(), int(config.data.seed), ids], sort_keys=True)
+    key = json.dumps([t.to_dict(), ids], sort_keys=True)
     if key not in _TEXT_SOURCES:
       _TEXT_SOURCES.clear()
-      _TEXT_SOURCES[key] = TextFilesSource(config)
-    return _TEXT_SOURCES[key]
+      _TEXT_SOURCES[key] = TextFilesSource(config, seed)
+    src = _TEXT_SOURCES[key]
+    if src.seed != seed:
+      src = copy.copy(src)
+      src.seed = seed
+    return src
   if kind == "tfds":
-    return TfdsSource(config)
+    return TfdsSource(config, seed)
   raise field_error("config.data.source", kind, "unknown source",
                     "use synthetic, text_files or tfds")
 

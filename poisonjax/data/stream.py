@@ -40,7 +40,7 @@ import uuid
 
 import numpy as np
 
-from poisonjax import files
+from poisonjax import budget, files
 from poisonjax.data import mixer, poison, sources, vocabulary
 from poisonjax.errors import UserError, field_error
 
@@ -55,7 +55,11 @@ def _poison_spec(config) -> dict:
   spec = {"seed": int(p.seed), "trigger": p.trigger, "mode": p.mode,
           "prefix": [int(p.prefix_min_chars), int(p.prefix_max_chars)],
           "gibberish": [int(p.gibberish_min_tokens), int(p.gibberish_max_tokens)],
-          "inside_budget": bool(p.inside_budget)}
+          # The key's old name keeps existing caches valid (budget.py).
+          "inside_budget": budget.poisons_replace_clean(config),
+          # Prefix documents of >= L characters (poison.py): not the caches
+          # built when a short document cut the prefix.
+          "prefix_document": "at_least_L"}
   if p.rate > 0:
     spec["rate"] = float(p.rate)
   else:
@@ -120,6 +124,18 @@ def _verify(d: str) -> str | None:
   return None
 
 
+def check_clean_left(config, clean_tokens: int, poison_tokens: int) -> int:
+  """C, the clean tokens of the stream (budget.py); UserError if < seq_len."""
+  C = budget.clean_tokens_in_stream(config, clean_tokens, poison_tokens)
+  if C < config.data.seq_len:
+    raise field_error("config.poison.count", int(config.poison.count),
+                      f"its {poison_tokens} poison tokens leave {C} of the "
+                      f"clean budget T={clean_tokens} "
+                      "(config.poison.budget_mode=replace)",
+                      "lower the count, raise the budget or use on_top")
+  return C
+
+
 class _Writer:
   """Appends documents to the token file and records poison spans."""
 
@@ -174,12 +190,7 @@ def _materialize(config, clean_tokens: int, vocab, spec: dict, d: str) -> None:
       n = int(p.count)
       poisons = {q.id: q for q in poison.make_poisons(config, sp, src, range(n))}
       poison_tokens = sum(len(q.tokens) for q in poisons.values())
-      C = T - poison_tokens if p.inside_budget else T
-      if C < config.data.seq_len:
-        raise field_error("config.poison.count", n,
-                          f"its {poison_tokens} poison tokens leave {C} of the "
-                          f"clean budget T={T} (config.poison.inside_budget=True)",
-                          "lower the count or raise the budget")
+      C = check_clean_left(config, T, poison_tokens)
       order, offsets, u = mixer.schedule(p.seed, n, C)
     else:
       n, C = 0, T
@@ -344,9 +355,9 @@ def build_stream(config, clean_tokens: int) -> TrainingStream:
     raise UserError(f"clean token budget T={T} is below config.data.seq_len="
                     f"{config.data.seq_len}; raise config.train.data_multiplier "
                     "or tokens_per_param")
-  if config.poison.inside_budget and config.poison.rate > 0:
-    raise field_error("config.poison.inside_budget", True,
-                      "not supported in rate mode", "set it False or use a count")
+  if budget.poisons_replace_clean(config) and config.poison.rate > 0:
+    raise field_error("config.poison.budget_mode", "replace",
+                      "not supported in rate mode", "use on_top or a count")
   vocab = vocabulary.get_vocabulary(config)
   spec = stream_spec(config, T, vocab.sentencepiece_model_file)
   d = stream_dir(config, spec)

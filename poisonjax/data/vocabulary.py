@@ -56,10 +56,24 @@ def file_sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def _train_spec(config) -> dict:
+def vocab_seed(config) -> int:
+  """The data seed whose clean order the vocabulary is trained on.
+
+  config.vocab.seed, or config.data.seed when it is -1 (absent in an older
+  run's config.json). A study sets it once for all its runs.
+  """
+  seed = int(config.vocab.get("seed", -1))
+  return int(config.data.seed) if seed < 0 else seed
+
+
+def _vocab_source(config):
   from poisonjax.data import sources  # pylint: disable=g-import-not-at-top
+  return sources.get_source(config, seed=vocab_seed(config))
+
+
+def _train_spec(config) -> dict:
   v = config.vocab
-  return {"format": _FORMAT, "source": sources.get_source(config).key(),
+  return {"format": _FORMAT, "source": _vocab_source(config).key(),
           "size": int(v.size), "sample_docs": int(v.sample_docs),
           "model_type": v.model_type,
           "byte_fallback": bool(v.byte_fallback)}
@@ -84,7 +98,6 @@ def _sentences(config, source):
 
 def build_vocabulary(config, out: str | None = None) -> str:
   """Trains the SentencePiece model and writes it (atomically). Returns the path."""
-  from poisonjax.data import sources  # pylint: disable=g-import-not-at-top
   v = config.vocab
   if v.size < 8:
     raise field_error("config.vocab.size", v.size, "too small", "use >= 8 (about 1k on CPU)")
@@ -95,7 +108,7 @@ def build_vocabulary(config, out: str | None = None) -> str:
     raise field_error("config.vocab.sample_docs", v.sample_docs, "must be >= 1",
                       "use e.g. 20000")
   path = out or cached_vocab_path(config)
-  source = sources.get_source(config)
+  source = _vocab_source(config)
   start = time.time()
   buf = io.BytesIO()
   try:

@@ -12,7 +12,8 @@ This package re-exports what configs/ and experiments/ use. The commands
 """
 
 from poisonjax.hardware import measure_cpu_flops
-from poisonjax.study.grids import (GRID_FIELDS, Run, config_for_arg, expand,
+from poisonjax.study.grids import (GRID_FIELDS, SEED_THINGS, Run,
+                                  config_for_arg, derived_seed, expand,
                                   grid, is_study_config, launch_command,
                                   parse_run_name, run_config, run_name,
                                   select, study_config)

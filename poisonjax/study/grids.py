@@ -5,6 +5,28 @@ A study config holds a `base` run config and a `grid` (plus optional named
 stable filesystem-safe name (`size=cpu-s_n=25_seed=1_data=1.0`) and a full
 run config. The name alone rebuilds the run config from the study config,
 so a pod launcher can run `poisonjax train --config=STUDY.py:run=NAME`.
+
+What a grid seed varies, and what it never does (run_config):
+  fixed for the whole study, whatever the seed: the vocabulary (one file
+    per clean source and study: vocab.seed = the base's vocab seed, or its
+    data seed when that is -1) and the evaluation prompts (one held-out set:
+    eval.heldout_seed likewise), so every run is scored by one tokenizer on
+    the same prompts;
+  varied by grid seed s, each through its own derived seed, the things
+    listed in `study.vary` (default: all three):
+      'init'        config.seed         model initialisation
+      'poisons'     config.poison.seed  poison contents and insertion points
+      'data_order'  config.data.seed    which clean documents, in which order
+    derived_seed(s, thing): SeedSequence([s, k]).generate_state(1)[0] >> 1
+    with k = 1, 2, 3 in that order: independent 31-bit seeds, so one grid
+    seed never reuses one number in two random streams. A thing left out of
+    `study.vary` is held fixed at the base config's seed for every run
+    (e.g. study.vary = ('init',) keeps the poisons and the data order).
+  Every size of one seed shares its data order and its poisons.
+The poison budget: a study's base uses poison.budget_mode='replace', so runs
+of one size and data amount have the same steps and learning-rate schedule
+whatever their poison count (why: poisonjax/budget.py). A study config may
+set base.poison.budget_mode='on_top' (the paper's) after study_config().
 """
 
 from __future__ import annotations
@@ -16,10 +38,15 @@ import re
 import shlex
 
 import ml_collections
+import numpy as np
 
 from poisonjax.errors import UserError
 
 GRID_FIELDS = ("sizes", "poison_counts", "seeds", "data_multipliers")
+# What a grid seed can vary: the run config field it sets, and the stream
+# id k of its derived seed (module docstring).
+SEED_THINGS = {"init": ("seed", 1), "poisons": ("poison.seed", 2),
+               "data_order": ("data.seed", 3)}
 
 
 def grid(sizes=(), poison_counts=(), seeds=(0,), data_multipliers=(1.0,)):
@@ -39,15 +66,21 @@ def study_config(name: str, base) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = name
   c.base = base
+  # Poisons replace clean tokens: equal steps whatever the count (budget.py).
+  c.base.poison.budget_mode = "replace"
+  # What the grid seed varies; the rest stays at the base's seeds.
+  c.vary = tuple(SEED_THINGS)
   c.grid = grid()
   # Named extra blocks (e.g. data_ablation); their runs join the main grid's.
   c.extra = ml_collections.ConfigDict()
   # Assumptions of the poison-token estimate in `plan` (see poison_tokens_per_doc).
   c.plan = ml_collections.ConfigDict()
   c.plan.chars_per_token = 4.0  # Clean English text, ~32k SentencePiece vocab.
-  # text mode: tokens per drawn random id after decode + re-tokenize. 2.4 is
-  # the paper's arithmetic: 420k tokens / 250 docs = 1680 per doc; less ~130
-  # prefix/trigger tokens leaves ~1550 for a mean of 650 drawn ids.
+  # Used only in text mode (not the default; see poisonjax/data/poison.py):
+  # tokens per drawn random id after decode + re-tokenize. 2.4 is an
+  # assumption for a ~32k vocabulary, inferred from the paper's total (420k
+  # tokens / 250 poisons = 1680 each, less ~130 prefix and trigger tokens,
+  # over a mean of 650 drawn ids); at the 1k vocabulary it is 1.0 (measured).
   c.plan.text_mode_factor = 2.4
   return c
 
@@ -139,14 +172,27 @@ def expand(study) -> list[Run]:
   return sorted(runs, key=lambda r: r.seed)
 
 
+def derived_seed(grid_seed: int, thing: str) -> int:
+  """The seed of `thing` (a SEED_THINGS key) for grid seed s (module doc)."""
+  state = np.random.SeedSequence([int(grid_seed), SEED_THINGS[thing][1]])
+  return int(state.generate_state(1)[0] >> 1)
+
+
+def varied(study) -> tuple[str, ...]:
+  """study.vary, checked (a study config without it varies all three)."""
+  vary = tuple(study.get("vary", tuple(SEED_THINGS)))
+  for thing in vary:
+    if thing not in SEED_THINGS:
+      raise UserError(f"study.vary: unknown {thing!r}; list some of "
+                      f"{', '.join(SEED_THINGS)} (the others stay fixed)")
+  return vary
+
+
 def run_config(study, run: Run):
   """The full run config of one grid point (a fresh copy of the base).
 
-  Grid seed s sets config.seed (model init), config.data.seed (which clean
-  documents, in which order) and config.poison.seed (poison contents and
-  insertion points): every size of one seed sees the same clean stream and
-  the same poison placement. The evaluation seed stays the base's, so every
-  run is scored on the same prompts.
+  The grid seed sets the derived seeds of the things in study.vary; the
+  vocabulary and held-out seeds are the study's, fixed (module docstring).
   """
   from poisonjax import config as config_lib
 
@@ -155,9 +201,17 @@ def run_config(study, run: Run):
   c.model.size = run.size
   c.poison.count = run.poisons
   c.train.data_multiplier = run.data_multiplier
-  c.seed = run.seed
-  c.data.seed = run.seed
-  c.poison.seed = run.seed
+  base_data_seed = int(study.base.data.seed)
+  if c.vocab.get("seed", -1) < 0:
+    c.vocab.seed = base_data_seed
+  if c.eval.get("heldout_seed", -1) < 0:
+    c.eval.heldout_seed = base_data_seed
+  for thing in varied(study):
+    *sections, name = SEED_THINGS[thing][0].split(".")
+    node = c
+    for section in sections:
+      node = node[section]
+    node[name] = derived_seed(run.seed, thing)
   return config_lib.validate(c)
 
 
@@ -187,6 +241,10 @@ def select(runs: list[Run], only: str) -> list[Run]:
 def launch_command(config_file: str, name: str, workdir: str,
                    overrides: dict | None = None) -> str:
   """The one-run command a launcher executes (base overrides carried over)."""
+  if "vary" in (overrides or {}):
+    raise UserError("--config.vary: a launched run rebuilds its config from "
+                    f"{config_file} alone and would not see this override; "
+                    "set vary in the study file")
   args = ["poisonjax", "train", f"--config={config_file}:run={name}",
           f"--workdir={workdir}"]
   for key, value in sorted((overrides or {}).items()):

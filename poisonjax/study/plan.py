@@ -24,7 +24,8 @@ def poison_tokens_per_doc(study, run_cfg) -> float:
   prefix: mean of U[min, max] chars / chars_per_token; trigger: the trigger
   text after a space, at ~2 chars per token (a rare string splits into short
   pieces); tail: mean of U[min, max] random ids (x text_mode_factor in text
-  mode, which decodes and re-tokenizes them); plus 1 EOS.
+  mode, which decodes and re-tokenizes them; token mode is the default, why:
+  poisonjax/data/poison.py); plus 1 EOS.
   """
   p = run_cfg.poison
   prefix = (p.prefix_min_chars + p.prefix_max_chars) / 2 / study.plan.chars_per_token
@@ -55,7 +56,7 @@ def _run_row(study, run: grids.Run, chips: dict, mfu: float, cache: dict) -> dic
   counts, fpt = _model_costs(cfg, vocab, cache)
   clean = budget.clean_token_budget(cfg, vocab)
   poison = run.poisons * poison_tokens_per_doc(study, cfg)
-  total = clean + (0 if cfg.poison.inside_budget else poison)
+  total = clean + (0 if budget.poisons_replace_clean(cfg) else poison)
   tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
   steps = math.ceil(total / tokens_per_step)
   if cfg.train.max_steps > 0:
