@@ -12,6 +12,16 @@ Run-level settings the paper's public summaries do not give (sequence
 length, batch, learning rate) are this preset's documented choices: 2048
 tokens per sequence, 256 sequences (0.5M tokens) per step, bf16 compute,
 C4 (en) as the clean source, a 32k SentencePiece vocabulary.
+
+Poisons follow the paper's recipe in token mode (the default: 400-900
+random tokens as drawn; why not text mode, which may explain the paper's
+~1,680 tokens per poison: poisonjax/data/poison.py). As in every study,
+poisons replace clean tokens (poison.budget_mode='replace', poisonjax/
+budget.py): at these shares (~1e-6) on_top would add at most one step
+(500 poisons of ~800 tokens are less than one 0.5M-token batch), so the
+grid is the paper's in substance and every count of a size trains on one
+schedule; one vocabulary and one prompt set serve all seeds
+(poisonjax/study/grids.py).
 """
 
 from poisonjax import config as config_lib
