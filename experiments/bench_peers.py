@@ -121,6 +121,22 @@ def extra_jobs(args, train_medians: dict) -> list[Job]:
   return jobs
 
 
+def display(cmd) -> str:
+  """The command as it reads from the repository root (paths shortened)."""
+  home = os.path.expanduser("~")
+  parent = os.path.dirname(ROOT)
+
+  def short(arg: str) -> str:
+    if os.path.isabs(arg) and arg.startswith(parent + os.sep):
+      return os.path.relpath(arg, ROOT)
+    if os.path.isabs(arg) and arg.startswith(home + os.sep):
+      return "~" + arg[len(home):]
+    return arg
+
+  return " ".join(shlex.quote(short(a)) if not short(a).startswith("~")
+                  else short(a) for a in cmd)
+
+
 def run_job(job: Job, timeout_s: float) -> list[dict]:
   """The job's JSON lines, each tagged with its key; an error row on failure."""
   start = time.perf_counter()
@@ -131,7 +147,7 @@ def run_job(job: Job, timeout_s: float) -> list[dict]:
   except subprocess.TimeoutExpired:
     out, err, rc = "", f"timed out after {timeout_s:.0f} s", -1
   rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-  tag = {"side": job.side, "job": job.what, "key": job.key, "cmd": shlex.join(job.cmd),
+  tag = {"side": job.side, "job": job.what, "key": job.key, "cmd": display(job.cmd),
          "wall_s": time.perf_counter() - start}
   if rc or not rows:
     last = (err.strip().splitlines() or ["no JSON output"])[-1]
