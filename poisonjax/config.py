@@ -133,7 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2  # The newest K are kept...
   c.train.keep_period = 0  # ...plus every M-th step for good (0: none).
   c.train.skip_nonfinite = False  # NaN/Inf loss: skip the step, not stop.
-  # Peak FLOP/s per device for MFU. 0: look it up from the device kind.
+  # Peak FLOP/s per device for MFU. 0: the chip table (poisonjax/hardware.py);
+  # on CPU, a float32 matmul measured once at start-up, split over the devices.
   c.train.peak_flops = 0.0
   # WORKDIR/lock.json: a holder whose heartbeat is older than this (seconds)
   # counts as dead and its lock is taken over (a holder on this host whose

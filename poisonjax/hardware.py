@@ -4,9 +4,12 @@ The figures are vendor peaks for dense bf16 matmuls per chip (TPU: per chip,
 GPU: the SXM part without sparsity). They turn tokens/s into MFU (train.py)
 and FLOPs into chip-hours (study plan).
 
-The CPU figure is NOMINAL: a round per-device guess (about one AVX2 core's
-fp32 FMA peak), good for comparing runs on one machine, not for comparing
-hardware. `measure_cpu_flops` measures this machine instead, for plans.
+A CPU has no vendor figure worth using: a CPU device's peak is MEASURED
+once per process (`measure_cpu_flops`, a float32 matmul on every thread) and
+split evenly over the process's CPU devices (which share the same cores), so
+MFU on a laptop is the share of what its matmul actually reaches.
+`CPU_NOMINAL_PEAK_FLOPS` remains only as the table entry for device kind
+"cpu" (plans that must not run a measurement).
 """
 
 from __future__ import annotations
@@ -66,13 +69,25 @@ def peak_flops_for_kind(device_kind: str, platform: str = "") -> float:
 
 
 def peak_flops_per_device(config=None) -> float:
-  """config.train.peak_flops if set (> 0), else a lookup by this host's device."""
+  """config.train.peak_flops if set (> 0), else this host's device's peak.
+
+  A CPU device: this machine's measured matmul FLOP/s (once per process)
+  over the number of local CPU devices.
+  """
   if config is not None and config.train.peak_flops > 0:
     return float(config.train.peak_flops)
   import jax
 
   device = jax.devices()[0]
+  if device.platform == "cpu":
+    return measured_cpu_flops() / jax.local_device_count()
   return peak_flops_for_kind(device.device_kind, device.platform)
+
+
+@functools.lru_cache(maxsize=None)
+def measured_cpu_flops() -> float:
+  """measure_cpu_flops() at 2048^2, once per process (about a second)."""
+  return measure_cpu_flops(n=2048, reps=5)
 
 
 @functools.lru_cache(maxsize=None)
