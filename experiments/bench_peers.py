@@ -273,13 +273,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.from_raw:
       rows = files.read_jsonl(args.from_raw)
-      info = next((r["machine"] for r in rows if "machine" in r), {})
+      head = next((r for r in rows if "machine" in r), {})
+      info, command = head.get("machine", {}), head.get("command", command)
+      info.update(next((r for r in rows if "load_avg_end" in r), {}))
     else:
       info = machine(check_peer(args))
       if args.raw:
         files.append_jsonl(args.raw, {"machine": info, "command": command})
       rows = measure(args)
       info["load_avg_end"] = os.getloadavg()[0]
+      if args.raw:
+        files.append_jsonl(args.raw, {"load_avg_end": info["load_avg_end"]})
   except UserError as e:
     print(f"bench_peers: error: {e}", file=sys.stderr)
     return 2
