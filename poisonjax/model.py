@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from poisonjax import attention
+from poisonjax import linear
 from poisonjax import sizes
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -99,35 +101,37 @@ class RMSNorm(nn.Module):
 
 
 def apply_rope(x, positions, theta: float):
-  """Rotary embedding on x [B, T, H, D] at integer positions [B, T]."""
+  """Rotary embedding on x [B, H, T, D] at integer positions [B, T]."""
   half = x.shape[-1] // 2
   freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions.astype(jnp.float32)[..., None] * freqs  # [B, T, half]
-  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  angles = positions.astype(jnp.float32)[:, None, :, None] * freqs  # [B,1,T,half]
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
 
 
 class Proj(nn.Module):
-  """A bias-free linear map contracting the input's last `n_in` axes.
+  """A bias-free linear map: `einsum(spec, x, kernel)`.
 
   Used instead of nn.DenseGeneral, whose init builds a flat 2-D kernel and
   reshapes it: with boxed (logically named) kernels that applies the 3-D
   names to the 2-D array and fails whenever logical-axis rules and a mesh are
-  active (i.e. inside the sharded train step).
+  active (i.e. inside the sharded train step). The spec also lets q, k and v
+  come out heads-major ([B, H, T, D]), the layout attention multiplies in,
+  with no transpose.
   """
-  features: tuple
-  n_in: int
+  spec: str
+  shape: tuple
   names: tuple
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x):
-    shape = tuple(x.shape[-self.n_in:]) + tuple(self.features)
-    kernel = self.param("kernel", _init(self.names), shape, self.cfg.param_dtype)
-    return jnp.tensordot(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype),
-                         axes=self.n_in)
+    kernel = self.param("kernel", _init(self.names), self.shape,
+                        self.cfg.param_dtype)
+    return jnp.einsum(self.spec, x.astype(self.cfg.dtype),
+                      kernel.astype(self.cfg.dtype))
 
 
 class Attention(nn.Module):
@@ -136,54 +140,61 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, positions, decode: bool):
     cfg = self.cfg
-    q = Proj((cfg.num_heads, cfg.head_dim), 1, ("embed", "heads", "head_dim"),
-             cfg, name="query")(x)
-    k = Proj((cfg.num_kv_heads, cfg.head_dim), 1, ("embed", "kv_heads", "head_dim"),
-             cfg, name="key")(x)
-    v = Proj((cfg.num_kv_heads, cfg.head_dim), 1, ("embed", "kv_heads", "head_dim"),
-             cfg, name="value")(x)
-    q = apply_rope(q, positions, cfg.rope_theta)
+    e, h, kv, d = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    heads_major = lambda n, names, name: Proj(
+        "bte,ehd->bhtd", (e, n, d), ("embed",) + names, cfg, name=name)(x)
+    q = heads_major(h, ("heads", "head_dim"), "query")
+    k = heads_major(kv, ("kv_heads", "head_dim"), "key")
+    v = heads_major(kv, ("kv_heads", "head_dim"), "value")
+    # The 1/sqrt(d) scale goes on q ([T, D]) rather than on the [T, S] scores.
+    q = apply_rope(q, positions, cfg.rope_theta) * jnp.asarray(d ** -0.5, q.dtype)
     k = apply_rope(k, positions, cfg.rope_theta)
     q = nn.with_logical_constraint(
-        q, ("activation_batch", "activation_length", "activation_heads", None))
-
+        q, ("activation_batch", "activation_heads", "activation_length", None))
     if decode:
       k, v, key_pos = self._update_cache(k, v, positions)
     else:
       key_pos = positions
     # Key j is visible to query i iff 0 <= pos_j <= pos_i.
-    mask = (key_pos[:, None, :] <= positions[:, :, None]) & (key_pos[:, None, :] >= 0)
-
-    b, t, _, d = q.shape
-    groups = cfg.num_heads // cfg.num_kv_heads
-    q = q.reshape(b, t, cfg.num_kv_heads, groups, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32)
-    scores = scores / jnp.sqrt(d).astype(jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads, d)
+    visible = (key_pos[:, None, :] <= positions[:, :, None]) & (key_pos[:, None, :] >= 0)
+    b, _, t, _ = q.shape
+    out = attention.causal_attention(q.reshape(b, kv, h // kv, t, d), k, v, visible)
     out = nn.with_logical_constraint(
-        out, ("activation_batch", "activation_length", "activation_heads", None))
-    return Proj((cfg.d_model,), 2, ("heads", "head_dim", "embed"), cfg,
+        out.reshape(b, h, t, d),
+        ("activation_batch", "activation_heads", "activation_length", None))
+    return Proj("bhtd,hde->bte", (h, d, e), ("heads", "head_dim", "embed"), cfg,
                 name="out")(out)
 
   def _update_cache(self, k, v, positions):
     """Writes this call's keys/values at the cache index; returns the cache."""
-    b, t, h, d = k.shape
+    b, h, t, d = k.shape
     max_len = self.cfg.max_seq_len
-    ck = self.variable("cache", "cached_key", jnp.zeros, (b, max_len, h, d), k.dtype)
-    cv = self.variable("cache", "cached_value", jnp.zeros, (b, max_len, h, d), v.dtype)
+    ck = self.variable("cache", "cached_key", jnp.zeros, (b, h, max_len, d), k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, (b, h, max_len, d), v.dtype)
     cpos = self.variable("cache", "cached_pos", lambda: jnp.full((b, max_len), -1, jnp.int32))
     idx = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if self.is_initializing():
       return k, v, positions
     i = idx.value
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, i, 0, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, i, 0, 0))
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, 0, i, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, 0, i, 0))
     cpos.value = jax.lax.dynamic_update_slice(
         cpos.value, positions.astype(jnp.int32), (0, i))
     idx.value = i + t
     return ck.value, cv.value, cpos.value
+
+
+class Dense(nn.Module):
+  """A bias-free [in, features] kernel applied with `linear.linear`."""
+  features: int
+  names: tuple
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", _init(self.names),
+                        (x.shape[-1], self.features), self.cfg.param_dtype)
+    return linear.linear(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype))
 
 
 class Mlp(nn.Module):
@@ -192,15 +203,12 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    dense = lambda feats, names, name: nn.Dense(
-        feats, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=_init(names), name=name)
-    gate = dense(cfg.ffn_dim, ("embed", "mlp"), "gate")(x)
-    up = dense(cfg.ffn_dim, ("embed", "mlp"), "up")(x)
+    gate = Dense(cfg.ffn_dim, ("embed", "mlp"), cfg, name="gate")(x)
+    up = Dense(cfg.ffn_dim, ("embed", "mlp"), cfg, name="up")(x)
     h = nn.silu(gate) * up
     h = nn.with_logical_constraint(
         h, ("activation_batch", "activation_length", "activation_mlp"))
-    return dense(cfg.d_model, ("mlp", "embed"), "down")(h)
+    return Dense(cfg.d_model, ("mlp", "embed"), cfg, name="down")(h)
 
 
 class Block(nn.Module):
@@ -253,12 +261,10 @@ class Transformer(nn.Module):
 
     x = RMSNorm(cfg, name="final_norm")(x)
     if cfg.tie_embeddings:
-      logits = embed.attend(x) / jnp.sqrt(cfg.d_model)
+      table = embed.embedding.astype(cfg.dtype).T  # [E, V]
+      logits = linear.linear(x.astype(cfg.dtype), table) / jnp.sqrt(cfg.d_model)
     else:
-      logits = nn.Dense(
-          cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
-          param_dtype=cfg.param_dtype, kernel_init=_init(("embed", "vocab")),
-          name="head")(x)
+      logits = Dense(cfg.vocab_size, ("embed", "vocab"), cfg, name="head")(x)
     logits = nn.with_logical_constraint(
         logits, ("activation_batch", "activation_length", "activation_vocab"))
     return logits.astype(jnp.float32)
