@@ -274,6 +274,22 @@ def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+def unstack_layers(params, num_layers: int):
+  """Scanned parameters (one stacked 'layers' subtree) -> 'layer_i' subtrees.
+
+  The params of `scan_layers=False`: what decoding runs on, so that each
+  layer's weights and cache are separate arrays (a token step then updates
+  its cache in place instead of slicing and restacking all layers).
+  Parameters already unstacked are returned as they are.
+  """
+  if "layers" not in params:
+    return params
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(num_layers):
+    out[f"layer_{i}"] = jax.tree.map(lambda p, i=i: p[i], params["layers"])
+  return out
+
+
 def abstract_params(cfg: ModelConfig, batch: int = 1):
   """Parameter shapes (boxed with logical names) without allocating them."""
   model = Transformer(cfg)

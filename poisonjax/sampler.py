@@ -4,7 +4,9 @@
 left-padded prompts (padding at position -1, which the cache never attends
 to), then `lax.scan` over the G generation steps, one token per step through
 the cache. The cache is sized to prompt + G tokens (not the model's
-max_seq_len): each step attends over that many keys only.
+max_seq_len): each step attends over that many keys only. The layers run
+unrolled on per-layer weights (model.unstack_layers, once per call), so each
+token updates each layer's cache in place.
 
 Sampling is from the model's own softmax at `temperature` (0: argmax), after
 optional top-k / top-p filtering. EOS and pad are ordinary tokens here: the
@@ -84,10 +86,13 @@ def make_sampler(model_cfg: model_lib.ModelConfig, prompt_len: int,
   drawn from (for tests against a full forward pass).
   """
   total = prompt_len + gen_tokens
-  cfg = dataclasses.replace(model_cfg, max_seq_len=total)
+  # Layers unrolled (per-layer weights and caches, see unstack_layers).
+  cfg = dataclasses.replace(model_cfg, max_seq_len=total, scan_layers=False,
+                            remat="none")
   model = model_lib.Transformer(cfg)
 
   def sample(params, tokens, positions, rows):
+    params = model_lib.unstack_layers(params, cfg.num_layers)
     batch = tokens.shape[0]
     cache = empty_cache(model, batch, total)
     logits, state = model.apply({"params": params, "cache": cache}, tokens,
