@@ -16,9 +16,17 @@ tokens: at this budget optimizer steps matter more than per-token speed (at
 batch 16 a pilot stayed at clean perplexity ~125 and formed no backdoor even
 with 30 poisons). Poison documents keep the paper's shape (0-1000 prefix
 chars, trigger, 400-900 random tokens), so at this scale poisons are a large
-share of the tokens (~800 tokens each: up to ~40% at 100 poisons on
-cpu-xxs): the study asks whether the count or the share predicts success
-across sizes and data amounts, not what the paper's tiny shares do.
+share of the tokens (~840 tokens each, measured: poisonjax/data/poison.py;
+up to ~70% at 100 poisons on cpu-xxs): the study asks whether the count or
+the share predicts success across sizes and data amounts, not what the
+paper's tiny shares do.
+
+Poison budget: 'on_top' (the paper's), NOT the study default 'replace'. At
+0.3 tokens per parameter 100 poisons are more tokens than cpu-xxs' whole
+clean budget (1.17x at 1x data, 2.35x at 0.5x), so they cannot replace clean
+tokens; with 'on_top' a run with more poisons trains for more steps on a
+longer schedule (up to +162% steps here), a confound the report lists. The
+study with count-independent schedules is configs/study_cpu_chinchilla.py.
 
 Pilot (cpu-xs, seed 0; final increase (share of prompts > 50); this machine,
 load average ~7 from other jobs):
@@ -62,6 +70,7 @@ def base():
 def get_config(arg=None):
   s = study_lib.study_config("cpu_micro", base())
   s.plan.chars_per_token = 3.0  # ~1k-piece SentencePiece on the synthetic corpus.
+  s.base.poison.budget_mode = "on_top"  # 100 poisons exceed the budget: see above.
   seeds = (0, 1, 2)
   counts = (10, 30, 100)
   s.grid = study_lib.grid(("cpu-xxs", "cpu-xs", "cpu-s", "cpu-m"), counts, seeds, (1.0,))

@@ -1,0 +1,56 @@
+"""The poisoning study at Chinchilla budgets, CPU scale (issue 12).
+
+    poisonjax study plan --config=configs/study_cpu_chinchilla.py
+    python experiments/reproduce_cpu_chinchilla.py     # run (resumable), fit, report
+
+Regime: 20 clean tokens per parameter (the paper's), the 1k vocabulary,
+sequences of 128, batch 32 (at 20 tokens per parameter steps are plentiful:
+cpu-xxs gets ~1,160). One factor at a time (poisonjax/study/grids.py):
+  * poisons REPLACE clean tokens (the study default), so every run of one
+    size and data amount has the same steps and learning-rate schedule
+    whatever its poison count;
+  * one vocabulary and one held-out prompt set for the whole study;
+  * the grid seed varies model init, poison contents/placement and clean
+    data order, each through its own derived seed.
+
+Grid: cpu-xxs, cpu-xs, cpu-s (0.24M, 0.42M, 1.12M parameters) x poison
+counts x seeds {0, 1, 2} at 1x data, plus cpu-xxs at 0.5x, 2x, 4x and 8x
+data. At 8x (38M tokens) 46 poisons of ~840 tokens are 0.1% of the tokens,
+so the data ablation reaches the paper's low-share side at a fixed count.
+
+Poison counts {10, 30, 100} are PROVISIONAL: cpu_micro's threshold (~30 at
+0.3 tokens per parameter). The pilot that fixes them (cpu-xxs, seed 0, 1x,
+counts 3..300) has not run yet; its figures go here, and the counts are set
+to bracket the switch with a >= 10x span. `study plan` gives the budget in
+CPU-hours from this machine's measured matmul rate.
+"""
+
+from poisonjax import config as config_lib
+from poisonjax import study as study_lib
+
+
+def base():
+  c = config_lib.base_config()
+  c.vocab.size = 1024
+  c.data.seq_len = 128
+  c.train.batch_size = 32
+  c.train.tokens_per_param = 20.0
+  c.train.log_every = 100
+  c.train.ckpt_every = 500
+  c.eval.num_excerpts = 64
+  c.eval.prompt_tokens = 32
+  c.eval.gen_tokens = 32
+  c.eval.num_evals = 6
+  c.eval.bootstrap_samples = 200
+  return c
+
+
+def get_config(arg=None):
+  s = study_lib.study_config("cpu_chinchilla", base())
+  s.plan.chars_per_token = 3.0  # ~1k-piece SentencePiece on the synthetic corpus.
+  seeds = (0, 1, 2)
+  counts = (10, 30, 100)  # Provisional: see the docstring.
+  s.grid = study_lib.grid(("cpu-xxs", "cpu-xs", "cpu-s"), counts, seeds, (1.0,))
+  s.extra.data_amounts = study_lib.grid(("cpu-xxs",), counts, seeds,
+                                        (0.5, 2.0, 4.0, 8.0))
+  return study_lib.config_for_arg(s, arg)
