@@ -101,7 +101,14 @@ def test_peer_tables_take_ratios_of_the_medians():
   assert "poisonjax train tiny" in page  # The commands it ran.
 
 
-def test_bench_peers_without_the_peer_is_one_line(capsys):
-  assert bench_peers.main(["--quick", "--peer_python", "/nonexistent/python"]) == 2
+def test_bench_peers_without_the_peer_is_one_line(capsys, tmp_path):
+  script = tmp_path / "torch_peer.py"  # A clean clone has no ../shared.
+  script.write_text("")
+  assert bench_peers.main(["--quick", "--peer_python", "/nonexistent/python",
+                           "--peer_script", str(script)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "pip install torch" in err[0]
+  assert bench_peers.main(["--quick", "--peer_script",
+                           str(tmp_path / "missing.py")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "--peer_script=" in err[0]
