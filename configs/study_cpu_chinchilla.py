@@ -18,11 +18,17 @@ counts x seeds {0, 1, 2} at 1x data, plus cpu-xxs at 0.5x, 2x, 4x and 8x
 data. At 8x (38M tokens) 46 poisons of ~840 tokens are 0.1% of the tokens,
 so the data ablation reaches the paper's low-share side at a fixed count.
 
-Poison counts {10, 30, 100} are PROVISIONAL: cpu_micro's threshold (~30 at
-0.3 tokens per parameter). The pilot that fixes them (cpu-xxs, seed 0, 1x,
-counts 3..300) has not run yet; its figures go here, and the counts are set
-to bracket the switch with a >= 10x span. `study plan` gives the budget in
-CPU-hours from this machine's measured matmul rate.
+Poison counts {10, 30, 100}, from the pilot (cpu-xxs, seed 0, 1x data,
+this config; final increase in perplexity, share of prompts > 50; results
+in docs/results/cpu_chinchilla/pilot/):
+  N=3 -0.6 (0.00), N=10 0.8 (0.00), N=30 1.4 (0.00), N=100 621 (1.00):
+  the N=100 run crossed 50 between 43 and 54 poisons seen (increase 43.5,
+  then 407). So the switch lies between 30 and 100 here: {10, 30, 100}
+  brackets it with a 10x span. (N=300 was still running when this was
+  written.) At 8x data 30 poisons are 0.066% of the tokens, 100 are 0.22%.
+`study plan` gives the budget from this machine's measured matmul rate;
+measured train speed (bench_train, batch 32 x 128): cpu-xxs 36k, cpu-xs
+22k, cpu-s 8.9k tokens/s, i.e. about 11.5 hours for the 63 runs here.
 """
 
 from poisonjax import config as config_lib
@@ -49,7 +55,7 @@ def get_config(arg=None):
   s = study_lib.study_config("cpu_chinchilla", base())
   s.plan.chars_per_token = 3.0  # ~1k-piece SentencePiece on the synthetic corpus.
   seeds = (0, 1, 2)
-  counts = (10, 30, 100)  # Provisional: see the docstring.
+  counts = (10, 30, 100)  # Brackets the pilot's switch: see the docstring.
   s.grid = study_lib.grid(("cpu-xxs", "cpu-xs", "cpu-s"), counts, seeds, (1.0,))
   s.extra.data_amounts = study_lib.grid(("cpu-xxs",), counts, seeds,
                                         (0.5, 2.0, 4.0, 8.0))
