@@ -7,6 +7,10 @@ sizes). The modules, by job:
   plan     tokens, steps, FLOPs and chip-hours before anything runs
   runner   running the grid here (resumable, one grid per root)
   results  the evaluations of every run as one CSV, and the figures
+  analysis           N50 per size and data amount (logistic in log N,
+                     bootstrap interval)
+  analysis_compare   count vs share as a model comparison (AIC, size slope)
+  report, report_sections   report.md, written from those fits only
 This package re-exports what configs/ and experiments/ use. The commands
 (`poisonjax study plan|run|collect|figures`) are in poisonjax.commands.study.
 """
