@@ -24,8 +24,8 @@ in docs/results/cpu_chinchilla/pilot/):
   N=3 -0.6 (0.00), N=10 0.8 (0.00), N=30 1.4 (0.00), N=100 621 (1.00):
   the N=100 run crossed 50 between 43 and 54 poisons seen (increase 43.5,
   then 407). So the switch lies between 30 and 100 here: {10, 30, 100}
-  brackets it with a 10x span. (N=300 was still running when this was
-  written.) At 8x data 30 poisons are 0.066% of the tokens, 100 are 0.22%.
+  brackets it with a 10x span. N=300: 867 (1.00), 518 after 85 poisons
+  seen. At 8x data 30 poisons are 0.066% of the tokens, 100 are 0.22%.
 `study plan` gives the budget from this machine's measured matmul rate;
 measured train speed (bench_train, batch 32 x 128): cpu-xxs 36k, cpu-xs
 22k, cpu-s 8.9k tokens/s, i.e. about 11.5 hours for the 63 runs here.
