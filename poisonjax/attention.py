@@ -52,14 +52,17 @@ def _fwd(q, k, v, visible):
 def _bwd(res, do):
   q, k, v, visible, o, m, l = res
   p = jnp.exp(_scores(q, k, visible) - m) / l  # The forward's probabilities.
-  do32 = do.astype(jnp.float32)
-  dv = jnp.einsum("bkgts,bkgtd->bksd", p, do32)
-  dp = jnp.einsum("bkgtd,bksd->bkgts", do32, v.astype(jnp.float32))
-  delta = jnp.sum(do32 * o.astype(jnp.float32), axis=-1, keepdims=True)
+  f32 = jnp.float32
+  # Matmuls take the activations' dtype (bf16 on accelerators) and
+  # accumulate in float32; the softmax algebra stays in float32.
+  dv = jnp.einsum("bkgts,bkgtd->bksd", p.astype(v.dtype), do,
+                  preferred_element_type=f32)
+  dp = jnp.einsum("bkgtd,bksd->bkgts", do, v, preferred_element_type=f32)
+  delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)
   # Masked scores are constants (the where): no gradient flows into them.
-  ds = jnp.where(visible[:, None, None], p * (dp - delta), 0.0)
-  dq = jnp.einsum("bkgts,bksd->bkgtd", ds, k.astype(jnp.float32))
-  dk = jnp.einsum("bkgts,bkgtd->bksd", ds, q.astype(jnp.float32))
+  ds = jnp.where(visible[:, None, None], p * (dp - delta), 0.0).astype(q.dtype)
+  dq = jnp.einsum("bkgts,bksd->bkgtd", ds, k, preferred_element_type=f32)
+  dk = jnp.einsum("bkgts,bkgtd->bksd", ds, q, preferred_element_type=f32)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 

@@ -34,3 +34,18 @@ def test_values_and_gradients_match_plain_attention(kv_heads, groups):
   want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_gradients_keep_the_dtype_and_track_float32():
+  b, h, t, d = 2, 2, 6, 8
+  ks = jax.random.split(jax.random.key(1), 4)
+  q, k, v = (jax.random.normal(kk, (b, h, 1, t, d) if i == 0 else (b, h, t, d))
+             for i, kk in enumerate(ks[:3]))
+  visible = jnp.tril(jnp.ones((t, t), bool))[None].repeat(b, 0)
+  loss = lambda f: lambda *x: jnp.sum(f(*x, visible).astype(jnp.float32) ** 2)
+  got = jax.grad(loss(attention.causal_attention), argnums=(0, 1, 2))(
+      *(x.astype(jnp.bfloat16) for x in (q, k, v)))
+  want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(g.astype(jnp.float32), w, rtol=0.1, atol=0.1)
