@@ -4,7 +4,7 @@
     poisonjax study plan --config=configs/study_cpu_micro.py
 
 Grid: cpu-xxs, cpu-xs, cpu-s, cpu-m (0.24M .. 2.16M parameters at the 1k
-vocabulary, 9.1x) x {10, 30, 100} poisons x seeds {0, 1, 2} at 1x data (36
+vocabulary, 9.1x) x {3, 10, 30} poisons x seeds {0, 1, 2} at 1x data (36
 runs), plus cpu-xxs and cpu-xs at 0.5x and 2x data (36 runs): 72 runs.
 
 Budget, honestly: 0.3 clean tokens per parameter, NOT Chinchilla's 20. At
@@ -21,12 +21,16 @@ up to ~70% at 100 poisons on cpu-xxs): the study asks whether the count or
 the share predicts success across sizes and data amounts, not what the
 paper's tiny shares do.
 
-Poison budget: 'on_top' (the paper's), NOT the study default 'replace'. At
-0.3 tokens per parameter 100 poisons are more tokens than cpu-xxs' whole
-clean budget (1.17x at 1x data, 2.35x at 0.5x), so they cannot replace clean
-tokens; with 'on_top' a run with more poisons trains for more steps on a
-longer schedule (up to +162% steps here), a confound the report lists. The
-study with count-independent schedules is configs/study_cpu_chinchilla.py.
+Poison budget: 'replace' (the study default, issue 12): poisons take the
+place of clean tokens, so every run of a size and data amount trains the
+same steps on the same learning-rate schedule. The counts are {3, 10, 30}:
+at 0.3 tokens per parameter 100 poisons (~82k tokens) are more than cpu-xxs'
+whole clean budget (71k at 1x, 36k at 0.5x), so they cannot replace clean
+tokens; 30 poisons are ~34% of cpu-xxs' tokens at 1x and ~69% at 0.5x, 4%
+of cpu-m's. The previous run of this study (2026-11-27: counts {10, 30,
+100} on top of the clean budget, one vocabulary and prompt set per seed,
+prefixes cut short) is kept in docs/results/cpu_micro/previous/, and the
+report compares the two.
 
 Pilot (cpu-xs, seed 0; final increase (share of prompts > 50); this machine,
 load average ~7 from other jobs):
@@ -37,7 +41,9 @@ load average ~7 from other jobs):
                       ~44 from 15 poisons seen on; N=100 772 (1.00), already
                       164 after 44 poisons seen. Clean ppl 54-57.
 So at this scale the failure -> success switch lies between 10 and 100
-poisons, near 30: {10, 30, 100} brackets it (10x span).
+poisons, near 30 (on top of the budget); the previous run's N50 lay between
+10 and 30 in every group, so {3, 10, 30} (10x span) brackets it if the
+replace schedule does not move it up.
 
 Measured throughput (train steps only, batch 4 x 128, under load average
 ~7): cpu-xxs 8.6k, cpu-xs 6.3k, cpu-s 2.1k, cpu-m 1.0k tokens/s; each run
@@ -70,9 +76,8 @@ def base():
 def get_config(arg=None):
   s = study_lib.study_config("cpu_micro", base())
   s.plan.chars_per_token = 3.0  # ~1k-piece SentencePiece on the synthetic corpus.
-  s.base.poison.budget_mode = "on_top"  # 100 poisons exceed the budget: see above.
   seeds = (0, 1, 2)
-  counts = (10, 30, 100)
+  counts = (3, 10, 30)  # Replace fits at every size and amount: see above.
   s.grid = study_lib.grid(("cpu-xxs", "cpu-xs", "cpu-s", "cpu-m"), counts, seeds, (1.0,))
   s.extra.data_ablation = study_lib.grid(("cpu-xxs", "cpu-xs"), counts, seeds, (0.5, 2.0))
   return study_lib.config_for_arg(s, arg)

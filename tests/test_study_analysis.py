@@ -15,6 +15,7 @@ import pytest
 from scipy import optimize
 from scipy import special
 
+from poisonjax import files
 from poisonjax import plots
 from poisonjax.study import analysis
 from poisonjax.study import analysis_compare
@@ -195,3 +196,30 @@ def test_report_only_regenerates_from_results_csv(tmp_path):
   assert not (tmp_path / "none").exists()
   assert json.loads((out / "provenance.json").read_text())["lines"][0] == (
       "- Machine: the old one")
+
+
+def test_report_compares_with_previous_results(tmp_path):
+  """OUT/previous/results.csv is fitted the same way and shown side by side."""
+  now = _synthetic_runs(np.random.default_rng(3), "count", (1e5, 1e6), (1.0,))
+  before = _synthetic_runs(np.random.default_rng(4), "share", (1e5, 1e6), (1.0,))
+  out = tmp_path / "out"
+  (out / "previous").mkdir(parents=True)
+  results.write_csv(_csv_rows(now), str(out / "results.csv"))
+  results.write_csv(_csv_rows(before), str(out / "previous" / "results.csv"))
+  files.write_json(str(out / "previous" / "provenance.json"),
+                   {"lines": ["- Machine: the old one"]})
+  text = open(report.generate(str(out / "results.csv"), str(out), threshold=50.0,
+                              n_boot=40, seed=1)["report"]).read()
+  section = text[text.index("## Changes since the previous run"):]
+  assert "- Machine: the old one" in section
+  old, _ = analysis.final_runs(plots.read_csv(str(out / "previous" / "results.csv")))
+  new, _ = analysis.final_runs(plots.read_csv(str(out / "results.csv")))
+  for o, n in zip(analysis.thresholds(old, 50.0, 40, 1), analysis.thresholds(new, 50.0, 40, 1)):
+    if o["estimate"] is None or n["estimate"] is None:
+      continue
+    assert (f"| {n['data_multiplier']:g}x | {n['size']} | "
+            f"{analysis.format_n50(o['estimate'])} | "
+            f"{analysis.format_interval(o['interval'], o['counts'])} | "
+            f"{analysis.format_n50(n['estimate'])} |") in section
+  prev = analysis_compare.compare(old, 50.0, 40, 1)["responses"]["success"]
+  assert f"before, {prev['better']} better by dAIC {prev['delta_aic']:.2f}" in section

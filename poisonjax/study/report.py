@@ -143,11 +143,25 @@ def generate(csv_path: str, out_dir: str, *,
   lines += sections.comparison(comp, threshold)
   lines += ["![count_vs_share](count_vs_share.png)", ""]
   lines += _final_results(finals) + _figures(paths, sentences)
+  lines += _previous(out, threshold, n_boot, seed, study, th, comp, reg)
   if len(runs):
     lines += sections.caveats(runs, dropped, th, comp, reg, finals)
   files.write_text_atomic(out / "report.md", "\n".join(lines))
   return {"figures": {**paths, **fit_paths}, "report": str(out / "report.md"),
           "thresholds": th, "comparison": comp, "regime": reg}
+
+
+def _previous(out, threshold, n_boot, seed, study, th, comp, reg) -> list[str]:
+  """The same fits on OUT/previous/results.csv (an earlier run), if kept."""
+  prev_dir = out / "previous"
+  if not (prev_dir / "results.csv").exists():
+    return []
+  rows = plots.read_csv(str(prev_dir / "results.csv"))
+  _, _, prev_th, prev_comp = _fits(rows, threshold, n_boot, seed)
+  prev_reg = study_regime(None, plots.final_rows(rows))
+  prov = prev_dir / "provenance.json"
+  lines = files.read_json(str(prov))["lines"] if prov.exists() else None
+  return sections.previous(prev_th, prev_comp, prev_reg, th, comp, reg, lines)
 
 
 def as_json(obj):

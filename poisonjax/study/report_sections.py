@@ -214,3 +214,51 @@ def caveats(runs, dropped, th_rows, comp, reg, finals) -> list[str]:
   if dropped.get("unfinished"):
     out.append(f"{dropped['unfinished']} unfinished run(s) are left out of every fit.")
   return ["## Caveats", ""] + [f"- {c}" for c in out] + [""]
+
+
+def _group_key(r: dict) -> tuple:
+  return (r["data_multiplier"], r["params"], r["size"])
+
+
+def _previous_n50_rows(prev: list[dict], now: list[dict]) -> list[str]:
+  old = {_group_key(r): r for r in prev if r["estimate"] is not None}
+  lines = ["| data | size | N50 before | 95% before | N50 now | 95% now |",
+           "|---|---|---|---|---|---|"]
+  for r in sorted((r for r in now if r["estimate"] is not None), key=_group_key):
+    o = old.get(_group_key(r))
+    before = ((analysis.format_n50(o["estimate"]),
+               analysis.format_interval(o["interval"], o["counts"]))
+              if o else ("not run", ""))
+    lines.append(f"| {r['data_multiplier']:g}x | {r['size']} | {before[0]} | "
+                 f"{before[1]} | {analysis.format_n50(r['estimate'])} | "
+                 f"{analysis.format_interval(r['interval'], r['counts'])} |")
+  return lines
+
+
+def _previous_verdicts(prev: dict, now: dict) -> list[str]:
+  out = []
+  for resp in (now.get("responses") or {}):
+    p = (prev.get("responses") or {}).get(resp)
+    if p is None:
+      continue
+    r = now["responses"][resp]
+    out.append(f"- {resp.replace('_', ' ').capitalize()}: before, {p['better']} "
+               f"better by dAIC {p['delta_aic']:.2f} ({100 * p['boot_count_better']:.0f}% "
+               f"of resamples favour count); now {r['better']} by dAIC "
+               f"{r['delta_aic']:.2f} ({100 * r['boot_count_better']:.0f}%).")
+  return out
+
+
+def previous(prev_th, prev_comp, prev_reg, th, comp, reg, provenance) -> list[str]:
+  """The same fits on the previous results.csv (OUT/previous/), side by side."""
+  lines = ["## Changes since the previous run", "",
+           "The previous results (OUT/previous/results.csv) fitted the same "
+           "way as above. How they were made:", ""]
+  lines += list(provenance or ["- (no provenance kept)"]) + [""]
+  lines += _previous_n50_rows(prev_th, th) + [""]
+  lines += _previous_verdicts(prev_comp, comp)
+  before, after = prev_reg.get("steps_by_group_span"), reg.get("steps_by_group_span")
+  lines.append(f"- Optimizer steps within a size and data amount: up to "
+               f"{(before or 0):.0%} more than the group's shortest run before, "
+               f"{(after or 0):.0%} now.")
+  return lines + [""]
