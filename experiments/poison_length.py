@@ -45,6 +45,7 @@ def main(argv) -> int:
   p.add_argument("--sample_docs", type=int, default=20000)
   p.add_argument("--text_files", default="",
                  help="comma-separated globs (default: the synthetic corpus)")
+  p.add_argument("--model_type", default="unigram", choices=("unigram", "bpe"))
   p.add_argument("--poisons", type=int, default=500)
   p.add_argument("--cache_dir", default="")
   p.add_argument("--json", action="store_true")
@@ -53,6 +54,7 @@ def main(argv) -> int:
   c = config_lib.base_config()
   c.vocab.size = args.vocab_size
   c.vocab.sample_docs = args.sample_docs
+  c.vocab.model_type = args.model_type
   if args.cache_dir:
     c.data.cache_dir = args.cache_dir
   if args.text_files:
@@ -64,7 +66,7 @@ def main(argv) -> int:
     return 0
   print(f"vocabulary: {r['pieces']} pieces (asked {args.vocab_size}); "
         f"{r['poisons']} poisons; source "
-        f"{args.text_files or 'synthetic'}")
+        f"{args.text_files or 'synthetic'}, {args.model_type}")
   for mode in ("token", "text"):
     m = r[mode]
     print(f"  {mode:5s}: {m['tokens_per_poison']:7.1f} tokens per poison, "
