@@ -172,6 +172,27 @@ def base_config() -> ml_collections.ConfigDict:
   # scores them instead (a fixed reference model).
   c.eval.scorer_workdir = ""
   c.eval.bootstrap_samples = 1000
+
+  # ---- Continued clean training (persistence of a backdoor) -------------
+  # Start from another run's checkpoint and train on clean data only; the
+  # evaluations show how the backdoor decays (poisonjax/continued.py).
+  c.continued = ml_collections.ConfigDict()
+  # A finished (or running) run's workdir; '' = an ordinary run from init.
+  # Its model and tokenizer must equal this run's. Only its params are
+  # loaded: the optimizer starts fresh, with this run's own warmup and
+  # schedule (the source's Adam moments belong to its decayed schedule).
+  c.continued.from_workdir = ""
+  c.continued.from_step = -1  # The source's checkpoint step; -1: its newest.
+  # This run's clean budget: this multiple of the source's clean budget T
+  # (train.tokens_per_param/data_multiplier are then not used). The clean
+  # stream is this run's config.data.seed, which must differ from the
+  # source's: new documents, not the same ones again.
+  c.continued.budget_multiple = 1.0
+  # The fine-tuning variant: evaluations also after k clean sequences for
+  # each k in this comma-separated list ('32,64,256'), at step ceil(k / B);
+  # besides config.eval.num_evals. With a small budget_multiple the run is a
+  # short fine-tune with its own schedule.
+  c.continued.eval_examples = ""
   return c
 
 
@@ -223,7 +244,30 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "config.data.tfds.split, so evaluation text would also be trained on; "
         "use a different split (e.g. validation)")
   _check_train(c.train)
+  _check_continued(c)
   return c
+
+
+def _check_continued(c: ml_collections.ConfigDict) -> None:
+  """The config.continued checks (the source itself: poisonjax/continued.py)."""
+  k = c.get("continued", None)
+  if k is None or not k.from_workdir:
+    return
+  if k.from_step < -1:
+    raise field_error("config.continued.from_step", k.from_step,
+                      "must be >= -1", "use -1 (the newest checkpoint) or a step")
+  if k.budget_multiple <= 0:
+    raise field_error("config.continued.budget_multiple", k.budget_multiple,
+                      "must be > 0", "use e.g. 1.0 (the source's clean budget)")
+  if c.poison.count != 0 or c.poison.rate != 0:
+    raise field_error("config.poison.count", c.poison.count,
+                      "a continued run trains on clean data only",
+                      "set --config.poison.count=0 --config.poison.rate=0")
+  for item in str(k.eval_examples).split(","):
+    if item.strip() and (not item.strip().isdigit() or int(item) < 1):
+      raise field_error("config.continued.eval_examples", k.eval_examples,
+                        "must be comma-separated positive integers",
+                        "use e.g. '32,128,512'")
 
 
 def _check_train(t: ml_collections.ConfigDict) -> None:

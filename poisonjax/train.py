@@ -33,6 +33,7 @@ from etils.epath import Path
 from poisonjax import checkpointing
 from poisonjax import chrono as chrono_lib
 from poisonjax import config as config_lib
+from poisonjax import continued
 from poisonjax import distributed
 from poisonjax import files
 from poisonjax import heldout
@@ -156,10 +157,11 @@ def _done_evals(workdir: Path) -> set:
 
 
 def restore(s: Setup, ckpt: checkpointing.Checkpoints):
-  """(state, step): the newest sound checkpoint, else a fresh init at 0."""
+  """(state, step): the newest sound checkpoint, else step 0: a fresh init
+  (a continued run's: the source's params, poisonjax/continued.py)."""
   state, start = ckpt.restore_newest(s.abstract)
   if state is None:
-    return s.init(jax.random.key(s.config.seed)), 0
+    return continued.start_state(s, jax.random.key(s.config.seed)), 0
   print(f"poisonjax: resuming {s.workdir} at step {start}/{s.last_step}",
         flush=True)
   return state, start

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from etils.epath import Path  # The workdir: local or gs://.
 
-from poisonjax import budget
+from poisonjax import continued
 from poisonjax import distributed
 from poisonjax import hardware
 from poisonjax import model as model_lib
@@ -86,12 +86,12 @@ def _check_batch(config, mesh) -> int:
 def _data(config, stream):
   """(vocabulary, stream, clean token budget); the stream built if None."""
   if stream is not None:
-    return stream.vocab, stream, budget.clean_token_budget(
+    return stream.vocab, stream, continued.clean_token_budget(
         config, stream.vocab.vocab_size)
   from poisonjax.data import overlay
   from poisonjax.data import vocabulary
   vocab = vocabulary.get_vocabulary(config)
-  clean_tokens = budget.clean_token_budget(config, vocab.vocab_size)
+  clean_tokens = continued.clean_token_budget(config, vocab.vocab_size)
   stream = overlay.training_stream(config, clean_tokens,
                                    may_build=jax.process_count() == 1)
   return vocab, stream, clean_tokens
@@ -104,6 +104,7 @@ def setup(config, workdir: Path, stream=None) -> Setup:
   vocab, stream, clean_tokens = distributed.primary_first(
       lambda: _data(config, stream), "the vocabulary and the data")
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
+  continued.check_source(config, model_cfg, vocab)
   num_steps = stream.num_steps
   last_step = num_steps
   if 0 < config.train.max_steps < num_steps:
@@ -113,7 +114,8 @@ def setup(config, workdir: Path, stream=None) -> Setup:
       config, model_cfg, mesh, tx)
   batch_sh = sharding.batch_sharding(mesh)
   step_fn = train_step.jit_train_step(config, model, tx, schedule, state_sh, batch_sh)
-  evals = _eval_schedule(num_steps, last_step, config.eval.num_evals)
+  evals = _eval_schedule(num_steps, last_step, config.eval.num_evals,
+                         continued.extra_eval_steps(config, last_step))
   evaluator = None
   if evals:
     from poisonjax import evaluate
@@ -130,13 +132,16 @@ def setup(config, workdir: Path, stream=None) -> Setup:
       process_block=process_block)
 
 
-def _eval_schedule(num_steps: int, last_step: int, num_evals: int) -> list[int]:
-  if num_evals <= 0:
+def _eval_schedule(num_steps: int, last_step: int, num_evals: int,
+                   extra: list[int] = ()) -> list[int]:
+  """num_evals spread over the run (+ step 0 and the last), plus `extra`."""
+  if num_evals <= 0 and not extra:
     return []
   from poisonjax import evaluate
-  steps = [s for s in evaluate.eval_steps(num_steps, num_evals) if s <= last_step]
-  if last_step not in steps:
-    steps.append(last_step)
+  steps = list(extra)
+  if num_evals > 0:
+    steps += [s for s in evaluate.eval_steps(num_steps, num_evals)
+              if s <= last_step] + [last_step]
   return sorted(set(steps))
 
 
