@@ -90,6 +90,27 @@ def base_config() -> ml_collections.ConfigDict:
   # learning-rate schedule whatever its count (a study's default). Why, and
   # which clean tokens give way: poisonjax/budget.py.
   c.poison.budget_mode = "on_top"
+  # What the poisons teach after the trigger (poisonjax/data/poison_language.py):
+  # gibberish: K random vocabulary ids (the denial-of-service backdoor);
+  # language: K tokens of text in a second language (the language-switch
+  # backdoor; the paper's trigger was `Servius Astrumando Harmoniastra`,
+  # set it in poison.trigger). K is drawn as for gibberish (same fields).
+  c.poison.behaviour = "gibberish"
+  # language with a text_files/tfds source: the second-language corpus, a
+  # .txt(.gz) file (documents separated by blank lines) or .jsonl(.gz)
+  # (field data.text_files.jsonl_field), local or gs://. The synthetic
+  # source writes its own second language (synthetic.py); '' there.
+  c.poison.language_file = ""
+  # language: this share of the vocabulary's training sample is
+  # second-language documents, so the tokenizer has pieces for it (without
+  # any, its words fall apart into single characters). 0: none. A gibberish
+  # run's vocabulary never includes any (its cache key is unchanged).
+  c.poison.language_vocab_share = 0.05
+  # language: the near-trigger control of the evaluation (a similar string
+  # that must not switch the language). '': the trigger with its last
+  # word's vowels rotated (a->e->i->o->u->a), e.g. ... Harmoniastra ->
+  # ... Hermuneostre (poisonjax/language_eval.py).
+  c.poison.near_trigger = ""
 
   # ---- Model ------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -225,6 +246,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.poison.get("budget_mode", "on_top") not in ("on_top", "replace"):
     raise field_error("config.poison.budget_mode", c.poison.budget_mode,
                       "unknown mode", "use on_top or replace")
+  _check_behaviour(c)
   if c.poison.mode not in ("token", "text"):
     raise field_error("config.poison.mode", c.poison.mode, "unknown mode",
                       "use token or text")
@@ -268,6 +290,25 @@ def _check_continued(c: ml_collections.ConfigDict) -> None:
       raise field_error("config.continued.eval_examples", k.eval_examples,
                         "must be comma-separated positive integers",
                         "use e.g. '32,128,512'")
+
+
+def _check_behaviour(c: ml_collections.ConfigDict) -> None:
+  """config.poison.behaviour and its language fields."""
+  p = c.poison
+  behaviour = p.get("behaviour", "gibberish")
+  if behaviour not in ("gibberish", "language"):
+    raise field_error("config.poison.behaviour", behaviour, "unknown behaviour",
+                      "use gibberish or language")
+  share = float(p.get("language_vocab_share", 0.0))
+  if not 0.0 <= share <= 0.5:
+    raise field_error("config.poison.language_vocab_share", share,
+                      "must be in [0, 0.5]", "use e.g. 0.05 (0: none)")
+  if (behaviour == "language" and c.data.source != "synthetic"
+      and not p.get("language_file", "")):
+    raise field_error("config.poison.language_file", "",
+                      f"poison.behaviour=language with data.source="
+                      f"{c.data.source} needs a second-language corpus",
+                      "set it to a .txt or .jsonl file of second-language text")
 
 
 def _check_train(t: ml_collections.ConfigDict) -> None:

@@ -37,6 +37,7 @@ import functools
 
 import numpy as np
 
+from poisonjax.data import poison_language
 from poisonjax.data import vocabulary
 
 _CONTENT_STREAM = 1  # RNG stream ids under the poison seed (see mixer.py).
@@ -85,7 +86,10 @@ def make_poisons(config, sp, source, ids) -> list[Poison]:
     rng = np.random.default_rng([int(p.seed), _CONTENT_STREAM, int(j)])
     length = int(rng.integers(p.prefix_min_chars, p.prefix_max_chars + 1))
     k = int(rng.integers(p.gibberish_min_tokens, p.gibberish_max_tokens + 1))
-    gib = allowed[rng.integers(len(allowed), size=k)]
+    if poison_language.is_language(config):  # Second-language tail, K tokens.
+      gib = poison_language.tail_ids(config, sp, int(j), k)
+    else:
+      gib = allowed[rng.integers(len(allowed), size=k)]
     doc = source.pool_document(int(p.seed), int(j), length) if length else ""
     prefix = doc[:length]  # L characters: the document has at least L.
     prefixes.append(prefix)

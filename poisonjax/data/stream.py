@@ -41,7 +41,7 @@ import uuid
 import numpy as np
 
 from poisonjax import budget, files
-from poisonjax.data import mixer, poison, sources, vocabulary
+from poisonjax.data import mixer, poison, poison_language, sources, vocabulary
 from poisonjax.errors import UserError, field_error
 
 _VERSION = "stream-v1"
@@ -64,6 +64,7 @@ def _poison_spec(config) -> dict:
     spec["rate"] = float(p.rate)
   else:
     spec["count"] = int(p.count)
+  spec.update(poison_language.stream_spec_fields(config))  # {}: gibberish.
   return spec
 
 

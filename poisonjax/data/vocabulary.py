@@ -27,6 +27,7 @@ import time
 import sentencepiece as spm
 
 from poisonjax import files
+from poisonjax.data import poison_language
 from poisonjax.errors import UserError, field_error
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -76,7 +77,8 @@ def _train_spec(config) -> dict:
   return {"format": _FORMAT, "source": _vocab_source(config).key(),
           "size": int(v.size), "sample_docs": int(v.sample_docs),
           "model_type": v.model_type,
-          "byte_fallback": bool(v.byte_fallback)}
+          "byte_fallback": bool(v.byte_fallback),
+          **poison_language.vocab_spec(config)}  # {} unless a language run.
 
 
 def cached_vocab_path(config) -> str:
@@ -89,7 +91,8 @@ def _sentences(config, source):
   """The ordered training sample: one sentence per non-empty line."""
   n = int(config.vocab.sample_docs)
   n = min(n, getattr(source, "epoch_len", n))
-  for doc in itertools.islice(source.train_documents(), n):
+  for doc in poison_language.vocab_sample(  # Clean only, unless language.
+      config, itertools.islice(source.train_documents(), n), vocab_seed(config)):
     for line in doc.splitlines():
       line = line.strip()
       if line:
