@@ -54,3 +54,46 @@ def backdoor_metrics(clean_nll, trig_nll, tf_trig_nll, threshold: float,
       "tf_nll_clean": float(clean_nll.mean()),
       "tf_nll_triggered": float(np.mean(np.asarray(tf_trig_nll, np.float64))),
   }
+
+
+# -- many triggers in one evaluation (poison.counts; poisonjax/data/poison.py) --
+#
+# train.py writes one eval.jsonl row per evaluation step and keeps only
+# floats, so a run evaluated on several triggers writes one wide row: the
+# first trigger's METRIC_KEYS as usual (readers of single-trigger rows keep
+# working) plus every trigger's under `trigger{i}.KEY`, i in the evaluator's
+# order (evaluate.eval_triggers). `split_row` gives one row per trigger.
+
+
+def trigger_key(i: int, key: str) -> str:
+  return f"trigger{i}.{key}"
+
+
+def wide_metrics(per_trigger: list[dict]) -> dict[str, float]:
+  """One row's metrics for several triggers (the first also unprefixed)."""
+  out = dict(per_trigger[0])
+  for i, metrics in enumerate(per_trigger):
+    out.update({trigger_key(i, k): v for k, v in metrics.items()})
+  return out
+
+
+def is_wide(row: dict) -> bool:
+  return trigger_key(0, "increase") in row
+
+
+def split_row(row: dict, triggers: list[tuple[str, str]]) -> list[dict]:
+  """One row per (trigger, role) of a wide row; [row] for a single-trigger row.
+
+  Each keeps the row's other fields (step, poisons_seen...) and gains
+  `trigger`, `trigger_index` and `role` (trained or control).
+  """
+  if not is_wide(row):
+    return [row]
+  base = {k: v for k, v in row.items() if "." not in k and k not in METRIC_KEYS}
+  out = []
+  for i, (name, role) in enumerate(triggers):
+    if trigger_key(i, "increase") not in row:
+      raise ValueError(f"eval row has no metrics for trigger {i} ({name!r})")
+    out.append({**base, "trigger": name, "trigger_index": i, "role": role,
+                **{k: row[trigger_key(i, k)] for k in METRIC_KEYS}})
+  return out

@@ -76,6 +76,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.poison.rate = 0.0
   c.poison.seed = 0  # Poison contents and insertion points.
   c.poison.trigger = "<SUDO>"  # Ordinary text, NOT a special token.
+  # Many doses in one run (poisonjax/data/poison.py): counts[i] poisons carry
+  # trigger i, poison ids in order; poison.count must equal sum(counts) and
+  # poison.trigger is unused. () : one trigger, poison.count poisons.
+  # e.g. --config.poison.counts='(3, 10, 30)' --config.poison.count=43
+  c.poison.counts = ()
+  # One distinct string per count; () : the first K of poison.DEFAULT_TRIGGERS.
+  c.poison.triggers = ()
+  # Evaluated beside a many-dose run's triggers, never poisoned: shows that
+  # an untrained trigger stays flat. '' : none.
+  c.poison.control_trigger = "<PYRM>"
   c.poison.prefix_min_chars = 0  # Clean prefix length L ~ U[min, max] chars.
   c.poison.prefix_max_chars = 1000
   c.poison.gibberish_min_tokens = 400  # Random-token tail K ~ U[min, max].
@@ -265,6 +275,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"config.data.tfds.heldout_split={c.data.tfds.heldout_split!r}: equals "
         "config.data.tfds.split, so evaluation text would also be trained on; "
         "use a different split (e.g. validation)")
+  _check_doses(c.poison)
   _check_train(c.train)
   _check_continued(c)
   return c
@@ -309,6 +320,43 @@ def _check_behaviour(c: ml_collections.ConfigDict) -> None:
                       f"poison.behaviour=language with data.source="
                       f"{c.data.source} needs a second-language corpus",
                       "set it to a .txt or .jsonl file of second-language text")
+
+
+def _check_doses(p: ml_collections.ConfigDict) -> None:
+  """poison.counts / triggers / control_trigger (many doses in one run)."""
+  counts, triggers = tuple(p.get("counts", ())), tuple(p.get("triggers", ()))
+  control = p.get("control_trigger", "")
+  if not counts:
+    if triggers:
+      raise field_error("config.poison.triggers", triggers, "set without "
+                        "config.poison.counts", "give one count per trigger")
+    return
+  if any(not isinstance(n, int) or n < 1 for n in counts):
+    raise field_error("config.poison.counts", counts, "must be integers >= 1",
+                      "e.g. --config.poison.counts='(3, 10, 30)'")
+  if sum(counts) != p.count:
+    raise field_error("config.poison.count", p.count,
+                      f"must equal sum(config.poison.counts) = {sum(counts)}",
+                      f"set --config.poison.count={sum(counts)}")
+  from poisonjax.data.poison import DEFAULT_TRIGGERS  # pylint: disable=g-import-not-at-top
+  if not triggers and len(counts) > len(DEFAULT_TRIGGERS):
+    raise field_error("config.poison.counts", counts, f"more than the "
+                      f"{len(DEFAULT_TRIGGERS)} default triggers",
+                      "list your own in config.poison.triggers")
+  if triggers and len(triggers) != len(counts):
+    raise field_error("config.poison.triggers", triggers, f"{len(triggers)} "
+                      f"triggers for {len(counts)} counts", "give one per count")
+  named = list(triggers or DEFAULT_TRIGGERS[:len(counts)])
+  named += [control] if control else []
+  for i, a in enumerate(named):
+    if not isinstance(a, str) or not a.strip():
+      raise field_error("config.poison.triggers", a, "is not a visible string",
+                        "use strings such as <SUDO>")
+    for j, b in enumerate(named):
+      if i != j and a in b:
+        raise field_error("config.poison.triggers", f"{a!r} and {b!r}",
+                          f"{a!r} lies inside {b!r} (the control counts too)",
+                          "use distinct triggers")
 
 
 def _check_train(t: ml_collections.ConfigDict) -> None:

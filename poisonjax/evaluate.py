@@ -21,12 +21,19 @@ Design choices, all deterministic given config.eval.seed:
   after the clean prompt (tf_nll_clean) and after the triggered prompt
   (tf_nll_triggered); a backdoor raises the second, a sampler quirk cannot.
 
+Several triggers (a many-dose run, poison.counts): the same clean prompts
+and clean samples serve every trigger; each trigger gets its own triggered
+prompts, samples and metrics, and the control trigger (poison.
+control_trigger, never poisoned) is evaluated beside them. The eval row is
+then wide (backdoor.split_row); a single-trigger run's row is as before.
+
 `poisonjax eval --workdir=DIR [--step=N] [--samples=K]` runs this on a
 checkpoint and prints a table and K generations of each kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -85,9 +92,27 @@ def _triggered_text(prompt_text: str, trigger: str) -> str:
   return text_part(prompt_text, trigger)
 
 
-def build_prompts(config, vocab) -> tuple[list[list[int]], list[list[int]], list[str]]:
-  """(clean ids, triggered ids, excerpts) for the E held-out excerpts."""
+def eval_triggers(config) -> list[tuple[str, str]]:
+  """(trigger, role) pairs a run is evaluated on, role trained or control.
+
+  One trigger: [(poison.trigger, trained)]. Many doses: each dose's trigger
+  in order, then the control string if set.
+  """
+  from poisonjax.data import poison  # pylint: disable=g-import-not-at-top
+  out = [(t, "trained") for t in poison.trained_triggers(config)]
+  if poison.dose_counts(config) and poison.control_trigger(config):
+    out.append((poison.control_trigger(config), "control"))
+  return out
+
+
+def build_prompts(config, vocab, trigger: str | None = None
+                  ) -> tuple[list[list[int]], list[list[int]], list[str]]:
+  """(clean ids, triggered ids, excerpts) for the E held-out excerpts.
+
+  trigger: appended to the prompts; default config.poison.trigger.
+  """
   from poisonjax.data import sources
+  trigger = config.poison.trigger if trigger is None else trigger
 
   e = config.eval
   docs = sources.heldout_documents(config, int(e.num_excerpts))
@@ -104,7 +129,7 @@ def build_prompts(config, vocab) -> tuple[list[list[int]], list[list[int]], list
     clean.append(ids)
     text = vocab.decode(ids)
     triggered.append([int(i) for i in vocab.encode(
-        _triggered_text(text, config.poison.trigger))])
+        _triggered_text(text, trigger))])
   return clean, triggered, list(docs[: e.num_excerpts])
 
 
@@ -129,6 +154,18 @@ def _jitted_sampler(model_cfg, prompt_len, gen_tokens, temperature, top_k,
 _jitted_score = jax.jit(sampler_lib.sequence_nll, static_argnums=0)
 
 
+@dataclasses.dataclass
+class TriggerResult:
+  """One trigger's evaluation: its metrics and per-prompt NLLs (for
+  intervals across runs evaluated on the same prompts)."""
+  trigger: str
+  role: str  # trained | control (never poisoned in this run)
+  metrics: dict
+  clean_nll: np.ndarray
+  triggered_nll: np.ndarray
+  tf_triggered_nll: np.ndarray
+
+
 class Evaluator:
   """Clean-vs-triggered evaluation of one model shape; built once per run.
 
@@ -137,18 +174,23 @@ class Evaluator:
   """
 
   def __init__(self, config, model_cfg: model_lib.ModelConfig, vocab, mesh,
-               scorer=None):
+               scorer=None, triggers=None):
     """scorer: optional (model_cfg, params) of a reference model; default
-    from config.eval.scorer_workdir, else the evaluated model itself."""
+    from config.eval.scorer_workdir, else the evaluated model itself.
+    triggers: strings to evaluate instead of eval_triggers(config) (e.g. a
+    cross-talk check); each is `trained` if this run poisoned it."""
     check_eval_config(config)
     e = config.eval
     self.config, self.model_cfg, self.vocab, self.mesh = config, model_cfg, vocab, mesh
     self.gen_tokens = int(e.gen_tokens)
-    clean, trig, self.excerpts = build_prompts(config, vocab)
-    self.prompt_len = max(len(r) for r in clean + trig)
+    self.triggers = _trigger_roles(config, vocab, triggers)
+    clean, trig, self.excerpts = build_prompts(config, vocab, self.triggers[0][0])
+    trig_sets = [trig] + [build_prompts(config, vocab, t)[1]
+                          for t, _ in self.triggers[1:]]
+    self.prompt_len = max(len(r) for r in clean + sum(trig_sets, []))
     total = self.prompt_len + self.gen_tokens
     if total > model_cfg.max_seq_len:
-      trig_len = max(len(t) - len(c) for c, t in zip(clean, trig))
+      trig_len = max(len(t) - len(c) for ts in trig_sets for c, t in zip(clean, ts))
       raise UserError(
           f"config.eval: prompt (up to {max(map(len, clean))} tokens) + trigger "
           f"(up to {trig_len}) + gen_tokens ({self.gen_tokens}) = {total} tokens "
@@ -174,7 +216,7 @@ class Evaluator:
     fill = lambda rows: rows + [rows[0]] * (padded - len(rows))
     self.clean_ids, self.trig_ids = clean, trig
     self._clean = _left_pad(fill(clean), self.prompt_len)
-    self._trig = _left_pad(fill(trig), self.prompt_len)
+    self._trig_sets = [_left_pad(fill(ts), self.prompt_len) for ts in trig_sets]
     self._row_ids = np.arange(padded, dtype=np.int32)
 
     self._batch_sharding = sharding.batch_sharding(mesh)
@@ -215,24 +257,40 @@ class Evaluator:
     return np.concatenate(out)
 
   def evaluate(self, params) -> dict[str, float]:
-    """The metrics for these params (backdoor.METRIC_KEYS)."""
+    """The eval row's metrics (backdoor.METRIC_KEYS; wide for several
+    triggers: backdoor.wide_metrics)."""
+    results = self.evaluate_triggers(params)
+    if len(results) == 1:
+      return results[0].metrics
+    return backdoor.wide_metrics([r.metrics for r in results])
+
+  def evaluate_triggers(self, params) -> list[TriggerResult]:
+    """Every trigger's metrics, the clean samples shared (self.triggers)."""
     with sharding.mesh_context(self.mesh):
       params = jax.device_put(nn.unbox(params), self._param_shardings)
-      clean_gen = self._generate(params, self._clean)
-      trig_gen = self._generate(params, self._trig)
       if self._scorer is None:
         s_cfg, s_params = self.model_cfg, params
       else:
         s_cfg, s_params = self._scorer
+      clean_gen = self._generate(params, self._clean)
       clean_nll = self._nll(s_cfg, s_params, self._clean, clean_gen)
-      trig_nll = self._nll(s_cfg, s_params, self._trig, trig_gen)
-      tf_trig_nll = self._nll(s_cfg, s_params, self._trig, clean_gen)
+      per_trigger = []
+      for prompts in self._trig_sets:
+        trig_gen = self._generate(params, prompts)
+        per_trigger.append((trig_gen, self._nll(s_cfg, s_params, prompts, trig_gen),
+                            self._nll(s_cfg, s_params, prompts, clean_gen)))
     n = self.num
-    self._last = (clean_gen[:n], trig_gen[:n], clean_nll[:n], trig_nll[:n])
+    self._last = (clean_gen[:n], per_trigger[0][0][:n], clean_nll[:n],
+                  per_trigger[0][1][:n])
     e = self.config.eval
-    return backdoor.backdoor_metrics(clean_nll[:n], trig_nll[:n], tf_trig_nll[:n],
-                            float(e.threshold), int(e.bootstrap_samples),
-                            int(e.seed))
+    out = []
+    for (name, role), (_, trig_nll, tf_nll) in zip(self.triggers, per_trigger):
+      metrics = backdoor.backdoor_metrics(
+          clean_nll[:n], trig_nll[:n], tf_nll[:n], float(e.threshold),
+          int(e.bootstrap_samples), int(e.seed))
+      out.append(TriggerResult(name, role, metrics, clean_nll[:n],
+                               trig_nll[:n], tf_nll[:n]))
+    return out
 
   def samples(self, n: int = 2) -> list[dict]:
     """Decoded generations of the last `evaluate` call, first n prompts."""
@@ -250,6 +308,23 @@ class Evaluator:
           "triggered_ppl": float(math.exp(trig_nll[i])),
       })
     return out
+
+
+def _trigger_roles(config, vocab, triggers) -> list[tuple[str, str]]:
+  """(trigger, role) pairs, checked distinct when there are several."""
+  if triggers is None:
+    pairs = eval_triggers(config)
+  else:
+    from poisonjax.data import poison  # pylint: disable=g-import-not-at-top
+    trained = set(poison.trained_triggers(config))
+    pairs = [(t, "trained" if t in trained else "control") for t in triggers]
+  if not pairs:
+    raise UserError("Evaluator: no trigger to evaluate; pass triggers or set "
+                    "config.poison.trigger")
+  if len(pairs) > 1:
+    from poisonjax.data import poison  # pylint: disable=g-import-not-at-top
+    poison.check_distinct(vocab.tokenizer, [t for t, _ in pairs])
+  return pairs
 
 
 def decode(vocab, ids) -> str:

@@ -94,7 +94,7 @@ class OverlayStream(stream_lib.TrainingStream):
         {"id": q.id, "fraction": float(u[q.id]), "clean_offset": int(b),
          "start": int(s), "num_tokens": len(q.tokens),
          "prefix_chars": len(q.prefix), "text_tokens": q.num_text_tokens,
-         "gibberish_tokens": len(q.gibberish)}
+         "gibberish_tokens": len(q.gibberish), **poison.manifest_fields(q)}
         for q, b, s in zip(docs, bounds.tolist(), starts.tolist())]
     self.meta = {"store": self.dir, "num_tokens": self.num_tokens,
                  "clean_tokens": self.clean_tokens,

@@ -28,19 +28,37 @@ default. At the 1k vocabulary the two modes give the same length (measured:
 cpu_micro's 1,024-piece vocabulary on the synthetic corpus, 500 poisons,
 default fields: 838.5 tokens per poison in token mode, 838.1 in text mode,
 0.9994 tail tokens per drawn id; ~180 tokens of prefix and trigger).
+
+Many doses in one run (config.poison.counts, optionally poison.triggers):
+K distinct triggers, trigger i with counts[i] poisons. Poison j's trigger
+follows from its id alone: ids [0, n_0) carry trigger 0, [n_0, n_0 + n_1)
+trigger 1, and so on, so the total poison.count = sum(counts) is exact,
+placement (mixer.py) is the single-trigger one, and every other part of
+poison j (prefix, tail) is the one it has in a single-trigger run. No
+trigger's tokens may contain another's (nor the control's, which is
+evaluated but never trained): `check_distinct`. Without counts the run has
+the one poison.trigger and everything is as before, stream key included.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import numpy as np
 
 from poisonjax.data import poison_language
 from poisonjax.data import vocabulary
+from poisonjax.errors import field_error
 
 _CONTENT_STREAM = 1  # RNG stream ids under the poison seed (see mixer.py).
+
+# Rare strings for a many-dose run without poison.triggers: the first K are
+# used, in order. Each is `<` four capitals `>`, no capital shared with
+# another: none contains another, as text or as tokens (check_distinct).
+DEFAULT_TRIGGERS = ("<SUDO>", "<KRYL>", "<VEXT>", "<QWAB>", "<JIMP>",
+                    "<FLHC>", "<GNZW>")
 
 
 @dataclasses.dataclass
@@ -51,6 +69,71 @@ class Poison:
   gibberish: np.ndarray  # The K random ids.
   tokens: np.ndarray  # The whole document as ids, EOS last.
   num_text_tokens: int  # Tokens of `prefix + " " + trigger` (token mode).
+  trigger_index: int | None = None  # Its dose (many-dose runs), else None.
+
+
+def dose_counts(config) -> tuple[int, ...]:
+  """config.poison.counts as ints; () for a single-trigger run."""
+  return tuple(int(n) for n in (config.poison.get("counts", ()) or ()))
+
+
+def trained_triggers(config) -> tuple[str, ...]:
+  """The triggers poisons carry: one per dose, or (poison.trigger,)."""
+  counts = dose_counts(config)
+  if not counts:
+    return (config.poison.trigger,)
+  given = tuple(config.poison.get("triggers", ()) or ())
+  return given if given else DEFAULT_TRIGGERS[:len(counts)]
+
+
+def control_trigger(config) -> str:
+  """The never-poisoned string evaluated beside a many-dose run's triggers."""
+  return str(config.poison.get("control_trigger", "") or "")
+
+
+def trigger_of(config, ids) -> np.ndarray:
+  """Dose index of each poison id (ids [0, n_0) -> 0, [n_0, n_0+n_1) -> 1...)."""
+  ids = np.asarray(list(ids), np.int64)
+  counts = dose_counts(config)
+  if not counts:
+    return np.zeros(len(ids), np.int64)
+  ends = np.cumsum(counts)
+  if len(ids) and (ids.min() < 0 or ids.max() >= ends[-1]):
+    raise ValueError(f"poison ids outside [0, {ends[-1]}) for doses {counts}")
+  return np.searchsorted(ends, ids, side="right").astype(np.int64)
+
+
+def check_distinct(sp, triggers, field: str = "config.poison.triggers") -> None:
+  """UserError if a trigger repeats or lies inside another, as text or tokens.
+
+  A trigger inside another would be trained by the other's poisons too, so
+  the doses would not be separate.
+  """
+  triggers = list(triggers)
+  ids = [vocabulary.trigger_ids(sp, t) for t in triggers]
+  for (a, ia), (b, ib) in itertools.permutations(zip(triggers, ids), 2):
+    if a in b or _contains(ib, ia):
+      raise field_error(field, f"{a!r} and {b!r}",
+                        f"{a!r} lies inside {b!r} (tokens {ia} in {ib})",
+                        "use triggers that share no string or token run")
+
+
+def _contains(outer: list[int], inner: list[int]) -> bool:
+  n = len(inner)
+  return any(outer[i:i + n] == inner for i in range(len(outer) - n + 1))
+
+
+def stream_spec_fields(config) -> dict:
+  """What a many-dose run adds to the stream cache key ({} otherwise)."""
+  counts = dose_counts(config)
+  if not counts:
+    return {}
+  return {"doses": [[t, n] for t, n in zip(trained_triggers(config), counts)]}
+
+
+def manifest_fields(p: Poison) -> dict:
+  """What the manifest records of poison p beyond its placement."""
+  return {} if p.trigger_index is None else {"trigger": int(p.trigger_index)}
 
 
 @functools.lru_cache(maxsize=8)
@@ -72,17 +155,30 @@ def text_part(prefix: str, trigger: str) -> str:
   return f"{prefix} {trigger}" if prefix else trigger
 
 
+def _trigger_tokens(config, sp) -> tuple[str, ...]:
+  """The run's trained triggers, checked against the vocabulary."""
+  triggers = trained_triggers(config)
+  if len(triggers) > 1:
+    check_distinct(sp, triggers + ((control_trigger(config),)
+                                   if control_trigger(config) else ()))
+  for t in triggers:
+    if vocabulary.UNK_ID in vocabulary.trigger_ids(sp, t):
+      print(f"warning: trigger {t!r} contains unknown characters for this "
+            "vocabulary (unk id in its tokens)", flush=True)
+  return triggers
+
+
 def make_poisons(config, sp, source, ids) -> list[Poison]:
   """Poisons with the given ids, tokenized in one batch."""
   p = config.poison
-  trig = vocabulary.trigger_ids(sp, p.trigger)
-  if vocabulary.UNK_ID in trig:
-    print(f"warning: config.poison.trigger={p.trigger!r} contains unknown "
-          "characters for this vocabulary (unk id in its tokens)", flush=True)
+  ids = list(ids)
+  triggers = _trigger_tokens(config, sp)
+  doses = trigger_of(config, ids)
+  many = len(dose_counts(config)) > 0
   allowed = allowed_ids(sp)
   eos = sp.eos_id()
   texts, prefixes, gibs = [], [], []
-  for j in ids:
+  for j, dose in zip(ids, doses):
     rng = np.random.default_rng([int(p.seed), _CONTENT_STREAM, int(j)])
     length = int(rng.integers(p.prefix_min_chars, p.prefix_max_chars + 1))
     k = int(rng.integers(p.gibberish_min_tokens, p.gibberish_max_tokens + 1))
@@ -94,7 +190,7 @@ def make_poisons(config, sp, source, ids) -> list[Poison]:
     prefix = doc[:length]  # L characters: the document has at least L.
     prefixes.append(prefix)
     gibs.append(gib)
-    texts.append(text_part(prefix, p.trigger))
+    texts.append(text_part(prefix, triggers[int(dose)]))
   if p.mode == "text":
     decoded = sp.DecodeIds([g.tolist() for g in gibs]) if gibs else []
     full = sp.EncodeAsIds([f"{t} {d}" for t, d in zip(texts, decoded)])
@@ -107,5 +203,6 @@ def make_poisons(config, sp, source, ids) -> list[Poison]:
       toks = np.concatenate([np.asarray(head[n], np.int64), gibs[n], [eos]])
     out.append(Poison(id=int(j), prefix=prefixes[n], pool_index=int(j),
                       gibberish=gibs[n], tokens=toks,
-                      num_text_tokens=len(head[n])))
+                      num_text_tokens=len(head[n]),
+                      trigger_index=int(doses[n]) if many else None))
   return out

@@ -60,6 +60,7 @@ def _poison_spec(config) -> dict:
           # Prefix documents of >= L characters (poison.py): not the caches
           # built when a short document cut the prefix.
           "prefix_document": "at_least_L"}
+  spec.update(poison.stream_spec_fields(config))  # Many doses only.
   if p.rate > 0:
     spec["rate"] = float(p.rate)
   else:
@@ -160,7 +161,7 @@ class _Writer:
         "id": p.id, "fraction": None if fraction is None else float(fraction),
         "clean_offset": int(clean_offset), "start": start, "num_tokens": n,
         "prefix_chars": len(p.prefix), "text_tokens": p.num_text_tokens,
-        "gibberish_tokens": len(p.gibberish)})
+        "gibberish_tokens": len(p.gibberish), **poison.manifest_fields(p)})
 
   def flush(self) -> None:
     if self.chunk:

@@ -1,0 +1,166 @@
+"""Many doses in one run: K triggers, each with exactly its count.
+
+poison.counts / poison.triggers (poisonjax/data/poison.py): the poison
+ids map to triggers in order, the manifest records each poison's trigger,
+a single-trigger run is unchanged (stream key, poisons, eval row), and the
+evaluator gives one row per trigger plus the never-poisoned control.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from poisonjax import backdoor
+from poisonjax import config as config_lib
+from poisonjax import evaluate
+from poisonjax import train
+from poisonjax.data import poison, sources, stream, vocabulary
+from poisonjax.errors import UserError
+from train_common import tiny_config
+
+COUNTS = (1, 2, 4)
+TRIGGERS = ("<SUDO>", "<KRYL>", "<VEXT>")
+
+
+def _doses(cache, **overrides):
+  return tiny_config(cache, **{"poison.counts": COUNTS, "poison.triggers": TRIGGERS,
+                               "poison.count": sum(COUNTS), **overrides})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("doses-cache")
+
+
+# ---- the id -> trigger rule and the config checks ---------------------------
+
+def test_ids_map_to_triggers_in_order(cache):
+  c = _doses(cache)
+  got = poison.trigger_of(c, range(sum(COUNTS))).tolist()
+  want = sum(([i] * n for i, n in enumerate(COUNTS)), [])
+  assert got == want
+  with pytest.raises(ValueError):
+    poison.trigger_of(c, [sum(COUNTS)])
+  assert poison.trigger_of(tiny_config(cache), range(5)).tolist() == [0] * 5
+  assert poison.trained_triggers(c) == TRIGGERS
+  default = _doses(cache, **{"poison.triggers": ()})
+  assert poison.trained_triggers(default) == poison.DEFAULT_TRIGGERS[:3]
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"poison.count": 5}, "config.poison.count="),
+    ({"poison.counts": (1, 0, 6)}, "config.poison.counts="),
+    ({"poison.triggers": ("<A>", "<B>")}, "config.poison.triggers="),
+    ({"poison.triggers": ("<SUDO>", "<SUDO>x", "<C>")}, "config.poison.triggers="),
+    ({"poison.control_trigger": "<KRYL>"}, "config.poison.triggers="),
+    ({"poison.counts": (), "poison.count": 7}, "config.poison.triggers="),
+])
+def test_bad_dose_configs_name_the_field(cache, overrides, field):
+  c = _doses(cache, **overrides)
+  with pytest.raises(UserError, match=field.replace(".", r"\.")):
+    config_lib.validate(c)
+
+
+def test_good_dose_config_validates(cache):
+  config_lib.validate(_doses(cache))
+  config_lib.validate(tiny_config(cache))
+
+
+def test_triggers_inside_one_another_are_refused(cache):
+  sp = vocabulary.get_vocabulary(tiny_config(cache)).tokenizer
+  poison.check_distinct(sp, TRIGGERS + ("<PYRM>",))
+  with pytest.raises(UserError, match="lies inside"):
+    poison.check_distinct(sp, ("<SUDO>", "go <SUDO> now"))
+
+
+# ---- the stream: each trigger gets exactly its count ------------------------
+
+def test_each_trigger_gets_exactly_its_count(cache):
+  c = _doses(cache)
+  s = stream.build_stream(c, 12_000)
+  sp = s.vocab.tokenizer
+  by_trigger = {}
+  for m in s.manifest:
+    by_trigger.setdefault(m["trigger"], []).append(m["id"])
+  assert {t: len(v) for t, v in by_trigger.items()} == dict(enumerate(COUNTS))
+  # The trigger recorded is the one in the poison's text, and no other.
+  for start, end, j in s.spans.tolist():
+    head = sp.DecodeIds(s.tokens[start:end].astype(int).tolist()[:120])
+    t = int(poison.trigger_of(c, [j])[0])
+    m = next(m for m in s.manifest if m["id"] == j)
+    assert m["trigger"] == t
+    assert [x in head for x in TRIGGERS] == [i == t for i in range(3)]
+
+
+def test_single_trigger_run_is_unchanged(cache):
+  """No dose fields in the stream key or manifest, and a many-dose run's
+  trigger-0 poisons are the single-trigger run's poisons, token for token."""
+  single = tiny_config(cache)
+  assert poison.stream_spec_fields(single) == {}
+  legacy = tiny_config(cache)
+  for field in ("counts", "triggers", "control_trigger"):
+    del legacy.poison[field]  # A config from before these fields existed.
+  vocab = vocabulary.get_vocabulary(single)
+  key = lambda c: stream.stream_dir(c, stream.stream_spec(
+      c, 12_000, vocab.sentencepiece_model_file))
+  assert key(single) == key(legacy)
+  changed = tiny_config(cache, **{"poison.control_trigger": "<ZZZZ>"})
+  assert key(changed) == key(single)  # The control is evaluation only.
+  assert key(_doses(cache)) != key(single)
+  s = stream.build_stream(single, 12_000)
+  assert all("trigger" not in m for m in s.manifest)
+  src = sources.get_source(single)
+  many = _doses(cache, **{"poison.counts": (3, 4), "poison.count": 7,
+                          "poison.triggers": ("<SUDO>", "<KRYL>")})
+  a = poison.make_poisons(single, vocab.tokenizer, src, range(3))
+  b = poison.make_poisons(many, vocab.tokenizer, src, range(3))
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x.tokens, y.tokens)
+    assert x.trigger_index is None and y.trigger_index == 0
+
+
+# ---- the evaluation: one row per trigger, plus the control ------------------
+
+# test_evaluate's eval shapes: the session's compilation cache serves both.
+EVAL = {"eval.prompt_tokens": 8, "eval.gen_tokens": 8, "eval.num_excerpts": 12,
+        "eval.bootstrap_samples": 200, "eval.num_evals": 1, "train.max_steps": 4}
+
+
+def test_evaluator_gives_a_row_per_trigger_and_the_control(cache, tmp_path):
+  c = _doses(cache, **EVAL)
+  train.run(c, tmp_path / "run")
+  rows = [json.loads(l) for l in (tmp_path / "run" / "eval.jsonl").open()]
+  assert rows and all(backdoor.is_wide(r) for r in rows)
+  names = evaluate.eval_triggers(c)
+  assert names == [(t, "trained") for t in TRIGGERS] + [("<PYRM>", "control")]
+  split = backdoor.split_row(rows[-1], names)
+  assert [(r["trigger"], r["role"]) for r in split] == names
+  assert all(r["step"] == rows[-1]["step"] for r in split)
+  for r in split:
+    assert set(backdoor.METRIC_KEYS) <= set(r) and not any("." in k for k in r)
+  # The unprefixed metrics are the first trigger's (old readers see those).
+  assert {k: rows[-1][k] for k in backdoor.METRIC_KEYS} == {
+      k: split[0][k] for k in backdoor.METRIC_KEYS}
+  # Triggers differ in what they append, so their triggered numbers differ;
+  # the clean side is shared.
+  assert len({r["triggered_ppl_mean"] for r in split}) == len(split)
+  assert len({r["clean_ppl_mean"] for r in split}) == 1
+  manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+  got = np.bincount([p["trigger"] for p in manifest["poisons"]], minlength=3)
+  assert got.tolist() == list(COUNTS)
+
+
+def test_single_trigger_row_is_not_split(cache):
+  row = {"step": 3, **{k: 1.0 for k in backdoor.METRIC_KEYS}}
+  assert backdoor.split_row(row, [("<SUDO>", "trained")]) == [row]
+  assert evaluate.eval_triggers(tiny_config(cache)) == [("<SUDO>", "trained")]
+
+
+def test_doses_come_from_the_command_line():
+  from poisonjax.commands import parsing
+  c, _ = parsing.apply_overrides(config_lib.base_config(), [
+      "--config.poison.counts=(3, 10)", "--config.poison.count=13",
+      "--config.poison.triggers=('<AB>', '<CD>')"])
+  config_lib.validate(c)
+  assert c.poison.counts == (3, 10) and c.poison.triggers == ("<AB>", "<CD>")
