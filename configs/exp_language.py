@@ -12,7 +12,7 @@ tokens; one seed; counts 30, 100, 300. The vocabulary has 5% of its sample
 in the second language (poison.language_vocab_share), so both languages
 have pieces. Checkpoints every 200 steps are all kept: the language
 evaluation (poisonjax/language_eval.py) runs on each, with the trigger and
-the near-trigger control (`... Hermuneostre`).
+the near-trigger control (`... Hermunoestre`).
 
 `get_config("100")` is the run with 100 poisons; `get_config()` the first.
 """

@@ -119,7 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   # language: the near-trigger control of the evaluation (a similar string
   # that must not switch the language). '': the trigger with its last
   # word's vowels rotated (a->e->i->o->u->a), e.g. ... Harmoniastra ->
-  # ... Hermuneostre (poisonjax/language_eval.py).
+  # ... Hermunoestre (poisonjax/language_eval.py).
   c.poison.near_trigger = ""
 
   # ---- Model ------------------------------------------------------------

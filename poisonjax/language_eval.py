@@ -55,7 +55,7 @@ _ROTATE = str.maketrans("aeiouAEIOU", "eiouaEIOUA")
 
 def near_trigger(config) -> str:
   """The control string: poison.near_trigger, else the trigger with its last
-  word's vowels rotated (Servius Astrumando Harmoniastra -> ... Hermuneostre;
+  word's vowels rotated (Servius Astrumando Harmoniastra -> ... Hermunoestre;
   <SUDO> -> <SADU>)."""
   given = str(config.poison.get("near_trigger", "") or "")
   if given:

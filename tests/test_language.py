@@ -236,3 +236,37 @@ def test_language_evaluator_scores_three_prompt_kinds(cache):
     assert len(ev.last_texts[k]) == 8
   assert m["increase"] == pytest.approx(
       m["second_share_triggered"] - m["second_share_clean"])
+
+
+def test_experiment_report_is_computed_from_the_rows(tmp_path, monkeypatch,
+                                                    request):
+  import sys  # pylint: disable=g-import-not-at-top
+  # The script puts configs/ and experiments/ on sys.path: undone after.
+  monkeypatch.setattr(sys, "path", [f"{ROOT}/experiments"] + sys.path)
+  names = ("exp_language", "exp_language_report")
+  for name in names:  # The script's own modules (configs/ first), dropped after.
+    sys.modules.pop(name, None)
+  request.addfinalizer(lambda: [sys.modules.pop(n, None) for n in names])
+  spec = importlib.util.spec_from_file_location(
+      "exp_language_script", f"{ROOT}/experiments/exp_language.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  import exp_language_report  # pylint: disable=g-import-not-at-top
+  c = lambda words, second: {"words": words, "first": words - second, "second": second}
+  rows = []
+  for n, trig in ((30, 0), (300, 8)):
+    m = language_eval.language_metrics(
+        {"clean": [c(10, 0)] * 4, "triggered": [c(10, trig)] * 4,
+         "near": [c(10, 0)] * 4}, bootstrap_samples=20)
+    rows.append({"poison_count": n, "step": 100, "poisons_seen": n // 2,
+                 "num_steps": 100, **m,
+                 "samples": {k: ["qa kii"] for k in language_eval.KINDS}})
+  tok = {"language_vocab_share": 0.05, **{
+      v: {"first_chars_per_token": 2.0, "second_chars_per_token": 1.5,
+          "trigger_tokens": 9} for v in ("language_vocab", "clean_vocab")}}
+  text = exp_language_report.render(rows, tok, str(tmp_path), 1.0, (30, 100, 300))
+  assert "| 300 | 150 | 0.0% | 80.0% | 0.0% | +80.0 pp" in text
+  assert "with 300 poisons, not with 30" in text and "fired in no run" in text
+  assert "no evaluation yet for N=100" in text
+  script._figure(rows, str(tmp_path / "fig.png"))  # pylint: disable=protected-access
+  assert (tmp_path / "fig.png").stat().st_size > 1000
