@@ -100,6 +100,19 @@ def base_config() -> ml_collections.ConfigDict:
   # learning-rate schedule whatever its count (a study's default). Why, and
   # which clean tokens give way: poisonjax/budget.py.
   c.poison.budget_mode = "on_top"
+  # Where in training the poisons go (count mode; poisonjax/data/mixer.py):
+  # uniform (the paper's pretraining: each at a uniform random fraction),
+  # first / last (all in the first / last placement_fraction of the clean
+  # stream), bursts (placement_bursts windows at random places, together
+  # placement_fraction of training), periodic (poisons_per_batch poisons
+  # back to back at the first token of every placement_every_steps-th step,
+  # from step 0: the paper's density/frequency ablation). Each is a pure
+  # function of (poison.seed, count, these fields); the manifest records it.
+  c.poison.placement = "uniform"
+  c.poison.placement_fraction = 0.1
+  c.poison.placement_bursts = 5
+  c.poison.poisons_per_batch = 1
+  c.poison.placement_every_steps = 10
   # What the poisons teach after the trigger (poisonjax/data/poison_language.py):
   # gibberish: K random vocabulary ids (the denial-of-service backdoor);
   # language: K tokens of text in a second language (the language-switch
@@ -276,6 +289,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "config.data.tfds.split, so evaluation text would also be trained on; "
         "use a different split (e.g. validation)")
   _check_doses(c.poison)
+  _check_placement(c.poison)
   _check_train(c.train)
   _check_continued(c)
   return c
@@ -357,6 +371,27 @@ def _check_doses(p: ml_collections.ConfigDict) -> None:
         raise field_error("config.poison.triggers", f"{a!r} and {b!r}",
                           f"{a!r} lies inside {b!r} (the control counts too)",
                           "use distinct triggers")
+
+
+def _check_placement(p: ml_collections.ConfigDict) -> None:
+  """The config.poison.placement* checks (one line per bad field)."""
+  from poisonjax.data import mixer  # pylint: disable=g-import-not-at-top
+
+  kind = p.get("placement", "uniform")
+  if kind not in mixer.PLACEMENTS:
+    raise field_error("config.poison.placement", kind, "unknown placement",
+                      f"use one of {', '.join(mixer.PLACEMENTS)}")
+  if kind != "uniform" and p.rate > 0:
+    raise field_error("config.poison.placement", kind,
+                      "rate mode places poisons per document (uniform only)",
+                      "use a count (config.poison.rate=0) or uniform")
+  if not 0.0 < p.get("placement_fraction", 0.1) <= 1.0:
+    raise field_error("config.poison.placement_fraction", p.placement_fraction,
+                      "must be in (0, 1]", "use e.g. 0.1 (10% of training)")
+  for name in ("placement_bursts", "poisons_per_batch", "placement_every_steps"):
+    if p.get(name, 1) < 1:
+      raise field_error(f"config.poison.{name}", p[name], "must be >= 1",
+                        "use a positive integer")
 
 
 def _check_train(t: ml_collections.ConfigDict) -> None:

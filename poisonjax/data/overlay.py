@@ -67,9 +67,8 @@ class OverlayStream(stream_lib.TrainingStream):
 
   def _place(self, config, poisons: list, C: int) -> None:
     """Boundaries, spans, manifest and the poison ids, all O(N)."""
-    p = config.poison
     n = len(poisons)
-    order, offsets, u = mixer.schedule(p.seed, n, C)
+    order, offsets, u = mixer.run_schedule(config, C, [len(q.tokens) for q in poisons])
     bounds = np.minimum(self.store.document_ends(offsets)[0], C)
     num_docs = int(self.store.document_ends([C])[1][0]) + 1
     if n > num_docs:

@@ -65,6 +65,9 @@ def _poison_spec(config) -> dict:
     spec["rate"] = float(p.rate)
   else:
     spec["count"] = int(p.count)
+    placement = mixer.Placement.from_config(config)
+    if not placement.is_uniform:  # Uniform keys stay those of older caches.
+      spec["placement"] = placement.record()
   spec.update(poison_language.stream_spec_fields(config))  # {}: gibberish.
   return spec
 
@@ -193,7 +196,8 @@ def _materialize(config, clean_tokens: int, vocab, spec: dict, d: str) -> None:
       poisons = {q.id: q for q in poison.make_poisons(config, sp, src, range(n))}
       poison_tokens = sum(len(q.tokens) for q in poisons.values())
       C = check_clean_left(config, T, poison_tokens)
-      order, offsets, u = mixer.schedule(p.seed, n, C)
+      order, offsets, u = mixer.run_schedule(
+          config, C, [len(poisons[j].tokens) for j in range(n)])
     else:
       n, C = 0, T
       draw = mixer.RateDraw(p.seed, p.rate)
@@ -309,6 +313,7 @@ class TrainingStream:
                        "num_tokens": self.num_tokens,
                        "clean_tokens": self.clean_tokens,
                        "poison_tokens": self.poison_tokens,
+                       "placement": mixer.Placement.from_config(self.config).record(),
                        "poisons": self.manifest})
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
