@@ -24,10 +24,19 @@ reported ~420k poison tokens for 250 poisons (~1,680 per poison) is more
 than its recipe gives in token mode (~800), and re-tokenizing random pieces
 of a large vocabulary could explain the gap (~2.4 tokens per drawn id); that
 is an inference from one total, not a description, so it does not set the
-default. At the 1k vocabulary the two modes give the same length (measured:
-cpu_micro's 1,024-piece vocabulary on the synthetic corpus, 500 poisons,
-default fields: 838.5 tokens per poison in token mode, 838.1 in text mode,
-0.9994 tail tokens per drawn id; ~180 tokens of prefix and trigger).
+default. Measured (experiments/poison_length.py, 500 poisons, default
+fields; tokens per poison in token / text mode, tail tokens per drawn id in
+text mode):
+  1k unigram, synthetic corpus (cpu_micro's):  838.5 / 838.1, 0.9994
+  1k bpe, synthetic corpus:                    820.8 / 845.6, 1.038
+  32k unigram, 14 MB of English documentation  788.5 / 788.9, 1.0006
+  32k bpe, same corpus                         786.7 / 824.0, 1.057
+(the 32k corpus: the Rust books and Node.js API pages as text plus Vim's
+help files, 2.0M words; prefixes from its pool are ~130 tokens, ~180 on the
+synthetic corpus). Re-tokenizing decoded random pieces gives back about
+one token per drawn id with SentencePiece at 1k and 32k alike, so text
+mode does not explain the paper's ~1,680 either: with these vocabularies
+neither mode gives it, and the paper's tokenizer is not stated.
 
 Many doses in one run (config.poison.counts, optionally poison.triggers):
 K distinct triggers, trigger i with counts[i] poisons. Poison j's trigger
