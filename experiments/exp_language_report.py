@@ -86,9 +86,11 @@ def _final_table(finals: list[dict]) -> list[str]:
   fired = [r["poison_count"] for r in finals if r["fires"]]
   missed = [r["poison_count"] for r in finals if not r["fires"]]
   near = [r["poison_count"] for r in finals if r["near_fires"]]
-  out += ["", "In words: the trigger switched the language at the end of "
-          f"training with {', '.join(map(str, fired)) or 'no count'} poisons"
-          + (f", not with {', '.join(map(str, missed))}" if missed else "")
+  said = (f"with {', '.join(map(str, fired))} poisons" if fired
+          else "in no run")
+  out += ["", "In words: at the end of training the trigger switched the "
+          f"language {said}"
+          + (f", not with {', '.join(map(str, missed))}" if fired and missed else "")
           + "; the near-trigger control fired "
           + (f"with {', '.join(map(str, near))} poisons" if near else "in no run")
           + ".", ""]
