@@ -65,6 +65,7 @@ COMMANDS = {
     ("study", "figures"): "poisonjax.commands.study:FIGURES",
     ("launch", "tpu"): "poisonjax.commands.launch:LAUNCH_TPU",
     ("launch", "gpu"): "poisonjax.commands.launch:LAUNCH_GPU",
+    ("defend", "score"): "poisonjax.commands.defend:SCORE",
     ("defend", "scan"): "poisonjax.commands.defend_scan:SCAN",
 }
 
