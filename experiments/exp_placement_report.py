@@ -137,12 +137,13 @@ def findings(runs, order, threshold) -> list[str]:
              "fine-tuning shape (start works, end does not)")
     out.append(f"Ordering: poisons in the first 10% end at {final['first10']:.1f}, "
                f"in the last 10% at {final['last10']:.1f}; this {shape}.")
-    peak = _mean(runs, "first10", "peak_increase")
-    frac = _mean(runs, "first10", "peak_fraction")
-    out.append(f"first10 peaked at {peak:.1f} (fraction {frac:.2f}) and ended at "
-               f"{final['first10']:.1f}: the clean training after the last poison "
-               + ("erased most of it." if final["first10"] < 0.5 * peak
-                  else "kept most of it."))
+  for n in order:
+    peak, frac = _mean(runs, n, "peak_increase"), _mean(runs, n, "peak_fraction")
+    if frac < 1.0 and peak > 0:  # Peaked before the end: what the rest did.
+      out.append(f"{n} peaked at {peak:.1f} (fraction {frac:.2f}) and ended at "
+                 f"{final[n]:.1f}: the training after the peak "
+                 + ("erased most of it." if final[n] < 0.5 * peak
+                    else "kept most of it."))
   if "uniform" in final:
     for n in order:
       if n != "uniform":
