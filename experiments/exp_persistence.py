@@ -202,7 +202,8 @@ def _decay_figure(curves: dict, threshold: float, path: str) -> None:
     top.set_title(f"{size}: continued clean training")
     top.set_ylabel("perplexity increase (triggered - clean)")
     bottom.set_ylabel(f"share of prompts > {threshold:g}")
-    bottom.set_xlabel("clean tokens trained after the last poison (M)")
+    bottom.set_xlabel("clean tokens trained after the last poison (M, log)")
+    bottom.set_xscale("log")  # Starts at the source's tail, > 0.
     top.legend(fontsize=8)
   fig.tight_layout()
   plots.save_png(fig, path, dpi=120)
@@ -246,7 +247,7 @@ def _at_examples(pts: list[dict], k: int):
 # Numbers and report.md (generated from the rows; never edited by hand).
 # ---------------------------------------------------------------------------
 
-FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def _bracket(pts: list[dict], below) -> str:
@@ -369,6 +370,10 @@ def _report(e, root, summaries, ks, rows, walls: dict, script_s: float) -> str:
       f"success share = prompts with increase > {threshold:g}.",
       "",
       "## Decay",
+      "",
+      f"Runs finished: {len(walls)} of {len(plan(e, root))} "
+      "(sources and continued runs; a continued run still training is "
+      "marked 'running').",
       "",
       "Increase by point: the source's own final evaluation, the continued "
       "run's step 0 (the same params), after k clean examples, at a fraction "
