@@ -71,6 +71,16 @@ def _setup(config, args, seconds: float) -> str:
           f"Scoring took {seconds / 60:.1f} min on 2 shared CPU cores.\n\n")
 
 
+def _summary(rows: list[dict]) -> str:
+  """One sentence from the table: which filters catch every poison at 1% FPR."""
+  full = [r["filter"] for r in rows if r["recall_at_1pct_fpr"] == 1.0]
+  part = [f"{r['filter']} {r['recall_at_1pct_fpr']:.2f}" for r in rows
+          if r["recall_at_1pct_fpr"] < 1.0]
+  return (f"At most 1% of clean documents flagged, {len(full)} of {len(rows)} "
+          f"filters flag every poison ({', '.join(full) or 'none'}); recall "
+          f"of the others: {', '.join(part) or 'none'}.\n\n")
+
+
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--reference", default=os.path.join(REPO, "runs", "defences",
@@ -90,8 +100,10 @@ def main() -> int:
       config, names, args.out, reference=args.reference,
       max_clean_docs=args.max_clean_docs, fprs=(0.01, 0.05),
       log=lambda line: print(line, flush=True))
-  files.write_text_atomic(os.path.join(args.out, "filters.md"),
-                          _setup(config, args, time.time() - t0) + result.markdown)
+  files.write_text_atomic(
+      os.path.join(args.out, "filters.md"),
+      _setup(config, args, time.time() - t0) + _summary(result.rows)
+      + result.markdown)
   print(result.markdown)
   return 0
 

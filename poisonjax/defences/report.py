@@ -13,6 +13,8 @@ import csv
 import io
 import math
 
+import numpy as np
+
 from poisonjax import files, plots
 from poisonjax.defences import metrics
 
@@ -79,17 +81,22 @@ def markdown(rows: list[dict], fprs=(0.01,)) -> str:
 
 
 def plot_curves(table, path: str, title: str = "") -> None:
-  """ROC (log FPR axis) and precision-recall, one line per filter."""
+  """ROC (log FPR axis; FPR 0 at its left edge) and precision-recall, one
+  line per filter."""
   plt = plots._plt()  # pylint: disable=protected-access
   fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
   y = table.labels
-  for name, s in table.scores.items():
+  floor = 1.0 / max(int((~y).sum()), 1)  # One clean document.
+  styles = ("-", "--", ":", "-.")
+  for k, (name, s) in enumerate(table.scores.items()):
     fpr, tpr, _ = metrics.roc_curve(s, y)
     auc = metrics.roc_auc(s, y)
-    roc.step(fpr, tpr, where="post", label=f"{name} (AUC {auc:.3f})")
+    style = dict(ls=styles[k % len(styles)], lw=1.4, alpha=0.85)
+    # FPR 0 drawn at the axis' left edge (half a clean document).
+    roc.step(np.maximum(fpr, floor / 2), tpr, where="post",
+             label=f"{name} (AUC {auc:.4f})", **style)
     precision, recall, _ = metrics.pr_curve(s, y)
-    pr.step(recall, precision, where="post", label=name)
-  floor = 1.0 / max(int((~y).sum()), 1)
+    pr.step(recall, precision, where="post", label=name, **style)
   roc.set_xscale("log")
   roc.set_xlim(floor / 2, 1.0)
   roc.axvline(0.01, color="grey", lw=0.8, ls="--")
