@@ -131,6 +131,21 @@ def test_documents_tile_the_stream_and_match_the_manifest(corpus, config):
   assert {d.poison_id for d in trigger_docs} == set(corpus.poison_ids[poison])
 
 
+def test_a_store_overlay_gives_the_same_documents(corpus, cache):
+  from poisonjax import budget
+  from poisonjax.data import store_build
+  c = tiny_config(cache, **STREAM, **{"data.store": "auto"})
+  vocab = vocabulary.get_vocabulary(c)
+  store_build.build(c, vocab, int(budget.clean_token_budget(c, vocab.vocab_size)),
+                    workers=1)
+  other = documents.Corpus(pipeline.stream_of(c))
+  assert type(other.stream).__name__ == "OverlayStream"
+  assert (other.starts == corpus.starts).all() and (other.ends == corpus.ends).all()
+  assert (other.poison_ids == corpus.poison_ids).all()
+  for i in np.flatnonzero(corpus.labels)[:3]:
+    assert (other.document(i).tokens == corpus.document(i).tokens).all()
+
+
 def test_a_clean_cap_keeps_every_poison_and_is_deterministic(corpus):
   a = documents.Corpus(corpus.stream, max_clean_docs=7, seed=3)
   b = documents.Corpus(corpus.stream, max_clean_docs=7, seed=3)
