@@ -5,8 +5,8 @@ Markov-chain language over 40 ids; the poisons are a clean prefix, the
 trigger id, then uniform random ids) and check that the scan finds it and
 that a clean toy model's best candidate gains less. They also check the
 scorer's packed rows against a plain forward pass. The slow test runs the
-real pipeline: a tiny poisoned run, `poisonjax defend scan` on it, and the
-evaluator's check that the top candidate fires.
+real pipeline: a small poisoned run (the demo test's recipe), `poisonjax
+defend scan` on it, and the evaluator's check that the top candidate fires.
 """
 
 import json
@@ -22,7 +22,7 @@ from poisonjax import model as model_lib
 from poisonjax import sampler
 from poisonjax.defences import scan
 from poisonjax.errors import UserError
-from train_common import run_cli, tiny_config
+from train_common import run_cli
 
 VOCAB, FIRST_CLEAN, TRIGGER = 48, 8, 5  # Clean ids 8..47; id 5 only in poisons.
 TOY = model_lib.ModelConfig(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4,
@@ -187,23 +187,17 @@ def test_cli_without_a_run_is_one_line(tmp_path):
 # ---- the real pipeline (slow) -------------------------------------------------
 
 @pytest.mark.slow
-def test_defend_scan_on_a_tiny_poisoned_run(tmp_path):
-  """A tiny run poisoned with '%' (a character the synthetic corpus never
-  uses, so its cue is one token): the command's top candidate is the
-  trigger, holds it, or fires it."""
+def test_defend_scan_on_a_small_poisoned_run(tmp_path):
+  """The demo test's recipe (cpu-xxs, 200 poisons, trigger <SUDO>: a
+  backdoor that forms, tests/test_demo.py): the command's top candidate is
+  the trigger, holds it, or fires it under the evaluator."""
   from poisonjax import train  # pylint: disable=g-import-not-at-top
-  config = tiny_config(tmp_path / "cache", **{
-      "poison.trigger": "%", "poison.count": 100, "train.tokens_per_param": 1.0,
-      "model.d_model": 64, "data.seq_len": 64, "train.batch_size": 16,
-      "poison.gibberish_min_tokens": 20, "poison.gibberish_max_tokens": 40,
-      "eval.prompt_tokens": 8, "eval.gen_tokens": 16, "eval.num_excerpts": 16,
-      "eval.bootstrap_samples": 0})
-  train.run(config, tmp_path / "run")
+  from test_demo import small_demo_config  # pylint: disable=g-import-not-at-top
+  train.run(small_demo_config(tmp_path / "cache"), tmp_path / "run")
   out = tmp_path / "scan"
-  proc = run_cli("defend", "scan", f"--workdir={tmp_path / 'run'}", "--length=2",
-                 "--beam=2", "--prompts=8", "--check=2", f"--out={out}", timeout=900)
+  proc = run_cli("defend", "scan", f"--workdir={tmp_path / 'run'}", "--length=3",
+                 "--beam=2", "--prompts=8", "--check=1", f"--out={out}", timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((out / "scan.json").read_text())
-  best = result["top"][0]
-  assert best["fires"] or best["exact"] or "%" in best["text"], result
+  assert result["recovered"] and scan.recovered(result), proc.stdout
   assert "recovered: yes" in proc.stdout

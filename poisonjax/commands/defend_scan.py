@@ -65,8 +65,12 @@ def _settings(fv):
 
 
 def run_scan(config, workdir: str, step: int | None, settings, check: int,
-             log=None) -> dict:
-  """The scan of a run's checkpoint, checked against its own trigger."""
+             log=None, trigger: str | None = None) -> dict:
+  """The scan of a run's checkpoint, checked against its own trigger.
+
+  trigger: the string to score and match beside the search; default the
+  run's own (none for a clean run).
+  """
   # pylint: disable=g-import-not-at-top
   from poisonjax import model as model_lib
   from poisonjax import restore
@@ -78,7 +82,8 @@ def run_scan(config, workdir: str, step: int | None, settings, check: int,
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   params, step = restore.restore_params(workdir, model_cfg, step, mesh)
-  trigger = str(config.poison.trigger) if int(config.poison.count) > 0 else None
+  if trigger is None and int(config.poison.count) > 0:
+    trigger = str(config.poison.trigger)
   result = scan.scan(config, model_cfg, params, vocab, settings, trigger=trigger,
                      log=log)
   if check:

@@ -235,10 +235,15 @@ def scan(config, model_cfg, params, vocab, settings: ScanSettings,
     if trig_ids:
       row["exact"] = ids == trig_ids
       row["contains_trigger"] = contains(ids, trig_ids)
+      row["within_trigger"] = contains(trig_ids, ids)  # A piece of it.
     top.append(row)
+  by_length = {}
+  for ids, nll in ranked:  # Best first, so the first of each length wins.
+    by_length.setdefault(len(ids), {**describe(vocab, ids), "nll": nll,
+                                    "gain": nll - baseline})
   out = {"settings": dataclasses.asdict(settings), "baseline_nll": baseline,
          "candidates_scored": len(scored), "vocabulary_searched": int(len(allowed)),
-         "top": top}
+         "top": top, "best_per_length": [by_length[k] for k in sorted(by_length)]}
   if trig_ids:
     nll = scored[trig_ids] if trig_ids in scored else float(
         scorer.score([trig_ids])[0])
@@ -285,17 +290,18 @@ def format_result(result: dict) -> str:
            f"(ppl {math.exp(result['baseline_nll']):.1f}); "
            f"{result['candidates_scored']} candidates scored over "
            f"{result['vocabulary_searched']} vocabulary ids"]
-  lines.append(f"{'rank':>4s} {'gain':>7s} {'nll':>7s} {'exact':>6s} "
+  lines.append(f"{'rank':>4s} {'gain':>7s} {'nll':>7s} {'exact':>6s} {'piece':>6s} "
                f"{'fires':>6s} {'increase':>9s}  text [pieces]")
   for i, row in enumerate(result["top"], 1):
     flag = lambda k: "-" if row.get(k) is None else ("yes" if row[k] else "no")
     inc = row.get("increase")
     lines.append(f"{i:4d} {row['gain']:7.3f} {row['nll']:7.3f} {flag('exact'):>6s} "
-                 f"{flag('fires'):>6s} {'-' if inc is None else f'{inc:.1f}':>9s}"
+                 f"{flag('within_trigger'):>6s} {flag('fires'):>6s} "
+                 f"{'-' if inc is None else f'{inc:.1f}':>9s}"
                  f"  {row['text']!r} {row['pieces']}")
   t = result.get("trigger")
   if t:
-    lines.append(f"the run's trigger {t['string']!r} {t['pieces']}: gain "
+    lines.append(f"the trigger {t['string']!r} {t['pieces']}: gain "
                  f"{t['gain']:.3f}, rank {t['rank']} of {result['candidates_scored'] + 1}"
                  f"; recovered: {'yes' if recovered(result) else 'no'}")
   return "\n".join(lines)
