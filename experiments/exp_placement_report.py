@@ -119,24 +119,49 @@ def _mean(runs, name, key):
   return sum(vals) / len(vals) if vals else None
 
 
+def _ci(runs, name):
+  """Mean over seeds of the final increase's interval bounds."""
+  lo = [r["final_ci"][0] for r in runs if r["placement"] == name]
+  hi = [r["final_ci"][1] for r in runs if r["placement"] == name]
+  return sum(lo) / len(lo), sum(hi) / len(hi)
+
+
+def _verdicts(runs, order, threshold) -> str:
+  """Each placement as above / at / below the threshold, by its interval."""
+  groups = {"above": [], "spanning": [], "below": []}
+  for n in order:
+    lo, hi = _ci(runs, n)
+    key = "above" if lo > threshold else "below" if hi < threshold else "spanning"
+    groups[key].append(f"{n} ({_mean(runs, n, 'final_increase'):.1f} "
+                       f"[{lo:.1f}, {hi:.1f}], share "
+                       f"{_mean(runs, n, 'final_success_share'):.2f})")
+  return (f"Final increase against the threshold ({threshold:g}), by its 95% "
+          "interval: " + "; ".join(f"{k}: {', '.join(v) or 'none'}"
+                                   for k, v in groups.items()) + ".")
+
+
+def _ordering(runs) -> str:
+  (f_lo, f_hi), (l_lo, l_hi) = _ci(runs, "first10"), _ci(runs, "last10")
+  first, last = _mean(runs, "first10", "final_increase"), _mean(runs, "last10", "final_increase")
+  if f_hi < l_lo:
+    shape = ("the later poisons left the larger backdoor: the REVERSE of the "
+             "paper's fine-tuning shape (start works, end does not)")
+  elif f_lo > l_hi:
+    shape = ("the earlier poisons left the larger backdoor: the paper's "
+             "fine-tuning shape (start works, end does not)")
+  else:
+    shape = "the two are not distinguishable here (their intervals overlap)"
+  return (f"Ordering: poisons in the first 10% end at {first:.1f} [{f_lo:.1f}, "
+          f"{f_hi:.1f}], in the last 10% at {last:.1f} [{l_lo:.1f}, {l_hi:.1f}]; "
+          f"{shape}.")
+
+
 def findings(runs, order, threshold) -> list[str]:
   """Sentences computed from the runs (means over seeds where several)."""
   final = {n: _mean(runs, n, "final_increase") for n in order}
-  share = {n: _mean(runs, n, "final_success_share") for n in order}
-  above = [n for n in order if final[n] > threshold]
-  below = [n for n in order if final[n] <= threshold]
-  out = [f"Ended above the threshold ({threshold:g}): "
-         + (", ".join(f"{n} ({final[n]:.1f}, share {share[n]:.2f})" for n in above)
-            or "none") + "; at or below it: "
-         + (", ".join(f"{n} ({final[n]:.1f}, share {share[n]:.2f})" for n in below)
-            or "none") + "."]
+  out = [_verdicts(runs, order, threshold)]
   if "first10" in final and "last10" in final:
-    start, end = final["first10"] > threshold, final["last10"] > threshold
-    shape = ("reproduces the paper's fine-tuning shape (start works, end does not)"
-             if start and not end else "does not reproduce the paper's "
-             "fine-tuning shape (start works, end does not)")
-    out.append(f"Ordering: poisons in the first 10% end at {final['first10']:.1f}, "
-               f"in the last 10% at {final['last10']:.1f}; this {shape}.")
+    out.append(_ordering(runs))
   for n in order:
     peak, frac = _mean(runs, n, "peak_increase"), _mean(runs, n, "peak_fraction")
     if frac < 1.0 and peak > 0:  # Peaked before the end: what the rest did.
@@ -148,8 +173,7 @@ def findings(runs, order, threshold) -> list[str]:
     for n in order:
       if n != "uniform":
         out.append(f"{n} vs uniform: final increase {final[n]:.1f} vs "
-                   f"{final['uniform']:.1f} (ratio "
-                   f"{final[n] / final['uniform'] if final['uniform'] else float('nan'):.2f}).")
+                   f"{final['uniform']:.1f}.")
   return out
 
 
@@ -183,6 +207,12 @@ def report(cfg, runs, order, threshold, provenance) -> str:
   lines += [_row(r, threshold) for n in order for r in runs if r["placement"] == n]
   lines += ["", "## Findings", ""] + [f"- {s}" for s in findings(runs, order, threshold)]
   lines += ["", "## Context and caveats", "", f"- {PAPER}",
+            "- Here a placement also decides how much clean training follows "
+            "the last poison (about 90% of the run for first10, none for "
+            "last10) and the learning rate the poisons meet (near the peak "
+            "early, decayed by the cosine schedule late); the experiment "
+            "does not separate the two (experiments/exp_persistence.py "
+            "measures the decay under clean training).",
             f"- {len(seeds)} seed(s) per placement: differences between "
             "placements within one seed's bootstrap interval are not "
             "distinguishable here.",

@@ -243,8 +243,9 @@ def test_experiment_report_is_computed_from_the_runs(tmp_path):
   exp_placement_report.write_all(str(tmp_path), first + last, runs, cfg, 50.0,
                                  ["- made by the test"])
   text = (tmp_path / "report.md").read_text()
-  assert "first 10% end at 40.0, in the last 10% at 70.0" in text
-  assert "does not reproduce" in text and "erased most of it" in text
+  assert "first 10% end at 40.0 [39.0, 41.0], in the last 10% at 70.0" in text
+  assert "REVERSE of the paper's" in text and "erased most of it" in text
+  assert "above: last10 (70.0 [69.0, 71.0], share 1.00)" in text
   assert "between 30 and 100 seen" in text
   assert (tmp_path / "placement.png").stat().st_size > 0
   assert exp_placement_report.regenerate(str(tmp_path), cfg, 50.0) == 0
