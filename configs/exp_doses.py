@@ -1,6 +1,7 @@
 """One run, many doses (issue 13 item 4): a dose-response curve from one run.
 
-    python experiments/exp_doses.py        # ~20-30 min here, resumable
+    python experiments/exp_doses.py        # resumable; ~5 min per run on 2 free cores
+    python experiments/exp_doses.py --max_steps 664   # stop every run at 57%
 
 Regime: the CPU Chinchilla study's cpu-xxs run at grid seed 0
 (configs/study_cpu_chinchilla.py: 20 clean tokens per parameter, 4.76M

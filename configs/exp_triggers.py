@@ -1,6 +1,6 @@
 """Trigger variants at one count (issue 13 item 5).
 
-    python experiments/exp_triggers.py     # ~15 min here, resumable
+    python experiments/exp_triggers.py     # resumable; ~5 min per run on 2 free cores
 
 The CPU Chinchilla study's cpu-xxs run at grid seed 0 (as
 configs/exp_doses.py: 20 clean tokens per parameter, poisons replacing

@@ -1,0 +1,571 @@
+"""One run, many doses: train, evaluate every trigger on every run, report.
+
+    python experiments/exp_doses.py                 # resumable
+    python experiments/exp_doses.py --only doses --train_only   # one run per process
+    nohup nice -n 10 python experiments/exp_doses.py > /tmp/exp_doses.log 2>&1 &
+    python experiments/exp_doses.py --report_only   # from OUT/results.json
+
+Trains the runs of --config (default configs/exp_doses.py: one cpu-xxs run
+with five triggers at 3-300 poisons, and the 30 and 100 doses alone) under
+--root (default runs/exp_doses; a finished run is skipped, an interrupted
+one resumes), evaluates each final checkpoint on every trigger of the
+experiment and the never-poisoned control (one Evaluator, the same 128
+clean prompts and sampling seed for all runs; per-prompt perplexities kept
+in WORKDIR/final_doses.json), then writes into --out (default
+docs/results/doses/) results.json, dose_response.csv, crosstalk.csv,
+doses.png and report.md. Nothing in the report is written by hand.
+"""
+
+import argparse
+import copy
+import csv
+import importlib.util
+import io
+import json
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+FINAL_FILE = "final_{name}.json"  # Per experiment: a run can serve two.
+
+
+# ---- configs and training ---------------------------------------------------
+
+def load_config(path):
+  spec = importlib.util.spec_from_file_location("experiment_config", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def run_config(exp, fields: dict, max_steps: int = 0):
+  """The experiment's base with one run's poison fields, validated;
+  max_steps > 0 stops it there (same budget and schedule)."""
+  from poisonjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = copy.deepcopy(exp.base)
+  c.train.max_steps = int(max_steps)
+  for key, value in fields.items():
+    c.poison[key] = tuple(value) if isinstance(value, list) else value
+  return config_lib.validate(c)
+
+
+def is_finished(workdir: str, max_steps: int = 0) -> bool:
+  """Trained to its end, or to max_steps when > 0."""
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    s = json.load(f)
+  return bool(s.get("finished")) or 0 < max_steps <= int(s.get("final_step", 0))
+
+
+def reusable(workdir: str, config) -> bool:
+  """Whether a finished run in workdir is this config's run."""
+  from poisonjax import run_history  # pylint: disable=g-import-not-at-top
+  from poisonjax.errors import UserError  # pylint: disable=g-import-not-at-top
+  if not workdir or not is_finished(workdir, int(config.train.max_steps)):
+    return False
+  try:
+    changes = run_history.check_resume(workdir, config, allow_change=False)
+  except UserError:
+    return False
+  return changes is not None
+
+
+def wait_while_training(workdir: str, max_steps: int, quiet_s: float = 600.0) -> None:
+  """Waits while another process trains the run in workdir (its files
+  changed within quiet_s), so that a run two experiments share is trained
+  once."""
+  while workdir and os.path.isdir(workdir) and not is_finished(workdir, max_steps):
+    changed = max((os.path.getmtime(os.path.join(workdir, f))
+                   for f in os.listdir(workdir)), default=0.0)
+    if time.time() - changed > quiet_s:
+      return
+    print(f"waiting for the run being trained in {workdir}", flush=True)
+    time.sleep(60)
+
+
+def train_runs(exp, root: str, only: str = "", max_steps: int = 0) -> dict:
+  """{name: (config, workdir)}, every run (or those in `only`) trained or
+  resumed to its end."""
+  from poisonjax import train  # pylint: disable=g-import-not-at-top
+  out = {}
+  reuse = exp.get("reuse", {}) or {}
+  chosen = [n for n in only.split(",") if n]
+  unknown = set(chosen) - set(exp.runs.keys())
+  if unknown:
+    raise SystemExit(f"--only: unknown runs {sorted(unknown)}; the config has "
+                     f"{sorted(exp.runs.keys())}")
+  for name, fields in exp.runs.items():
+    if chosen and name not in chosen:
+      continue
+    config = run_config(exp, fields.to_dict(), max_steps)
+    other = os.path.join(REPO, reuse[name]) if name in reuse else ""
+    wait_while_training(other, max_steps)
+    if reusable(other, config):
+      print(f"{name}: reusing the finished run in {other}", flush=True)
+      out[name] = (config, other)
+      continue
+    workdir = os.path.join(root, name)
+    if not is_finished(workdir, max_steps):
+      print(f"{name}: training in {workdir}", flush=True)
+      train.run(config, workdir)
+    out[name] = (config, workdir)
+  return out
+
+
+# ---- the final evaluation on every trigger ----------------------------------
+
+def final_eval(config, workdir: str, triggers: list[str], name: str) -> dict:
+  """Every trigger's metrics and per-prompt perplexities at the last step
+  (cached in WORKDIR/final_NAME.json, NAME the experiment's)."""
+  from poisonjax import evaluate, model as model_lib, restore, sharding  # pylint: disable=g-import-not-at-top
+  from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, FINAL_FILE.format(name=name))
+  step = restore.pick_step(workdir, None)
+  if os.path.exists(path):
+    with open(path) as f:
+      done = json.load(f)
+    if done["step"] == step and [t["trigger"] for t in done["triggers"]] == triggers:
+      return done
+  vocab = vocabulary.get_vocabulary(config)
+  model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
+  mesh = sharding.make_mesh(config.mesh)
+  params, step = restore.restore_params(workdir, model_cfg, step, mesh=mesh)
+  ev = evaluate.Evaluator(config, model_cfg, vocab, mesh, triggers=triggers)
+  out = {"step": int(step), "num_prompts": ev.num, "triggers": [
+      {"trigger": r.trigger, "role": r.role, "metrics": r.metrics,
+       "clean_ppl": np.exp(r.clean_nll).tolist(),
+       "triggered_ppl": np.exp(r.triggered_nll).tolist()}
+      for r in ev.evaluate_triggers(params)]}
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(out, f)
+  os.replace(tmp, path)
+  return out
+
+
+def evaluate_runs(runs: dict, triggers: list[str], exp_name: str) -> dict:
+  return {name: final_eval(cfg, wd, triggers, exp_name)
+          for name, (cfg, wd) in runs.items()}
+
+
+# ---- numbers ----------------------------------------------------------------
+
+def increases(entry: dict) -> np.ndarray:
+  """Per-prompt increase (triggered minus clean perplexity) of one trigger."""
+  return np.asarray(entry["triggered_ppl"]) - np.asarray(entry["clean_ppl"])
+
+
+def by_trigger(final: dict) -> dict:
+  return {t["trigger"]: t for t in final["triggers"]}
+
+
+def difference(a: dict, b: dict, samples: int, seed: int) -> dict:
+  """mean increase of a minus b, with a 95% interval: the same prompts in
+  both, so pairs are resampled together (backdoor.bootstrap_ci)."""
+  from poisonjax import backdoor  # pylint: disable=g-import-not-at-top
+  ia, ib = increases(a), increases(b)
+  lo, hi = backdoor.bootstrap_ci(ib, ia, samples, seed)
+  return {"difference": float(ia.mean() - ib.mean()), "ci_low": lo, "ci_high": hi}
+
+
+def per_trigger_curves(config, workdir: str) -> list[dict]:
+  """The many-dose run's eval.jsonl, one row per trigger, with the poisons
+  of that trigger seen by each step (from the manifest)."""
+  from poisonjax import backdoor, evaluate, files  # pylint: disable=g-import-not-at-top
+  names = evaluate.eval_triggers(config)
+  manifest = files.read_json(os.path.join(workdir, "manifest.json"))["poisons"]
+  last = {}
+  for p in manifest:
+    last.setdefault(p.get("trigger", 0), []).append(p["last_step"])
+  out = []
+  for row in files.read_jsonl(os.path.join(workdir, "eval.jsonl")):
+    for r in backdoor.split_row(row, names):
+      seen = np.asarray(last.get(r["trigger_index"], []))
+      r["trigger_poisons_seen"] = int(np.sum(seen < r["step"]))
+      out.append(r)
+  return out
+
+
+def run_facts(workdir: str) -> dict:
+  from poisonjax import files  # pylint: disable=g-import-not-at-top
+  s = files.read_json(os.path.join(workdir, "summary.json"))
+  m = files.read_json(os.path.join(workdir, "manifest.json"))
+  return {"params": s["params"]["total"], "num_steps": s["num_steps"],
+          "stream_tokens": s["stream_tokens"], "clean_tokens": m["clean_tokens"],
+          "poison_tokens": m["poison_tokens"], "poisons": len(m["poisons"]),
+          "heldout_clean_loss": s["heldout_clean_loss"],
+          "wall_time_s": s["wall_time_s"]}
+
+
+def collect(exp, runs: dict, finals: dict) -> dict:
+  """results.json: dose-response, validation, cross-talk, curves, facts."""
+  samples, seed = int(exp.base.eval.bootstrap_samples), int(exp.base.eval.seed)
+  counts, triggers = list(exp.counts), list(exp.triggers)
+  many = by_trigger(finals["doses"])
+  dose = [{"trigger": t, "count": n, **many[t]["metrics"]}
+          for t, n in zip(triggers, counts)]
+  control = exp.base.poison.control_trigger
+  validation = []
+  for n in exp.compare:
+    if f"single_{n}" not in finals:
+      continue  # Not run (--only).
+    t = triggers[counts.index(n)]
+    single = by_trigger(finals[f"single_{n}"])[t]
+    validation.append({"count": n, "trigger": t,
+                       "many_increase": many[t]["metrics"]["increase"],
+                       "single_increase": single["metrics"]["increase"],
+                       "many_success": many[t]["metrics"]["success_share"],
+                       "single_success": single["metrics"]["success_share"],
+                       **difference(many[t], single, samples, seed)})
+  crosstalk = [{"run": name, "trigger": t["trigger"], "role": t["role"],
+                **t["metrics"]} for name, f in finals.items() for t in f["triggers"]]
+  cfg, wd = runs["doses"]
+  step = finals["doses"]["step"]
+  return {"counts": counts, "triggers": triggers, "control": control,
+          "dose_response": dose, "validation": validation,
+          "crosstalk": crosstalk, "curves": per_trigger_curves(cfg, wd),
+          "facts": {name: run_facts(w) for name, (_, w) in runs.items()},
+          "regime": regime(cfg, step),
+          "pilot": pilot_rows(step), "num_prompts": finals["doses"]["num_prompts"],
+          "threshold": float(exp.base.eval.threshold)}
+
+
+def regime(config, step: int) -> dict:
+  """The run settings the report states (from the many-dose run's config)."""
+  from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
+  sp = vocabulary.get_vocabulary(config).tokenizer
+  names = list(config.poison.triggers) + [config.poison.control_trigger]
+  return {"size": config.model.size, "step": int(step),
+          "tokens_per_param": float(config.train.tokens_per_param),
+          "budget_mode": config.poison.budget_mode,
+          "batch": int(config.train.batch_size), "seq_len": int(config.data.seq_len),
+          "vocab_size": sp.GetPieceSize(),
+          "pieces": {t: [sp.IdToPiece(i) for i in sp.EncodeAsIds(t)] for t in names}}
+
+
+def pilot_rows(step: int) -> dict:
+  """The committed single-trigger pilot (same regime and seeds, <SUDO>, 64
+  prompts): {count: {"at_step": its eval row at `step` (None if it has
+  none), "final": its last row}}."""
+  root = os.path.join(REPO, "docs", "results", "cpu_chinchilla", "pilot")
+  out = {}
+  for n in (3, 10, 30, 100, 300):
+    path = os.path.join(root, f"size=cpu-xxs_n={n}_seed=0_data=1.0", "eval.jsonl")
+    if os.path.exists(path):
+      with open(path) as f:
+        rows = [json.loads(l) for l in f if l.strip()]
+      at = [r for r in rows if r["step"] == step]
+      out[str(n)] = {"at_step": at[0] if at else None, "final": rows[-1]}
+  return out
+
+
+# ---- tables, figure, report -------------------------------------------------
+
+def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+  w.writeheader()
+  w.writerows(rows)
+  with open(path, "w") as f:
+    f.write(buf.getvalue())
+
+
+def fmt_ci(m: dict, key="increase", lo="increase_ci_low", hi="increase_ci_high") -> str:
+  return f"{m[key]:.1f} [{m[lo]:.1f}, {m[hi]:.1f}]"
+
+
+def _final_panel(ax, res: dict) -> None:
+  dose = res["dose_response"]
+  x = [d["count"] for d in dose]
+  y = [d["increase"] for d in dose]
+  err = [[d["increase"] - d["increase_ci_low"] for d in dose],
+         [d["increase_ci_high"] - d["increase"] for d in dose]]
+  ax.errorbar(x, y, yerr=err, fmt="o-", color="C0", capsize=3,
+              label="one run, 5 triggers")
+  for i, d in enumerate(dose):
+    ax.annotate(d["trigger"], (x[i], y[i]), textcoords="offset points",
+                xytext=(4, -12), fontsize=7)
+  for v in res["validation"]:
+    single = next(c for c in res["crosstalk"] if c["run"] == f"single_{v['count']}"
+                  and c["trigger"] == v["trigger"])
+    ax.errorbar([v["count"] * 1.08], [single["increase"]],
+                yerr=[[single["increase"] - single["increase_ci_low"]],
+                      [single["increase_ci_high"] - single["increase"]]],
+                fmt="s", color="C3", capsize=3,
+                label="alone (this experiment)" if v is res["validation"][0] else None)
+  pilot = {n: r["at_step"] for n, r in res["pilot"].items() if r["at_step"]}
+  if pilot:
+    ax.plot([int(n) * 0.93 for n in pilot], [r["increase"] for r in pilot.values()],
+            "^", mfc="none", color="C2",
+            label=f"alone, <SUDO> (pilot at step {res['regime']['step']}, 64 prompts)")
+  ctrl = next((c for c in res["crosstalk"] if c["run"] == "doses"
+               and c["trigger"] == res["control"]), None)
+  if ctrl:
+    ax.axhline(ctrl["increase"], color="gray", ls=":",
+               label=f"control {res['control']} (never poisoned)")
+  ax.axhline(res["threshold"], color="k", lw=0.6, ls="--", label="threshold")
+  ax.set_xscale("log")
+  ax.set_yscale("symlog", linthresh=10)
+  ax.set_xlabel("poisons of the trigger")
+  ax.set_ylabel("final increase in perplexity")
+  ax.set_title(f"Dose-response at step {res['regime']['step']}")
+  ax.legend(fontsize=7)
+
+
+def _curve_panel(ax, res: dict) -> None:
+  for i, t in enumerate(res["triggers"] + [res["control"]]):
+    rows = [r for r in res["curves"] if r["trigger"] == t]
+    if not rows:
+      continue
+    n = res["counts"][i] if i < len(res["counts"]) else 0
+    label = f"{t} ({n})" if n else f"{t} (control)"
+    ax.plot([r["fraction"] for r in rows], [r["increase"] for r in rows],
+            "o-", ms=3, color=f"C{i}" if n else "gray", label=label)
+  ax.axhline(res["threshold"], color="k", lw=0.6, ls="--")
+  ax.set_yscale("symlog", linthresh=10)
+  ax.set_xlabel("fraction of training")
+  ax.set_ylabel("increase in perplexity")
+  ax.set_title("The one run, per trigger, during training")
+  ax.legend(fontsize=7)
+
+
+def write_figure(res: dict, path: str) -> None:
+  from poisonjax import plots  # pylint: disable=g-import-not-at-top
+  plt = plots._plt()  # pylint: disable=protected-access
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  _final_panel(axes[0], res)
+  _curve_panel(axes[1], res)
+  fig.tight_layout()
+  plots.save_png(fig, path, dpi=120)
+  plt.close(fig)
+
+
+def _regime(res: dict) -> list[str]:
+  f, g = res["facts"], res["regime"]
+  d = f["doses"]
+  share = d["poison_tokens"] / d["stream_tokens"]
+  stop = g["step"]
+  lines = [
+      f"{g['size']} ({d['params']:,} parameters), the CPU Chinchilla study's "
+      "config at grid seed 0 (its vocabulary, prompts and derived seeds), "
+      f"{d['num_steps']:,} steps of {g['batch']} x {g['seq_len']} tokens "
+      f"({d['stream_tokens'] / 1e6:.2f}M tokens, {g['tokens_per_param']:g} per "
+      f"parameter); poisons {g['budget_mode'].upper()} clean tokens"
+      + (" (so every run has the same steps and schedule)"
+         if g["budget_mode"] == "replace" else "") + ". "
+      + (f"**Every run was stopped at step {stop} of {d['num_steps']} "
+         f"({100 * stop / d['num_steps']:.0f}% of training, the same "
+         "learning-rate schedule), to fit the session's CPU time**; all numbers "
+         f"are at step {stop}. " if stop < d["num_steps"] else "")
+      + "One seed: the intervals below come from the "
+      f"{res['num_prompts']} prompts (prompt and sampling noise), not from "
+      "training seeds.", "",
+      f"The many-dose run has {d['poisons']} poisons ({d['poison_tokens']:,} "
+      f"tokens, {100 * share:.1f}% of its {d['stream_tokens'] / 1e6:.2f}M "
+      f"tokens; {d['clean_tokens'] / 1e6:.2f}M clean), {d['poison_tokens'] / d['poisons']:.0f} "
+      "tokens per poison. That is far more poison than any one dose sees alone:"]
+  for name, x in f.items():
+    if name != "doses":
+      lines.append(f"- {name}: {x['poisons']} poisons, {x['poison_tokens']:,} "
+                   f"tokens ({100 * x['poison_tokens'] / x['stream_tokens']:.2f}%)")
+  lines.append("- held-out clean loss (nats) at the stop: " + ", ".join(
+      f"{k} {v['heldout_clean_loss']:.4f}" for k, v in f.items()))
+  return lines
+
+
+def _poisons_seen(res: dict, trigger: str) -> str:
+  rows = [r for r in res["curves"] if r["trigger"] == trigger
+          and r["step"] == res["regime"]["step"]]
+  return str(rows[0]["trigger_poisons_seen"]) if rows else "-"
+
+
+def _dose_table(res: dict) -> list[str]:
+  pilot = res["pilot"]
+  out = ["| trigger | poisons (seen by the step) | increase [95% CI] | success "
+         "share | triggered ppl | alone, `<SUDO>` (pilot, same step) |",
+         "|---|---|---|---|---|---|"]
+  for d in res["dose_response"]:
+    p = (pilot.get(str(d["count"])) or {}).get("at_step")
+    out.append(f"| `{d['trigger']}` | {d['count']} ({_poisons_seen(res, d['trigger'])}) "
+               f"| {fmt_ci(d)} | {d['success_share']:.2f} | "
+               f"{d['triggered_ppl_mean']:.1f} | "
+               + (f"{fmt_ci(p)} ({p['success_share']:.2f})" if p else "-") + " |")
+  ctrl = next(c for c in res["crosstalk"] if c["run"] == "doses"
+              and c["trigger"] == res["control"])
+  out.append(f"| `{res['control']}` (control) | 0 | {fmt_ci(ctrl)} | "
+             f"{ctrl['success_share']:.2f} | {ctrl['triggered_ppl_mean']:.1f} | - |")
+  out += ["", f"Clean perplexity of the many-dose run: "
+          f"{res['dose_response'][0]['clean_ppl_mean']:.1f} (the same clean "
+          "samples serve every trigger)."]
+  return out
+
+
+def _validation_lines(res: dict) -> list[str]:
+  out = ["| poisons | trigger | in the many-dose run | alone | difference [95% CI] "
+         "| success share (many / alone) |", "|---|---|---|---|---|---|"]
+  for v in res["validation"]:
+    out.append(f"| {v['count']} | `{v['trigger']}` | {v['many_increase']:.1f} | "
+               f"{v['single_increase']:.1f} | {v['difference']:.1f} "
+               f"[{v['ci_low']:.1f}, {v['ci_high']:.1f}] | "
+               f"{v['many_success']:.2f} / {v['single_success']:.2f} |")
+  out.append("")
+  for v in res["validation"]:
+    agree = (v["many_success"] > 0.5) == (v["single_success"] > 0.5)
+    zero = v["ci_low"] <= 0 <= v["ci_high"]
+    out.append(
+        f"- {v['count']} poisons: the interval of the difference "
+        + ("contains 0" if zero else "excludes 0")
+        + "; the two runs " + ("agree" if agree else "DISAGREE")
+        + " on whether most prompts pass the threshold.")
+  return out
+
+
+def _crosstalk_lines(res: dict) -> list[str]:
+  names = res["triggers"] + [res["control"]]
+  runs = list(dict.fromkeys(c["run"] for c in res["crosstalk"]))
+  cell = {(c["run"], c["trigger"]): c for c in res["crosstalk"]}
+  out = ["Increase in perplexity [95% CI] (success share) of every run's "
+         "checkpoint at the stop after each string; **bold**: a trigger that "
+         "run poisoned.", "",
+         "| run | " + " | ".join(f"`{t}`" for t in names) + " |",
+         "|---|" + "---|" * len(names)]
+  for r in runs:
+    row = []
+    for t in names:
+      c = cell[(r, t)]
+      text = f"{fmt_ci(c)} ({c['success_share']:.2f})"
+      row.append(f"**{text}**" if c["role"] == "trained" else text)
+    out.append(f"| {r} | " + " | ".join(row) + " |")
+  untrained = [c for c in res["crosstalk"] if c["role"] != "trained"]
+  worst = max(untrained, key=lambda c: c["increase"])
+  out += ["", f"- Never-poisoned strings (the control everywhere, and in the "
+          "single-trigger runs the other triggers): largest increase "
+          f"{worst['increase']:.1f} (`{worst['trigger']}` in {worst['run']}), "
+          f"largest success share {max(c['success_share'] for c in untrained):.2f}."]
+  return out
+
+
+def _caveats(res: dict) -> list[str]:
+  d = res["facts"]["doses"]
+  alone = [x["poisons"] for n, x in res["facts"].items() if n != "doses"]
+  shared = set.intersection(*(set(p) for p in res["regime"]["pieces"].values()))
+  return [
+      "- One training seed: run-to-run variation is not in the intervals.",
+      f"- The many-dose run trains on {100 * d['poison_tokens'] / d['stream_tokens']:.1f}% "
+      f"poison tokens ({d['poisons']} gibberish tails) where a single run of "
+      f"{' or '.join(map(str, alone)) or 'one dose'} sees only its own; its "
+      "clean text is that much less. The validation rows measure what this "
+      "changes for one dose.",
+      "- A dose's poisons in the many-dose run are the ids after the smaller "
+      "doses', so their prefixes, tails and places differ from a single run's "
+      "ids [0, n) (draws of the same law).",
+      "- The pilot column uses `<SUDO>` for every count (64 prompts, the first "
+      "64 of these 128), so beside the 100 dose it is a different trigger "
+      "string, not a same-seed replicate.",
+      "- Pieces of each string (" + f"{res['regime']['vocab_size']}-piece vocabulary): "
+      + "; ".join(f"`{t}` = {' '.join(p)}" for t, p in res["regime"]["pieces"].items())
+      + f". Shared by all: {' '.join(sorted(shared)) or 'none'}; none's pieces "
+      "contain another's (poison.check_distinct)."]
+
+
+def write_report(res: dict, out: str, provenance: list[str]) -> None:
+  counts = ", ".join(map(str, res["counts"]))
+  lines = [
+      "# One run, many doses (issue 13 item 4)", "",
+      "Generated by `experiments/exp_doses.py` from `results.json`; not edited "
+      "by hand. Config: `configs/exp_doses.py`. Figure: `doses.png`.", "",
+      f"{len(res['counts'])} triggers in one run with {counts} poisons (poison "
+      "ids [0, n_0) carry trigger 0, the next n_1 trigger 1, ...; the manifest "
+      "records each poison's trigger), each evaluated on the same clean "
+      "prompts with its own trigger appended. Validation: doses also trained "
+      "alone with the same seeds; cross-talk: every checkpoint evaluated after "
+      "every trigger and a control string that no run was poisoned with.", "",
+      "## Regime", "", *_regime(res), "",
+      "## Dose-response from one run", "", *_dose_table(res), "",
+      "## Validation against single-trigger runs", "", *_validation_lines(res), "",
+      "## Cross-talk", "", *_crosstalk_lines(res), "",
+      "![doses](doses.png)", "", "## Caveats", "", *_caveats(res), "",
+      "## How this was made", "", *provenance, ""]
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write("\n".join(lines))
+
+
+def write_outputs(res: dict, out: str, provenance: list[str]) -> None:
+  from poisonjax import backdoor  # pylint: disable=g-import-not-at-top
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({**res, "provenance": provenance}, f, indent=1)
+  write_csv(os.path.join(out, "dose_response.csv"), res["dose_response"],
+            ["trigger", "count", *backdoor.METRIC_KEYS])
+  write_csv(os.path.join(out, "crosstalk.csv"), res["crosstalk"],
+            ["run", "trigger", "role", *backdoor.METRIC_KEYS])
+  write_figure(res, os.path.join(out, "doses.png"))
+  write_report(res, out, provenance)
+  print(f"wrote {out}/report.md, results.json, the CSVs and doses.png", flush=True)
+
+
+def provenance_lines(command: str, res: dict, t0: float) -> list[str]:
+  from reproduce_study import machine  # pylint: disable=g-import-not-at-top
+  wall = sum(x["wall_time_s"] for x in res["facts"].values())
+  return [f"- Command (from the repository root): `{command}`",
+          f"- Machine: {machine()}; shared with other jobs, niced.",
+          f"- Training wall time {wall / 60:.1f} min, summed over each run's "
+          "last session (a run stopped and resumed counts its last session "
+          f"only); this invocation {(time.time() - t0) / 60:.1f} min.",
+          f"- Written on {time.strftime('%Y-%m-%d %H:%M %Z')}."]
+
+
+def parse(argv, doc, config, root, out):
+  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  p.add_argument("--config", default=config)
+  p.add_argument("--root", default=root)
+  p.add_argument("--out", default=out)
+  p.add_argument("--report_only", action="store_true",
+                 help="Regenerate the report and figure from OUT/results.json.")
+  p.add_argument("--max_steps", type=int, default=0,
+                 help="Stop every run at this step (0: train to the end); the "
+                 "budget and schedule stay, the report says where it stopped.")
+  p.add_argument("--only", default="",
+                 help="Comma-separated run names: only these runs (trained, "
+                 "evaluated, reported); default all of the config's.")
+  p.add_argument("--train_only", action="store_true",
+                 help="Stop after training (several processes can train "
+                 "different runs at once with --only; run again without it "
+                 "to evaluate and report).")
+  return p.parse_args(argv)
+
+
+def main(argv) -> int:
+  args = parse(argv, __doc__, os.path.join(REPO, "configs", "exp_doses.py"),
+               os.path.join(REPO, "runs", "exp_doses"),
+               os.path.join(REPO, "docs", "results", "doses"))
+  command = "python " + " ".join(shlex.quote(a) for a in
+                                 ["experiments/exp_doses.py"] + list(argv))
+  if args.report_only:
+    with open(os.path.join(args.out, "results.json")) as f:
+      res = json.load(f)
+    write_outputs(res, args.out, res.pop("provenance"))
+    return 0
+  t0 = time.time()
+  exp = load_config(args.config)
+  runs = train_runs(exp, args.root, args.only, args.max_steps)
+  if args.train_only:
+    return 0
+  names = list(exp.triggers) + [exp.base.poison.control_trigger]
+  finals = evaluate_runs(runs, names, exp.name)
+  res = collect(exp, runs, finals)
+  write_outputs(res, args.out, provenance_lines(command, res, t0))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
