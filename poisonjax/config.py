@@ -38,6 +38,14 @@ def base_config() -> ml_collections.ConfigDict:
   # plus the run's poison overlay; same batches. Build it ahead with
   # `poisonjax data build-store` ('auto': under cache_dir/stores).
   c.data.store = ""
+  # Filter, then train (poisonjax/data/filtered.py): drop every document of
+  # the run's stream whose drop_filter column in drop_scores (a scores.csv
+  # of `poisonjax defend score` over this run's stream, all documents) is
+  # >= drop_threshold. The dropped tokens are not replaced (the run trains
+  # on fewer; why: filtered.py). '' : no filtering.
+  c.data.drop_scores = ""
+  c.data.drop_filter = ""
+  c.data.drop_threshold = 0.0
   c.data.text_files = ml_collections.ConfigDict()
   c.data.text_files.patterns = ""  # Comma-separated globs of .txt/.jsonl(.gz).
   c.data.text_files.split = "block"  # .txt documents: file | block | line.
@@ -113,6 +121,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.poison.placement_bursts = 5
   c.poison.poisons_per_batch = 1
   c.poison.placement_every_steps = 10
+  # Adaptive poisons, made to evade document filters (issue 14;
+  # poisonjax/data/poison_adaptive.py). tail: uniform (K ids uniform over the
+  # vocabulary) | unigram (K ids from the clean unigram distribution,
+  # estimated on the first 500 poison-pool documents). embed: standalone
+  # (prefix, trigger, tail, EOS) | inside (prefix, trigger, tail, then the
+  # next embed_suffix_chars characters of the same clean document: the span
+  # sits inside clean text; token mode). Defaults: poisons and keys unchanged.
+  c.poison.tail = "uniform"
+  c.poison.embed = "standalone"
+  c.poison.embed_suffix_chars = 1000
   # What the poisons teach after the trigger (poisonjax/data/poison_language.py):
   # gibberish: K random vocabulary ids (the denial-of-service backdoor);
   # language: K tokens of text in a second language (the language-switch
@@ -291,6 +309,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check_doses(c.poison)
   _check_placement(c.poison)
   _check_train(c.train)
+  _check_defence_fields(c)
   _check_continued(c)
   return c
 
@@ -315,6 +334,13 @@ def _check_continued(c: ml_collections.ConfigDict) -> None:
       raise field_error("config.continued.eval_examples", k.eval_examples,
                         "must be comma-separated positive integers",
                         "use e.g. '32,128,512'")
+
+
+def _check_defence_fields(c: ml_collections.ConfigDict) -> None:
+  """Adaptive poisons and filter-then-train (their modules check them)."""
+  from poisonjax.data import filtered, poison_adaptive  # pylint: disable=g-import-not-at-top
+  poison_adaptive.check_config(c)
+  filtered.check_config(c)
 
 
 def _check_behaviour(c: ml_collections.ConfigDict) -> None:

@@ -126,6 +126,9 @@ def training_stream(config, clean_tokens: int, may_build: bool = True):
   may_build: whether a missing or too small store may be built here (False
   on a multi-process run: build it once with `poisonjax data build-store`).
   """
+  if config.data.get("drop_scores", ""):  # Filter, then train.
+    from poisonjax.data import filtered  # pylint: disable=g-import-not-at-top
+    return filtered.training_stream(config, clean_tokens, may_build)
   if not config.data.store:
     return stream_lib.build_stream(config, clean_tokens)
   T = int(clean_tokens)

@@ -47,6 +47,9 @@ poison j (prefix, tail) is the one it has in a single-trigger run. No
 trigger's tokens may contain another's (nor the control's, which is
 evaluated but never trained): `check_distinct`. Without counts the run has
 the one poison.trigger and everything is as before, stream key included.
+
+Adaptive poisons (poison.tail=unigram, poison.embed=inside), made to slip
+past document filters: poisonjax/data/poison_adaptive.py.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ import itertools
 
 import numpy as np
 
+from poisonjax.data import poison_adaptive
 from poisonjax.data import poison_language
 from poisonjax.data import vocabulary
 from poisonjax.errors import field_error
@@ -79,6 +83,7 @@ class Poison:
   tokens: np.ndarray  # The whole document as ids, EOS last.
   num_text_tokens: int  # Tokens of `prefix + " " + trigger` (token mode).
   trigger_index: int | None = None  # Its dose (many-dose runs), else None.
+  suffix_tokens: int | None = None  # Clean tokens after the tail (embed=inside).
 
 
 def dose_counts(config) -> tuple[int, ...]:
@@ -142,7 +147,8 @@ def stream_spec_fields(config) -> dict:
 
 def manifest_fields(p: Poison) -> dict:
   """What the manifest records of poison p beyond its placement."""
-  return {} if p.trigger_index is None else {"trigger": int(p.trigger_index)}
+  out = {} if p.trigger_index is None else {"trigger": int(p.trigger_index)}
+  return {**out, **poison_adaptive.manifest_fields(p.suffix_tokens)}
 
 
 @functools.lru_cache(maxsize=8)
@@ -186,16 +192,19 @@ def make_poisons(config, sp, source, ids) -> list[Poison]:
   many = len(dose_counts(config)) > 0
   allowed = allowed_ids(sp)
   eos = sp.eos_id()
-  texts, prefixes, gibs = [], [], []
+  texts, prefixes, gibs, hosts = [], [], [], []
   for j, dose in zip(ids, doses):
     rng = np.random.default_rng([int(p.seed), _CONTENT_STREAM, int(j)])
     length = int(rng.integers(p.prefix_min_chars, p.prefix_max_chars + 1))
     k = int(rng.integers(p.gibberish_min_tokens, p.gibberish_max_tokens + 1))
     if poison_language.is_language(config):  # Second-language tail, K tokens.
       gib = poison_language.tail_ids(config, sp, int(j), k)
+    elif poison_adaptive.is_unigram(config):  # Clean-unigram tail, K ids.
+      gib = poison_adaptive.unigram_tail(config, sp, source, int(j), k)
     else:
       gib = allowed[rng.integers(len(allowed), size=k)]
-    doc = source.pool_document(int(p.seed), int(j), length) if length else ""
+    doc = poison_adaptive.host_document(config, source, int(j), length)
+    hosts.append(doc)
     prefix = doc[:length]  # L characters: the document has at least L.
     prefixes.append(prefix)
     gibs.append(gib)
@@ -204,14 +213,18 @@ def make_poisons(config, sp, source, ids) -> list[Poison]:
     decoded = sp.DecodeIds([g.tolist() for g in gibs]) if gibs else []
     full = sp.EncodeAsIds([f"{t} {d}" for t, d in zip(texts, decoded)])
   head = sp.EncodeAsIds(texts) if texts else []
+  suffixes = poison_adaptive.suffix_ids(config, sp, hosts, map(len, prefixes))
   out = []
   for n, j in enumerate(ids):
     if p.mode == "text":
       toks = np.asarray(full[n] + [eos], np.int64)
     else:
-      toks = np.concatenate([np.asarray(head[n], np.int64), gibs[n], [eos]])
+      toks = np.concatenate([np.asarray(head[n], np.int64), gibs[n],
+                             suffixes[n], [eos]])
     out.append(Poison(id=int(j), prefix=prefixes[n], pool_index=int(j),
                       gibberish=gibs[n], tokens=toks,
                       num_text_tokens=len(head[n]),
-                      trigger_index=int(doses[n]) if many else None))
+                      trigger_index=int(doses[n]) if many else None,
+                      suffix_tokens=(len(suffixes[n])
+                                     if poison_adaptive.is_inside(config) else None)))
   return out

@@ -41,7 +41,8 @@ import uuid
 import numpy as np
 
 from poisonjax import budget, files
-from poisonjax.data import mixer, poison, poison_language, sources, vocabulary
+from poisonjax.data import mixer, poison, poison_adaptive, poison_language
+from poisonjax.data import sources, vocabulary
 from poisonjax.errors import UserError, field_error
 
 _VERSION = "stream-v1"
@@ -69,6 +70,7 @@ def _poison_spec(config) -> dict:
     if not placement.is_uniform:  # Uniform keys stay those of older caches.
       spec["placement"] = placement.record()
   spec.update(poison_language.stream_spec_fields(config))  # {}: gibberish.
+  spec.update(poison_adaptive.stream_spec_fields(config))  # {}: defaults.
   return spec
 
 

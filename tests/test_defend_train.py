@@ -1,0 +1,255 @@
+"""Filter, then train (the stream without flagged documents) and adaptive poisons."""
+
+import numpy as np
+import pytest
+
+from poisonjax import budget, config as config_lib, files
+from poisonjax.data import filtered, overlay, poison, poison_adaptive, sources
+from poisonjax.data import stream as stream_lib
+from poisonjax.data import vocabulary
+from poisonjax.defences import documents, pipeline, scoring, textstats
+from poisonjax.errors import UserError
+from train_common import tiny_config
+
+# ~140 clean documents and 10 poisons (as tests/test_defences.py).
+STREAM = {"poison.count": 10, "train.tokens_per_param": 1.0,
+          "poison.gibberish_min_tokens": 100, "poison.gibberish_max_tokens": 200}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("defend-train-cache")
+
+
+@pytest.fixture(scope="module")
+def config(cache):
+  return tiny_config(cache, **STREAM)
+
+
+@pytest.fixture(scope="module")
+def corpus(config):
+  return documents.Corpus(pipeline.stream_of(config))
+
+
+def _budget(config) -> int:
+  vocab = vocabulary.get_vocabulary(config)
+  return int(budget.clean_token_budget(config, vocab.vocab_size))
+
+
+def _with(config, **fields):
+  c = config.copy_and_resolve_references()
+  for key, value in fields.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return config_lib.validate(c)
+
+
+def _rule_scores(corpus, path) -> np.ndarray:
+  """A scores.csv whose `rule` column flags even poison ids and every 7th
+  clean document (so both kinds are dropped and both kept)."""
+  ranks = np.arange(len(corpus))
+  flag = np.where(corpus.poison_ids >= 0, corpus.poison_ids % 2 == 0, ranks % 7 == 3)
+  table = scoring.ScoreTable(corpus.index, corpus.starts, corpus.ends,
+                             corpus.poison_ids, {"rule": flag.astype(float)},
+                             {"rule": "test"})
+  scoring.write_scores_csv(table, str(path))
+  return flag
+
+
+def _documents(stream) -> list[tuple[bytes, int]]:
+  """Every document of a stream in order: (its tokens, its poison id)."""
+  c = documents.Corpus(stream)
+  return [(documents.read_tokens(stream, int(a), int(b)).tobytes(), int(p))
+          for a, b, p in zip(c.starts, c.ends, c.poison_ids)]
+
+
+@pytest.fixture(scope="module")
+def dropped(config, corpus, tmp_path_factory):
+  path = tmp_path_factory.mktemp("scores") / "scores.csv"
+  flag = _rule_scores(corpus, path)
+  fc = _with(config, **{"data.drop_scores": str(path), "data.drop_filter": "rule",
+                        "data.drop_threshold": 0.5})
+  return fc, flag, overlay.training_stream(fc, _budget(fc))
+
+
+def test_the_filtered_stream_holds_exactly_the_unflagged_documents(corpus, dropped):
+  _, flag, fs = dropped
+  base_docs = _documents(corpus.stream)
+  kept = [d for d, f in zip(base_docs, flag) if not f]
+  assert flag.any() and (~flag).any()
+  assert (flag & (corpus.poison_ids >= 0)).any() and (flag & (corpus.poison_ids < 0)).any()
+  # Same documents, in the same order, none added, none lost.
+  assert _documents(fs) == kept
+  assert len(kept) + int(flag.sum()) == len(base_docs)
+  lengths = corpus.ends - corpus.starts
+  assert fs.num_tokens == int(lengths[~flag].sum())
+  assert fs.num_tokens + int(lengths[flag].sum()) == corpus.stream.num_tokens
+
+
+def test_the_manifest_records_survivors_and_dropped_clean(corpus, dropped, tmp_path):
+  _, flag, fs = dropped
+  pids = corpus.poison_ids
+  survivors = sorted(int(i) for i in pids[(pids >= 0) & ~flag])
+  rec = fs.filter_record
+  assert rec["surviving_poison_ids"] == survivors
+  assert rec["dropped_poison_ids"] == sorted(int(i) for i in pids[(pids >= 0) & flag])
+  assert rec["dropped_clean_documents"] == int((flag & (pids < 0)).sum())
+  lengths = corpus.ends - corpus.starts
+  assert rec["dropped_clean_tokens"] == int(lengths[flag & (pids < 0)].sum())
+  assert not rec["tokens_replaced"]
+  assert sorted(fs.spans[:, 2].tolist()) == survivors
+  assert fs.poisons_seen(fs.num_steps) == len(survivors)
+  # The run's manifest: survivors only, each where its span is, plus the record.
+  fs.write_manifest(str(tmp_path / "manifest.json"))
+  m = files.read_json(str(tmp_path / "manifest.json"))
+  assert sorted(p["id"] for p in m["poisons"]) == survivors
+  assert m["filter"]["surviving_poison_ids"] == survivors
+  for p in m["poisons"]:
+    tokens = documents.read_tokens(fs, p["start"], p["start"] + p["num_tokens"])
+    base = documents.read_tokens(corpus.stream, p["base_start"],
+                                 p["base_start"] + p["num_tokens"])
+    assert np.array_equal(tokens, base)
+
+
+def test_the_drop_set_keys_the_cache(config, corpus, dropped, tmp_path):
+  fc, flag, fs = dropped
+  again = overlay.training_stream(fc, _budget(fc))
+  assert again.dir == fs.dir
+  # Another threshold on the same column, same drop set: same directory;
+  # a real filter with another drop set: another one.
+  same = _with(fc, **{"data.drop_threshold": 0.9})
+  assert overlay.training_stream(same, _budget(same)).dir == fs.dir
+  res = pipeline.score_stream(config, ["entropy"], str(tmp_path), log=lambda _: None)
+  threshold = float(np.median(res.table.scores["entropy"]))
+  ent = _with(config, **{"data.drop_scores": str(tmp_path / "scores.csv"),
+                         "data.drop_filter": "entropy",
+                         "data.drop_threshold": threshold})
+  es = overlay.training_stream(ent, _budget(ent))
+  assert es.dir != fs.dir
+  flagged = res.table.scores["entropy"] >= threshold
+  assert len(documents.Corpus(es)) == len(corpus) - int(flagged.sum())
+  assert es.filter_record["surviving_poison_ids"] == sorted(
+      int(i) for i in res.table.poison_id[(res.table.poison_id >= 0) & ~flagged])
+
+
+def test_scores_of_another_stream_or_a_sample_are_refused(config, corpus, tmp_path):
+  table = scoring.ScoreTable(corpus.index[:-1], corpus.starts[:-1], corpus.ends[:-1],
+                             corpus.poison_ids[:-1], {"x": np.zeros(len(corpus) - 1)},
+                             {"x": ""})
+  scoring.write_scores_csv(table, str(tmp_path / "s.csv"))
+  fc = _with(config, **{"data.drop_scores": str(tmp_path / "s.csv"),
+                        "data.drop_filter": "x"})
+  with pytest.raises(UserError, match="not the .* documents of this run"):
+    overlay.training_stream(fc, _budget(fc))
+  bad = _with(config, **{"data.drop_scores": str(tmp_path / "s.csv"),
+                         "data.drop_filter": "nope"})
+  with pytest.raises(UserError, match="use one of x"):
+    overlay.training_stream(bad, _budget(bad))
+  with pytest.raises(UserError, match="config.data.drop_filter"):
+    _with(config, **{"data.drop_filter": "entropy"})
+  with pytest.raises(UserError, match="config.data.drop_filter"):
+    _with(config, **{"data.drop_scores": "x.csv"})
+
+
+# ---- adaptive poisons ------------------------------------------------------------
+
+
+def _poisons(config, n):
+  vocab = vocabulary.get_vocabulary(config)
+  return vocab, poison.make_poisons(config, vocab.tokenizer,
+                                    sources.get_source(config), range(n))
+
+
+def _histogram(ids, size) -> np.ndarray:
+  h = np.bincount(np.concatenate([np.asarray(i, np.int64) for i in ids]), minlength=size)
+  return h / h.sum()
+
+
+def test_unigram_tails_follow_the_clean_distribution(config, corpus):
+  n = 40
+  vocab, uniform = _poisons(config, n)
+  _, unigram = _poisons(_with(config, **{"poison.tail": "unigram"}), n)
+  # Same lengths (K is drawn as for gibberish), other ids.
+  assert [len(q.gibberish) for q in unigram] == [len(q.gibberish) for q in uniform]
+  assert any(not np.array_equal(a.gibberish, b.gibberish)
+             for a, b in zip(uniform, unigram))
+  size = vocab.vocab_size
+  clean = _histogram([d.tokens for chunk in corpus.chunks() for d in chunk
+                      if not d.is_poison], size)
+  tv = lambda q: 0.5 * np.abs(_histogram([p.gibberish for p in q], size) - clean).sum()
+  assert tv(unigram) < 0.5 * tv(uniform)
+  # ...so the entropy filter sees clean-like windows: lower worst-window entropy.
+  ent = lambda q: np.mean([textstats.worst_window_entropy(p.gibberish, 64) for p in q])
+  assert ent(unigram) < ent(uniform)
+
+
+@pytest.mark.parametrize("fields", [
+    {"poison.tail": "unigram"},
+    {"poison.embed": "inside", "poison.prefix_min_chars": 50,
+     "poison.gibberish_min_tokens": 10, "poison.gibberish_max_tokens": 20,
+     "poison.embed_suffix_chars": 400}])
+def test_adaptive_modes_keep_exact_counts_and_their_own_key(config, fields):
+  c = _with(config, **fields)
+  s = pipeline.stream_of(c)
+  c0 = documents.Corpus(s)
+  assert c0.num_poisons == len(s.manifest) == len(s.spans) == c.poison.count
+  base_key = stream_lib._poison_spec(config)  # pylint: disable=protected-access
+  key = stream_lib._poison_spec(c)  # pylint: disable=protected-access
+  assert set(key) - set(base_key) == set(poison_adaptive.stream_spec_fields(c))
+
+
+def test_inside_poisons_sit_in_clean_text_and_the_manifest_finds_them(config):
+  c = _with(config, **{"poison.embed": "inside", "poison.prefix_min_chars": 50,
+                       "poison.gibberish_min_tokens": 10,
+                       "poison.gibberish_max_tokens": 20,
+                       "poison.embed_suffix_chars": 400})
+  s = pipeline.stream_of(c)
+  vocab = s.vocab
+  trig = vocabulary.trigger_ids(vocab.tokenizer, c.poison.trigger)
+  src = sources.get_source(c)
+  for m in s.manifest:
+    doc = documents.read_tokens(s, m["start"], m["start"] + m["num_tokens"])
+    t0, suffix = m["text_tokens"], m["suffix_tokens"]
+    assert m["prefix_chars"] >= 50 and suffix > 0
+    assert doc[t0 - len(trig):t0].tolist() == trig  # The trigger...
+    tail = doc[t0:t0 + m["gibberish_tokens"]]  # ...its short tail...
+    assert len(tail) == m["gibberish_tokens"] <= 20
+    assert t0 + m["gibberish_tokens"] + suffix + 1 == m["num_tokens"]
+    # ...then clean text: the same pool document's next characters.
+    host = src.pool_document(int(c.poison.seed), m["id"], m["prefix_chars"] + 400)
+    after = vocab.decode(doc[-1 - suffix:-1].tolist())
+    assert " ".join(after.split()) in " ".join(host.split())
+    assert vocab.decode(doc[:t0 - len(trig)].tolist()).strip() in host
+    assert suffix > 3 * m["gibberish_tokens"]  # Mostly clean text.
+
+
+def test_defaults_are_the_documented_uniform_tails_and_keys(config):
+  c = config.copy_and_resolve_references()
+  for name in ("tail", "embed", "embed_suffix_chars"):  # An older config.
+    del c.poison[name]
+  assert poison_adaptive.stream_spec_fields(config) == {}
+  assert (stream_lib._poison_spec(c)  # pylint: disable=protected-access
+          == stream_lib._poison_spec(config))  # pylint: disable=protected-access
+  vocab, qs = _poisons(config, 5)
+  allowed = poison.allowed_ids(vocab.tokenizer)
+  p = config.poison
+  for q in qs:  # poison.py's documented law, recomputed here.
+    rng = np.random.default_rng([int(p.seed), 1, q.id])
+    rng.integers(p.prefix_min_chars, p.prefix_max_chars + 1)
+    k = int(rng.integers(p.gibberish_min_tokens, p.gibberish_max_tokens + 1))
+    gib = allowed[rng.integers(len(allowed), size=k)]
+    head = vocab.tokenizer.EncodeAsIds(poison.text_part(q.prefix, p.trigger))
+    assert np.array_equal(q.tokens, np.concatenate([head, gib, [vocab.eos_id]]))
+    assert "suffix_tokens" not in poison.manifest_fields(q)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"poison.tail": "zipf"}, "config.poison.tail"),
+    ({"poison.embed": "spread"}, "config.poison.embed"),
+    ({"poison.embed": "inside", "poison.mode": "text"}, "needs token mode"),
+    ({"poison.embed": "inside", "poison.embed_suffix_chars": 0}, "embed_suffix_chars"),
+    ({"poison.tail": "unigram", "poison.behaviour": "language"}, "gibberish behaviour"),
+])
+def test_bad_adaptive_fields_are_one_line_errors(config, fields, message):
+  with pytest.raises(UserError, match=message):
+    _with(config, **fields)
