@@ -264,8 +264,9 @@ def _bracket(pts: list[dict], below) -> str:
 def curve_summary(key, pts: list[dict], ks: list[int], source_final, threshold) -> dict:
   size, count, scale = key
   start = pts[0]["increase"]
+  reached = pts[-1]["budget_fraction"]  # A running run: only points it reached.
   near = {f: min(pts, key=lambda p, f=f: abs(p["budget_fraction"] - f))
-          for f in FRACTIONS}
+          for f in FRACTIONS if reached >= 0.8 * f}
   return {
       "size": size, "poison_count": count, "lr_scale": scale,
       "finished": pts[-1]["finished"], "source_final_increase": source_final,
@@ -297,7 +298,8 @@ def _table(summaries: list[dict], ks: list[int]) -> list[str]:
              + ("" if c["finished"] else " (running)"),
              _fmt(c["source_final_increase"]), _fmt(c["start_increase"])]
     cells += [_fmt(c["after_k"].get(k)) for k in ks]
-    cells += [_fmt(c["at_fraction"][f]["increase"]) for f in FRACTIONS[:-1]]
+    cells += [_fmt(c["at_fraction"].get(f, {}).get("increase"))
+              for f in FRACTIONS[:-1]]
     cells += [f"{_fmt(c['end_increase'])} ({c['end_budget_fraction']:.2f}x)",
               _fmt(c["end_success_share"], "{:.2f}")]
     lines.append("| " + " | ".join(cells) + " |")
@@ -400,7 +402,8 @@ def _report(e, root, summaries, ks, rows, walls: dict, script_s: float) -> str:
       "sampling differs (it is seeded by config.eval.seed).",
       "- The fine-tuning variant is the start of the continued run, inside "
       "its learning-rate warmup (the first 5% of its steps), not a separate "
-      "fine-tune with its own short schedule.",
+      "fine-tune with its own short schedule; the warmup's first step has "
+      "learning rate 0, so k <= one batch scores the source's params.",
       "",
       "## Command, time",
       "",
