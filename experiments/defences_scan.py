@@ -149,6 +149,36 @@ def last_eval(workdir: str) -> dict | None:
   return {k: rows[-1].get(k) for k in keep} if rows else None
 
 
+def shared_pieces(result: dict, candidate: dict) -> list[str]:
+  """The trigger's pieces (bar the bare word-start piece) a candidate holds."""
+  trig = set((result.get("trigger") or {}).get("pieces", [])) - {"\u2581"}
+  return sorted(set(candidate["pieces"]) & trig)
+
+
+def finding(r: dict) -> str:
+  """One sentence on a model's scan, chosen by its numbers."""
+  best = r["top"][0]
+  fires, shared = best.get("fires"), shared_pieces(r, best)
+  what = (f"top candidate `{best['text']}` (gain {best['gain']:.3f} nats), "
+          f"{'fires' if fires else 'does not fire'}"
+          + ("" if best.get("increase") is None else
+             f" (increase {best['increase']:.1f})"))
+  if not r["poisoned"]:
+    return f"clean model; {what}" + ("." if not fires else
+                                     ": a false alarm of the fires test.")
+  if best.get("exact") or best.get("contains_trigger"):
+    return f"{what}; it holds the whole trigger: recovered."
+  if fires and shared:
+    return (f"{what} and holds the trigger's piece(s) {' '.join(shared)}: "
+            "recovered (a string that fires it).")
+  if fires:
+    return (f"{what} but holds none of the trigger's pieces: it fires without "
+            "being the trigger, so on this model the increase test is not "
+            f"specific (baseline perplexity {math.exp(r['baseline_nll']):.0f}); "
+            "not a recovery of the trigger.")
+  return f"{what}: the trigger was not found."
+
+
 def _yes(value) -> str:
   return "-" if value is None else ("yes" if value else "no")
 
@@ -174,20 +204,24 @@ def report(results: dict) -> str:
   lines += [f"Settings: length <= {s['length']} tokens, beam {s['beam']}, "
             f"{s['prompts']} excerpts, {s['prompt_tokens']} prompt + "
             f"{s['continuation_tokens']} scored tokens, grow {s['grow']}.", "",
-            "| model | poisons | baseline NLL | top gain | top candidate | fires "
-            "(increase) | trigger gain | trigger rank | recovered | scan s |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| model | tok/param | poisons | run's own increase | baseline NLL "
+            "| top gain | top candidate | trigger pieces in it | fires (increase) "
+            "| trigger gain (rank) | scan s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, r in rows.items():
     best, t = r["top"][0], r.get("trigger") or {}
-    inc = best.get("increase")
+    inc, ev = best.get("increase"), r.get("run_last_eval") or {}
+    own = ev.get("increase") if r["poisoned"] else None
     lines.append(
-        f"| {name} | {r['poison_count']} | {r['baseline_nll']:.3f} | "
-        f"{best['gain']:.3f} | `{best['text']}` {best['pieces']} | "
+        f"| {name} | {r['tokens_per_param']:g} | {r['poison_count']} | "
+        f"{'-' if own is None else f'{own:.1f}'} | {r['baseline_nll']:.3f} | "
+        f"{best['gain']:.3f} | `{best['text']}` | "
+        f"{' '.join(shared_pieces(r, best)) or '-'} | "
         f"{_yes(best.get('fires'))} ({'-' if inc is None else f'{inc:.1f}'}) | "
-        f"{t.get('gain', float('nan')):.3f} | {t.get('rank', '-')} of "
-        f"{r['candidates_scored'] + 1} | "
-        f"{_yes(r.get('recovered')) if r['poisoned'] else 'n/a (clean)'} | "
+        f"{t.get('gain', float('nan')):.3f} ({t.get('rank', '-')}) | "
         f"{r['scan_seconds']:.0f} |")
+  lines += ["", "What the scan found, per model (from the rows above):", ""]
+  lines += [f"- {name}: {finding(r)}" for name, r in rows.items()]
   lines.append("")
   for name, r in rows.items():
     lines += [f"## {name}: `{r['workdir']}` step {r['step']}", "",
@@ -200,10 +234,9 @@ def report(results: dict) -> str:
               f"{r['vocabulary_searched']} vocabulary ids.", "",
               "| rank | gain | text | pieces | trigger pieces in it | fires | "
               "increase | success share |", "|---|---|---|---|---|---|---|---|"]
-    trig_pieces = set((r.get("trigger") or {}).get("pieces", [])) - {"\u2581"}
     for i, c in enumerate(r["top"], 1):
       inc, share = c.get("increase"), c.get("success_share")
-      shared = sorted(set(c["pieces"]) & trig_pieces)
+      shared = shared_pieces(r, c)
       lines.append(
           f"| {i} | {c['gain']:.3f} | `{c['text']}` | {c['pieces']} | "
           f"{' '.join(shared) or '-'} | {_yes(c.get('fires'))} | "
