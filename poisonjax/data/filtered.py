@@ -10,6 +10,10 @@ nothing unflagged is lost. To make sure of that, scores.csv must score
 every document of the stream (scored without sampling, --max_clean_docs=0)
 and its (start, end, poison id) rows must equal this stream's document
 split (defences/documents.py); anything else is refused in one line.
+The threshold applies to scores.csv's numbers as written (6 significant
+digits): take it from them (experiments/defences_train.py does, with
+defences.metrics.threshold_at_fpr), not from filters.csv's rounded
+column, or a poison scored at the threshold may round below it and stay.
 
 The result is an ordinary cached stream (tokens.bin, spans.npy, manifest,
 meta, checksum; stream.py's format) under CACHE/streams/filtered-KEY, KEY a
