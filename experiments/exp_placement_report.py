@@ -164,11 +164,9 @@ def findings(runs, order, threshold) -> list[str]:
     out.append(_ordering(runs))
   for n in order:
     peak, frac = _mean(runs, n, "peak_increase"), _mean(runs, n, "peak_fraction")
-    if frac < 1.0 and peak > 0:  # Peaked before the end: what the rest did.
+    if frac < 1.0 and peak > 0 and final[n] < 0.5 * peak:  # Decayed.
       out.append(f"{n} peaked at {peak:.1f} (fraction {frac:.2f}) and ended at "
-                 f"{final[n]:.1f}: the training after the peak "
-                 + ("erased most of it." if final[n] < 0.5 * peak
-                    else "kept most of it."))
+                 f"{final[n]:.1f}: the training after the peak erased most of it.")
   if "uniform" in final:
     for n in order:
       if n != "uniform":
