@@ -42,7 +42,7 @@ def regenerate(out, cfg, threshold) -> int:
 def render(out, cfg, rows, runs, threshold, provenance) -> None:
   order = [n for n in cfg.placement_order if any(r["placement"] == n for r in runs)]
   draw(os.path.join(out, "placement.png"), rows, runs, order, threshold)
-  text = report(cfg, runs, order, threshold, provenance)
+  text = report(cfg, rows, runs, order, threshold, provenance)
   files.write_text_atomic(os.path.join(out, "report.md"), text)
 
 
@@ -156,6 +156,34 @@ def _ordering(runs) -> str:
           f"{shape}.")
 
 
+def _poisoned_steps_seen(run, step) -> int:
+  """Distinct steps holding a poison among the steps [0, step) trained."""
+  return len({s for s in run["poison_steps"] if s < step})
+
+
+def equal_poisoned_steps(rows, runs, order) -> list[str]:
+  """Each placement vs uniform when uniform had trained as many poisoned steps."""
+  uni = next((r for r in runs if r["placement"] == "uniform"), None)
+  if uni is None:
+    return []
+  evals = sorted((r for r in rows if r["placement"] == "uniform"
+                  and r["seed"] == uni["seed"]), key=lambda r: r["step"])
+  out = []
+  for run in runs:
+    if run["placement"] == "uniform" or run["seed"] != uni["seed"]:
+      continue
+    k = run["steps_with_poisons"]
+    hit = next((e for e in evals if _poisoned_steps_seen(uni, e["step"]) >= k), None)
+    if hit is not None:
+      out.append(f"{run['placement']}: its {len(run['poison_steps'])} poisons "
+                 f"sit in {k} steps and end at {run['final_increase']:.1f}; "
+                 f"uniform, at its first evaluation after {k} poisoned steps "
+                 f"(step {hit['step']}, {_poisoned_steps_seen(uni, hit['step'])} "
+                 f"poisoned steps, {hit['poisons_seen']} poisons seen), was at "
+                 f"{hit['increase']:.1f}.")
+  return out
+
+
 def findings(runs, order, threshold) -> list[str]:
   """Sentences computed from the runs (means over seeds where several)."""
   final = {n: _mean(runs, n, "final_increase") for n in order}
@@ -175,7 +203,7 @@ def findings(runs, order, threshold) -> list[str]:
   return out
 
 
-def report(cfg, runs, order, threshold, provenance) -> str:
+def report(cfg, rows, runs, order, threshold, provenance) -> str:
   b = cfg.study.base
   seeds = sorted({r["seed"] for r in runs})
   lines = [
@@ -204,6 +232,11 @@ def report(cfg, runs, order, threshold, provenance) -> str:
             "|---|---|---|---|---|---|---|---|"]
   lines += [_row(r, threshold) for n in order for r in runs if r["placement"] == n]
   lines += ["", "## Findings", ""] + [f"- {s}" for s in findings(runs, order, threshold)]
+  same = equal_poisoned_steps(rows, runs, order)
+  if same:
+    lines += ["", "At an equal number of poisoned optimizer steps (same seed; "
+              "uniform's evaluations bracket it from above):", ""]
+    lines += [f"- {s}" for s in same]
   lines += ["", "## Context and caveats", "", f"- {PAPER}",
             "- Here a placement also decides how much clean training follows "
             "the last poison (about 90% of the run for first10, none for "

@@ -229,24 +229,31 @@ def test_experiment_report_is_computed_from_the_runs(tmp_path):
   cfg = mod.get_config()
   first = _fake_run("first10", [0, 300, 120, 40], [0, 100, 100, 100])
   last = _fake_run("last10", [0, 1, 2, 70], [0, 0, 30, 100])
+  uniform = _fake_run("uniform", [0, 10, 60, 100], [0, 30, 60, 100])
   runs = []
-  for rows in (first, last):
+  for rows, steps in ((uniform, [5, 8, 15, 25]), (first, [1, 2]), (last, [1, 2])):
     s = exp_placement.run_summary(rows, 50.0)
     runs.append({"placement": rows[0]["placement"], "run": "r", "seed": 0,
-                 "workdir": "runs/x",
-                 "num_steps": 40, "poison_steps": [1, 2], "first_step": 1,
-                 "last_step": 2, "steps_with_poisons": 2,
+                 "workdir": "runs/x", "num_steps": 40, "poison_steps": steps,
+                 "first_step": steps[0], "last_step": steps[-1],
+                 "steps_with_poisons": len(steps),
                  "most_poisons_in_one_step": 1, **s})
+  runs = runs[1:] + runs[:1]
   assert runs[0]["crossed"]["poisons_seen_after"] == 100
   assert runs[0]["peak_increase"] == 300 and runs[0]["final_increase"] == 40
   assert runs[1]["crossed"]["poisons_seen_before"] == 30
-  exp_placement_report.write_all(str(tmp_path), first + last, runs, cfg, 50.0,
+  exp_placement_report.write_all(str(tmp_path), first + last + uniform, runs, cfg, 50.0,
                                  ["- made by the test"])
   text = (tmp_path / "report.md").read_text()
   assert "first 10% end at 40.0 [39.0, 41.0], in the last 10% at 70.0" in text
   assert "REVERSE of the paper's" in text and "erased most of it" in text
-  assert "above: last10 (70.0 [69.0, 71.0], share 1.00)" in text
+  assert "above: uniform (100.0 [99.0, 101.0], share 1.00), last10 (70.0 " \
+      "[69.0, 71.0], share 1.00); spanning: none; below: first10" in text
   assert "between 30 and 100 seen" in text
+  # Uniform's first evaluation after 2 poisoned steps (5 and 8): step 10.
+  assert "sit in 2 steps and end at 40.0; uniform, at its first evaluation " \
+      "after 2 poisoned steps (step 10, 2 poisoned steps, 30 poisons seen), " \
+      "was at 10.0" in text
   assert (tmp_path / "placement.png").stat().st_size > 0
   assert exp_placement_report.regenerate(str(tmp_path), cfg, 50.0) == 0
   assert "regenerated" in (tmp_path / "report.md").read_text()
