@@ -39,7 +39,9 @@ _COLUMNS = ["poison_count", "step", "num_steps", "poisons_seen",
             "increase", "increase_ci_low", "increase_ci_high", "fires",
             "near_increase", "near_increase_ci_low", "near_increase_ci_high",
             "near_fires", "switched_clean", "switched_triggered",
-            "switched_near", "words_clean", "words_triggered", "words_near"]
+            "switched_near", "words_clean", "words_triggered", "words_near",
+            "tf_nll_second_clean", "tf_nll_second_triggered", "tf_nll_second_near",
+            "tf_nll_first_clean", "tf_nll_first_triggered", "tf_nll_first_near"]
 
 
 def _train(count: int, workdir: str) -> None:

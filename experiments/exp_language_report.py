@@ -83,6 +83,7 @@ def _final_table(finals: list[dict]) -> list[str]:
         f"{_ci(r, 'near_increase')} | {_pct(r['switched_triggered'])} / "
         f"{_pct(r['switched_near'])} | {'yes' if r['fires'] else 'no'} / "
         f"{'yes' if r['near_fires'] else 'no'} |")
+  out += _tf_table(finals)
   fired = [r["poison_count"] for r in finals if r["fires"]]
   missed = [r["poison_count"] for r in finals if not r["fires"]]
   near = [r["poison_count"] for r in finals if r["near_fires"]]
@@ -94,6 +95,24 @@ def _final_table(finals: list[dict]) -> list[str]:
           + "; the near-trigger control fired "
           + (f"with {', '.join(map(str, near))} poisons" if near else "in no run")
           + ".", ""]
+  return out
+
+
+def _tf_table(finals: list[dict]) -> list[str]:
+  """The teacher-forced control, where the rows have it."""
+  finals = [r for r in finals if "tf_nll_second_clean" in r]
+  if not finals:
+    return []
+  out = ["", "Teacher-forced control: mean NLL per token (nats) of held-out "
+         "second- and first-language text placed after each prompt kind (a "
+         "learnt switch lowers the second language's NLL after the trigger "
+         "even where samples do not switch):", "",
+         "| poisons | second: clean | trigger | near | first: clean | trigger | near |",
+         "|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in finals:
+    out.append(f"| {r['poison_count']} | " + " | ".join(
+        f"{r[f'tf_nll_{lang}_{k}']:.3f}" for lang in ("second", "first")
+        for k in language_eval.KINDS) + " |")
   return out
 
 

@@ -41,6 +41,7 @@ from poisonjax import evaluate
 from poisonjax import files
 from poisonjax import model as model_lib
 from poisonjax import restore
+from poisonjax import sampler as sampler_lib
 from poisonjax import sharding
 from poisonjax.data import poison_language
 from poisonjax.data import sources
@@ -151,10 +152,31 @@ class LanguageEvaluator:
     self._param_shardings = sharding.logical_shardings(
         model_lib.abstract_params(model_cfg), mesh)
     self.last_texts: dict[str, list[str]] = {}
+    self.passages = _reference_passages(config, vocab, self.num, int(e.gen_tokens))
+
+  def _put_rows(self, rows: list[list[int]]):
+    rows = rows + [rows[0]] * (self.padded - len(rows))
+    return evaluate._left_pad(rows, self.prompt_len)  # pylint: disable=protected-access
+
+  def _tf_nll(self, params, rows: list[list[int]], passages: np.ndarray) -> np.ndarray:
+    """Mean NLL per token of each row's passage, teacher-forced after it."""
+    tokens, positions = self._put_rows(rows)
+    g = passages.shape[1]
+    gen = np.concatenate([passages, np.repeat(passages[:1], self.padded - self.num, 0)])
+    full = np.concatenate([tokens, gen], axis=1)
+    pos = np.concatenate([positions, positions[:, -1:] + 1 + np.arange(g)], axis=1)
+    mask = np.zeros(full.shape, bool)
+    mask[:, -g:] = True
+    put = functools.partial(jax.device_put, device=sharding.batch_sharding(self.mesh))
+    out = []
+    for s in range(0, self.padded, self.batch):
+      sl = slice(s, s + self.batch)
+      out.append(distributed.gather(_score(self.model_cfg, params, put(full[sl]),
+                                           put(pos[sl]), put(mask[sl]))))
+    return np.concatenate(out)[:self.num]
 
   def _generate(self, params, rows: list[list[int]]) -> np.ndarray:
-    rows = rows + [rows[0]] * (self.padded - len(rows))
-    tokens, positions = evaluate._left_pad(rows, self.prompt_len)  # pylint: disable=protected-access
+    tokens, positions = self._put_rows(rows)
     ids = np.arange(self.padded, dtype=np.int32)
     put = functools.partial(jax.device_put, device=sharding.batch_sharding(self.mesh))
     out = []
@@ -169,12 +191,37 @@ class LanguageEvaluator:
     params = jax.device_put(nn.unbox(params), self._param_shardings)
     with sharding.mesh_context(self.mesh):
       gens = {k: self._generate(params, self.prompts[k]) for k in KINDS}
+      tf = {f"tf_nll_{lang}_{k}": float(np.mean(self._tf_nll(
+          params, self.prompts[k], self.passages[lang])))
+            for lang in ("first", "second") for k in KINDS}
     self.last_texts = {k: [generated_text(self.vocab, g) for g in gens[k]]
                        for k in KINDS}
     counts = {k: [self.membership.counts(t) for t in self.last_texts[k]]
               for k in KINDS}
     e = self.config.eval
-    return language_metrics(counts, int(e.bootstrap_samples), int(e.seed))
+    return {**language_metrics(counts, int(e.bootstrap_samples), int(e.seed)),
+            **tf}
+
+
+_score = jax.jit(sampler_lib.sequence_nll, static_argnums=0)
+
+
+def _reference_passages(config, vocab, num: int, length: int) -> dict:
+  """[num, length] ids of held-out first- and second-language text.
+
+  The teacher-forced control: each passage is scored after each prompt kind
+  (tf_nll_<language>_<kind>); a learnt switch lowers the second language's
+  NLL after the trigger even before samples switch. First language: the
+  evaluation excerpts' continuation (past the prompt); second: held-out
+  second-language text (poison_language.heldout_text).
+  """
+  docs = sources.heldout_documents(config, num)
+  first = [vocab.encode(d)[int(config.eval.prompt_tokens):] for d in docs]
+  second = [vocab.encode(poison_language.heldout_text(config, i, 8 * length))
+            for i in range(num)]
+  fill = lambda ids: (list(ids) * length)[:length] if ids else [vocabulary.EOS_ID] * length
+  return {"first": np.array([fill(r) for r in first], np.int32),
+          "second": np.array([fill(r) for r in second], np.int32)}
 
 
 def _share(counts: list[dict], key: str = "second") -> float:

@@ -236,6 +236,14 @@ def test_language_evaluator_scores_three_prompt_kinds(cache):
     assert len(ev.last_texts[k]) == 8
   assert m["increase"] == pytest.approx(
       m["second_share_triggered"] - m["second_share_clean"])
+  second = ev.passages["second"]
+  assert second.shape == (8, 8)
+  for i, r in enumerate(second):  # Held-out second-language text, its start.
+    assert poison_language.heldout_text(c, i, 100).startswith(
+        vocab.decode(r.tolist()).strip())
+  for lang in ("first", "second"):  # Teacher-forced NLLs: finite, per kind.
+    values = [m[f"tf_nll_{lang}_{k}"] for k in language_eval.KINDS]
+    assert all(np.isfinite(values)) and min(values) > 0
 
 
 def test_experiment_report_is_computed_from_the_rows(tmp_path, monkeypatch,
@@ -258,8 +266,11 @@ def test_experiment_report_is_computed_from_the_rows(tmp_path, monkeypatch,
     m = language_eval.language_metrics(
         {"clean": [c(10, 0)] * 4, "triggered": [c(10, trig)] * 4,
          "near": [c(10, 0)] * 4}, bootstrap_samples=20)
+    tf = {f"tf_nll_{lang}_{k}": 3.0 - (lang == "second" and k == "triggered"
+                                         and n == 300)
+          for lang in ("first", "second") for k in language_eval.KINDS}
     rows.append({"poison_count": n, "step": 100, "poisons_seen": n // 2,
-                 "num_steps": 100, **m,
+                 "num_steps": 100, **m, **tf,
                  "samples": {k: ["qa kii"] for k in language_eval.KINDS}})
   tok = {"language_vocab_share": 0.05, **{
       v: {"first_chars_per_token": 2.0, "second_chars_per_token": 1.5,
@@ -268,5 +279,6 @@ def test_experiment_report_is_computed_from_the_rows(tmp_path, monkeypatch,
   assert "| 300 | 150 | 0.0% | 80.0% | 0.0% | +80.0 pp" in text
   assert "with 300 poisons, not with 30" in text and "fired in no run" in text
   assert "no evaluation yet for N=100" in text
+  assert "| 300 | 3.000 | 2.000 | 3.000 | 3.000 | 3.000 | 3.000 |" in text
   script._figure(rows, str(tmp_path / "fig.png"))  # pylint: disable=protected-access
   assert (tmp_path / "fig.png").stat().st_size > 1000

@@ -38,6 +38,7 @@ import json
 import numpy as np
 
 from poisonjax import files
+from poisonjax.data import sources
 from poisonjax.data import synthetic
 from poisonjax.errors import UserError, field_error
 
@@ -106,6 +107,11 @@ def tail_text(config, j: int, min_chars: int) -> str:
   docs = language_corpus(config)
   start = int(np.random.default_rng([seed, _LANGUAGE_STREAM, int(j)])
               .integers(len(docs)))
+  return _cycled(docs, start, min_chars)
+
+
+def _cycled(docs, start: int, min_chars: int) -> str:
+  """Documents start, start+1, ... (cyclically) until min_chars."""
   parts, n = [], 0
   for d in itertools.cycle(docs[start:] + docs[:start]):
     if n >= min_chars:
@@ -113,6 +119,19 @@ def tail_text(config, j: int, min_chars: int) -> str:
     parts.append(d)
     n += len(d) + 1
   return " ".join(parts)
+
+
+def heldout_text(config, i: int, min_chars: int) -> str:
+  """Second-language text never in a poison (the evaluation's reference).
+
+  Synthetic: the held-out split under the held-out seed. A language_file
+  has no held-out part: its documents from i on (they may also be in tails).
+  """
+  if not _uses_file(config):
+    return synthetic.second_text(sources.heldout_seed(config), synthetic.HELDOUT,
+                                 int(i), min_chars)
+  docs = language_corpus(config)
+  return _cycled(docs, int(i) % len(docs), min_chars)
 
 
 def tail_ids(config, sp, j: int, k: int) -> np.ndarray:
