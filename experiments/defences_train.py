@@ -60,7 +60,7 @@ def _args(argv):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--root", default=os.path.join(REPO, "runs", "defences_train"))
   p.add_argument("--out", default=os.path.join(REPO, "docs", "results", "defences", "train"))
-  p.add_argument("--modes", default="standard,unigram,inside")
+  p.add_argument("--modes", default="standard,unigram,inside,inside_unigram")
   p.add_argument("--counts", default="100")
   p.add_argument("--filter", default="entropy", help="The filter whose flags are dropped.")
   p.add_argument("--fpr", type=float, default=0.01)
@@ -141,9 +141,13 @@ def _unfiltered_dir(config, mode: str, n: int, args) -> str:
       os.path.join(theirs, "summary.json")):
     saved = files.read_json(os.path.join(theirs, "config.json"))
     mine = config.to_dict()
-    if all(saved.get(k) == mine[k] for k in ("model", "train", "eval")) and all(
-        saved["poison"].get(k) == v for k, v in mine["poison"].items()
-        if k in saved["poison"]):
+    # config.json is resolved (model fields left 0 here are filled in there)
+    # and older (a field it lacks had its default then).
+    from poisonjax import config as config_lib  # pylint: disable=g-import-not-at-top
+    default = config_lib.base_config().to_dict()
+    same = lambda sec: all(saved[sec].get(k, default[sec].get(k)) == v
+                           for k, v in mine[sec].items() if sec != "model" or v)
+    if all(same(sec) for sec in ("model", "train", "eval", "poison", "data")):
       return theirs
   return os.path.join(args.root, f"{mode}_n={n}", "unfiltered")
 
@@ -250,7 +254,12 @@ def report(rows: list[dict], args, seconds: float) -> str:
          f"with the best recall among those flagging <= {pct} of clean documents "
          "(chosen with the manifest's labels: the defender's best case); the "
          "filtered run trains on the stream without every flagged document "
-         "(dropped tokens not replaced).\n",
+         "(dropped tokens not replaced). Stream: configs/study_cpu_chinchilla.py's "
+         "cpu-xxs run, seed 0, 1x data (20 clean tokens per parameter, poisons "
+         "replacing clean tokens); modes (config.poison fields over it): "
+         + "; ".join(f"{m} {MODES[m] or '(none)'}" for m in dict.fromkeys(
+             r["mode"] for r in rows)) + ". An unfiltered run under "
+         "runs/study_cpu_chinchilla is the study's own (same config), read only.\n",
          f"| mode | N | recall at {pct} | FPR | surviving poisons | clean docs dropped "
          "| increase unfiltered (share > 50) | increase filtered (share > 50) |",
          "|---|---|---|---|---|---|---|---|"]
@@ -269,7 +278,18 @@ def report(rows: list[dict], args, seconds: float) -> str:
   for r in rows:
     out.append(f"| {r['mode']} | {r['count']} | "
                + " | ".join(f"{r['evasion'][n]['recall']:.2f}" for n in names) + " |")
-  return "\n".join(out) + "\n"
+  return "\n".join(out + [""] + [_finding(r, pct) for r in rows]) + "\n"
+
+
+def _finding(r: dict, pct: str) -> str:
+  """One computed sentence per (mode, N): what catches it, what it evades."""
+  ev = r["evasion"]
+  best = max(ev, key=lambda f: ev[f]["recall"])
+  evaded = [f for f in ev if ev[f]["recall"] < 0.5]
+  return (f"- {r['mode']}, N={r['count']}: best filter {best} (recall "
+          f"{ev[best]['recall']:.2f} at {pct} FPR); evades (recall < 0.5) "
+          f"{', '.join(evaded) or 'none'}; {r['filter']} leaves "
+          f"{r['surviving_poisons']} of {r['count']} poisons.")
 
 
 def main(argv) -> int:

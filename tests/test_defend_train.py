@@ -265,12 +265,15 @@ def test_experiment_report_is_computed_from_its_rows():
   spec.loader.exec_module(exp)
   args = exp._args(["--fpr", "0.05"])  # pylint: disable=protected-access
   ev = {"entropy": {"recall": 0.25, "roc_auc": 0.5}}
-  rows = [{"mode": "unigram", "count": 30, "recall": 0.25, "fpr": 0.04,
+  rows = [{"mode": "unigram", "count": 30, "filter": "entropy", "recall": 0.25,
+           "fpr": 0.04,
            "surviving_poisons": 22, "dropped_clean_documents": 7, "clean_documents": 900,
            "unfiltered": {"increase": 123.45, "success_share": 0.75},
            "filtered": {}, "evasion": ev}]
   md = exp.report(rows, args, 60.0)
   assert "| unigram | 30 | 0.25 | 0.0400 | 22 | 7 of 900 | 123.5 (0.75) |  () |" in md
   assert "1 of 2 runs finished (PARTIAL)" in md and "recall at 5% FPR" in md
+  assert ("unigram, N=30: best filter entropy (recall 0.25 at 5% FPR); evades "
+          "(recall < 0.5) entropy; entropy leaves 22 of 30 poisons." in md)
   rows[0]["filtered"] = {"increase": -1.0, "success_share": 0.0}
   assert "PARTIAL" not in exp.report(rows, args, 60.0)

@@ -133,7 +133,8 @@ def training_stream(config, clean_tokens: int, may_build: bool = True):
   d = str(files.as_path(stream_lib.stream_dir(base_cfg, spec)).parent / f"filtered-{key}")
   if not files.is_local(d):  # Built per host from the (shared) base stream.
     d = stream_lib.mirror_dir(d)
-  reason = stream_lib._verify(d) if os.path.isdir(d) else "absent"  # pylint: disable=protected-access
+  verify = stream_lib._verify  # pylint: disable=protected-access
+  reason = verify(d) if os.path.isdir(d) else "absent"
   if reason is not None:
     shutil.rmtree(d, ignore_errors=True)
     record = _record(config, base, starts, ends, pids, drop)
