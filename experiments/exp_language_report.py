@@ -113,6 +113,16 @@ def _tf_table(finals: list[dict]) -> list[str]:
     out.append(f"| {r['poison_count']} | " + " | ".join(
         f"{r[f'tf_nll_{lang}_{k}']:.3f}" for lang in ("second", "first")
         for k in language_eval.KINDS) + " |")
+  drop = lambda r, k: r["tf_nll_second_clean"] - r[f"tf_nll_second_{k}"]
+  out += ["", "The second language's NLL after the clean prompt falls from "
+          + " to ".join(f"{r['tf_nll_second_clean']:.2f}" for r in finals)
+          + " nats with more poisons (the model learns the language from the "
+          "poisons alone: the clean data has none). After the trigger it is "
+          "lower than after the clean prompt by "
+          + ", ".join(f"{drop(r, 'triggered'):.2f} (N={r['poison_count']})"
+                      for r in finals)
+          + " nats; after the near-trigger by "
+          + ", ".join(f"{drop(r, 'near'):.2f}" for r in finals) + "."]
   return out
 
 
@@ -182,6 +192,10 @@ def render(rows: list[dict], tok: dict, root: str, wall_s: float, counts) -> str
             "- Words of neither lexicon (half-learnt forms, cut words) count in "
             "the denominator as neither language, so a share understates a "
             "switch to broken second-language text.",
+            "- The second language is in no clean document, only in the "
+            "poisons' tails (and in 5% of the vocabulary's sample): the model "
+            "must learn the language itself from N x ~650 tokens, as well as "
+            "when to use it.",
             "- A synthetic language with a 1k vocabulary and a 0.24M-parameter "
             "model; the paper's switch was to a natural language at 32k "
             "vocabulary and 600M-13B parameters.", "",
