@@ -315,8 +315,10 @@ def _final_panel(ax, res: dict) -> None:
   ax.axhline(res["threshold"], color="k", lw=0.6, ls="--", label="threshold")
   ax.set_xscale("log")
   ax.set_yscale("symlog", linthresh=10)
+  top = max(c["increase_ci_high"] for c in res["crosstalk"])
+  ax.set_ylim(-20, max(2 * top, 10 * res["threshold"]))
   ax.set_xlabel("poisons of the trigger")
-  ax.set_ylabel("final increase in perplexity")
+  ax.set_ylabel(f"increase in perplexity at step {res['regime']['step']}")
   ax.set_title(f"Dose-response at step {res['regime']['step']}")
   ax.legend(fontsize=7)
 
@@ -477,6 +479,50 @@ def _caveats(res: dict) -> list[str]:
       "contain another's (poison.check_distinct)."]
 
 
+def _findings(res: dict) -> list[str]:
+  """The headline sentences, from the numbers."""
+  t = res["threshold"]
+  many = [c for c in res["crosstalk"] if c["run"] == "doses"]
+  ctrl = next(c for c in many if c["role"] == "control")
+  inc = [c["increase"] for c in many if c["role"] == "trained"]
+  seen = sum(int(_poisons_seen(res, x)) for x in res["triggers"]
+             if _poisons_seen(res, x) != "-")
+  out = [f"- The many-dose run: every trigger's increase is {min(inc):.0f} to "
+         f"{max(inc):.0f} whatever its count ({res['counts'][0]} to "
+         f"{res['counts'][-1]}), and the never-poisoned control's is "
+         f"{ctrl['increase']:.0f} (success share {ctrl['success_share']:.2f}): "
+         + ("no dose-response; " if max(inc) - min(inc) < 0.1 * max(inc) else "")
+         + f"the run's {seen} poisons seen by then act as one backdoor."]
+  for v in res["validation"]:
+    out.append(f"- {v['count']} poisons: {v['many_increase']:.0f} in the many-dose "
+               f"run vs {v['single_increase']:.0f} alone; difference "
+               f"{v['difference']:.0f} [{v['ci_low']:.0f}, {v['ci_high']:.0f}].")
+  singles = {c["run"] for c in res["crosstalk"] if c["run"] != "doses"}
+  for run in sorted(singles):
+    rows = [c for c in res["crosstalk"] if c["run"] == run]
+    own = next(c for c in rows if c["role"] == "trained")
+    other = [c["increase"] for c in rows if c["role"] != "trained"]
+    if own["increase"] > t:
+      out.append(f"- {run} (`{own['trigger']}` only): its own trigger "
+                 f"{own['increase']:.0f}, the strings it never saw "
+                 f"{min(other):.0f} to {max(other):.0f}: the backdoor fires on "
+                 "the shared shape of the strings, not on the trained string.")
+    else:
+      out.append(f"- {run} (`{own['trigger']}` only): no backdoor yet (own "
+                 f"{own['increase']:.1f}, others {min(other):.1f} to "
+                 f"{max(other):.1f}).")
+  ok = all((v["many_success"] > 0.5) == (v["single_success"] > 0.5)
+           and v["ci_low"] <= 0 <= v["ci_high"] for v in res["validation"])
+  out.append("- Verdict: " + (
+      "validated at the compared counts." if ok else
+      "NOT validated with these triggers: one run does not give the "
+      "single-trigger dose-response. Triggers of one family pool their "
+      "poisons; a many-dose run needs triggers the model cannot generalize "
+      "between (untested here), and the control string is the check that it "
+      "does not."))
+  return out
+
+
 def write_report(res: dict, out: str, provenance: list[str]) -> None:
   counts = ", ".join(map(str, res["counts"]))
   lines = [
@@ -489,6 +535,7 @@ def write_report(res: dict, out: str, provenance: list[str]) -> None:
       "prompts with its own trigger appended. Validation: doses also trained "
       "alone with the same seeds; cross-talk: every checkpoint evaluated after "
       "every trigger and a control string that no run was poisoned with.", "",
+      "## Findings", "", *_findings(res), "",
       "## Regime", "", *_regime(res), "",
       "## Dose-response from one run", "", *_dose_table(res), "",
       "## Validation against single-trigger runs", "", *_validation_lines(res), "",

@@ -89,6 +89,8 @@ def write_figure(res: dict, path: str) -> None:
                  "o-", ms=3, color=f"C{i}", label=f"{v['variant']}: {v['trigger']}")
   axes[0].axhline(res["threshold"], color="k", lw=0.6, ls="--")
   axes[0].set_yscale("symlog", linthresh=10)
+  axes[0].set_ylim(-20, 2 * max([r["increase"] for r in res["curves"]]
+                                + [5 * res["threshold"]]))
   axes[0].set_xlabel("poisons seen")
   axes[0].set_ylabel("increase in perplexity")
   axes[0].set_title(f"{res['count']} poisons, during training")
@@ -102,8 +104,10 @@ def write_figure(res: dict, path: str) -> None:
   axes[1].set_xticks(x, [f"{v['variant']}\n{v['trigger']}" for v in vs], fontsize=8)
   axes[1].axhline(res["threshold"], color="k", lw=0.6, ls="--")
   axes[1].set_yscale("symlog", linthresh=10)
-  axes[1].set_ylabel("final increase [95% CI]")
-  axes[1].set_title("End of training")
+  axes[1].set_ylim(-20, 2 * max(max(v["increase_ci_high"] for v in vs),
+                                5 * res["threshold"]))
+  axes[1].set_ylabel("increase [95% CI]")
+  axes[1].set_title(f"At step {res['regime']['step']}")
   fig.tight_layout()
   plots.save_png(fig, path, dpi=120)
   plt.close(fig)
