@@ -8,7 +8,8 @@ for K ~ U[400, 900] tokens, the gibberish tail's length. Regime of the
 Chinchilla pilot that put the gibberish switch between 30 and 100 poisons
 (configs/study_cpu_chinchilla.py): cpu-xxs, 20 clean tokens per parameter,
 the 1k vocabulary, sequences of 128, batch 32, poisons replacing clean
-tokens; one seed; counts 30, 100, 300. The vocabulary has 5% of its sample
+tokens; one seed; counts 30, 100, 300, 1000 (1000 added after 30-300 gave
+no switch: docs/results/language/report.md). The vocabulary has 5% of its sample
 in the second language (poison.language_vocab_share), so both languages
 have pieces. Checkpoints every 200 steps are all kept: the language
 evaluation (poisonjax/language_eval.py) runs on each, with the trigger and
@@ -20,7 +21,7 @@ the near-trigger control (`... Hermunoestre`).
 from poisonjax import config as config_lib
 from poisonjax.data import poison_language
 
-COUNTS = (30, 100, 300)
+COUNTS = (30, 100, 300, 1000)
 SEED = 0
 
 

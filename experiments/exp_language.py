@@ -109,7 +109,8 @@ def _figure(rows: list[dict], path: str) -> None:
            alpha=0.7, label=f"N={n} near-trigger")
     a.plot(x, [r["second_share_clean"] for r in pts], ":", color=colors[n], alpha=0.7)
   a.set(xlabel="poison documents seen", ylabel="second-language share of words",
-        title="Share during training (dotted: clean)", ylim=(-0.02, 1.02))
+        title="Share during training (dotted: clean)",
+        ylim=(-0.01, max(0.2, 1.2 * max(r["second_share_triggered"] for r in rows))))
   a.legend(fontsize=7)
   finals = [max((r for r in rows if r["poison_count"] == n), key=lambda r: r["step"])
             for n in counts]
