@@ -27,27 +27,16 @@ this one with the paper's sizes, vocabulary and budgets.
 
 import ml_collections
 
-from poisonjax import config as config_lib
+from poisonjax import presets
 
 
 def base():
   """The sources' run config (the CPU Chinchilla study's regime)."""
-  c = config_lib.base_config()
-  c.vocab.size = 1024
+  c = presets.cpu_chinchilla()
   c.vocab.seed = 0  # One tokenizer for sources and continued runs.
   c.eval.heldout_seed = 0  # One prompt set for every evaluation.
   c.data.seed = 0
-  c.data.seq_len = 128
-  c.train.batch_size = 32
-  c.train.tokens_per_param = 20.0
-  c.train.log_every = 100
-  c.train.ckpt_every = 500
   c.poison.budget_mode = "replace"
-  c.eval.num_excerpts = 64
-  c.eval.prompt_tokens = 32
-  c.eval.gen_tokens = 32
-  c.eval.num_evals = 6
-  c.eval.bootstrap_samples = 200
   return c
 
 

@@ -25,7 +25,7 @@ fields here; the script is the same.
 
 import ml_collections
 
-from poisonjax import config as config_lib
+from poisonjax import presets
 from poisonjax import study as study_lib
 
 PLACEMENTS = {
@@ -41,19 +41,9 @@ PLACEMENTS = {
 
 def base():
   """configs/study_cpu_chinchilla.py's run config, with denser evaluations."""
-  c = config_lib.base_config()
-  c.vocab.size = 1024
-  c.data.seq_len = 128
-  c.train.batch_size = 32
-  c.train.tokens_per_param = 20.0
-  c.train.log_every = 100
-  c.train.ckpt_every = 500
-  c.eval.num_excerpts = 64
-  c.eval.prompt_tokens = 32
-  c.eval.gen_tokens = 32
+  c = presets.cpu_chinchilla()
   # Every ~58 steps: a first/last window of 116 steps gets two evaluations.
   c.eval.num_evals = 20
-  c.eval.bootstrap_samples = 200
   return c
 
 

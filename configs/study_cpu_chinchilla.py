@@ -31,24 +31,12 @@ measured train speed (bench_train, batch 32 x 128): cpu-xxs 36k, cpu-xs
 22k, cpu-s 8.9k tokens/s, i.e. about 11.5 hours for the 63 runs here.
 """
 
-from poisonjax import config as config_lib
+from poisonjax import presets
 from poisonjax import study as study_lib
 
 
 def base():
-  c = config_lib.base_config()
-  c.vocab.size = 1024
-  c.data.seq_len = 128
-  c.train.batch_size = 32
-  c.train.tokens_per_param = 20.0
-  c.train.log_every = 100
-  c.train.ckpt_every = 500
-  c.eval.num_excerpts = 64
-  c.eval.prompt_tokens = 32
-  c.eval.gen_tokens = 32
-  c.eval.num_evals = 6
-  c.eval.bootstrap_samples = 200
-  return c
+  return presets.cpu_chinchilla()
 
 
 def get_config(arg=None):
