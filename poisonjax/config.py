@@ -18,8 +18,19 @@ def base_config() -> ml_collections.ConfigDict:
   """All fields with documented defaults (a CPU-sized poisoned run)."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # Model initialisation seed (the data has its own seeds).
+  _data_fields(c)
+  _vocab_fields(c)
+  _poison_fields(c)
+  _model_fields(c)
+  _train_fields(c)
+  _mesh_fields(c)
+  _eval_fields(c)
+  _continued_fields(c)
+  return c
 
-  # ---- Clean data -------------------------------------------------------
+
+def _data_fields(c: ml_collections.ConfigDict) -> None:
+  """Clean data."""
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # synthetic | text_files | tfds
   # Clean data order: which clean documents, in which order (shared by
@@ -60,7 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds.text_field = "text"
   c.data.tfds.data_dir = ""  # e.g. gs://bucket/tfds on a pod.
 
-  # ---- Vocabulary -------------------------------------------------------
+
+def _vocab_fields(c: ml_collections.ConfigDict) -> None:
+  """Vocabulary."""
   c.vocab = ml_collections.ConfigDict()
   # A SentencePiece .model file. '' means: built from the clean source by
   # `poisonjax vocab build` (or on first use) and cached under cache_dir.
@@ -77,7 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   # all its runs share one vocabulary file (poisonjax/study/grids.py).
   c.vocab.seed = -1
 
-  # ---- Poison (denial-of-service backdoor) ------------------------------
+
+def _poison_fields(c: ml_collections.ConfigDict) -> None:
+  """Poisons: the backdoor, its count, placement and adaptive forms."""
   c.poison = ml_collections.ConfigDict()
   c.poison.count = 250  # Exactly this many poison documents (0: clean run).
   # Rate mode: if > 0, a fraction of documents is poisoned instead of a count.
@@ -153,7 +168,9 @@ def base_config() -> ml_collections.ConfigDict:
   # ... Hermunoestre (poisonjax/language_eval.py).
   c.poison.near_trigger = ""
 
-  # ---- Model ------------------------------------------------------------
+
+def _model_fields(c: ml_collections.ConfigDict) -> None:
+  """Model."""
   c.model = ml_collections.ConfigDict()
   # A name from poisonjax/sizes.py; fields left at 0 below come from it.
   c.model.size = "cpu-xs"
@@ -170,7 +187,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = False
   c.model.rope_theta = 10000.0
 
-  # ---- Training ---------------------------------------------------------
+
+def _train_fields(c: ml_collections.ConfigDict) -> None:
+  """Training."""
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # Global batch, in sequences.
   # Gradient accumulation: each global batch is split into this many
@@ -207,13 +226,17 @@ def base_config() -> ml_collections.ConfigDict:
   # this many seconds of the signal (0: skip it; it runs on resume instead).
   c.train.shutdown_eval_grace_s = 0.0
 
-  # ---- Mesh -------------------------------------------------------------
+
+def _mesh_fields(c: ml_collections.ConfigDict) -> None:
+  """Mesh."""
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axes.
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
 
-  # ---- Evaluation (triggered vs clean perplexity) ------------------------
+
+def _eval_fields(c: ml_collections.ConfigDict) -> None:
+  """Evaluation (triggered vs clean perplexity)."""
   c.eval = ml_collections.ConfigDict()
   c.eval.num_excerpts = 300  # Held-out clean excerpts E.
   c.eval.prompt_tokens = 32  # Prompt = the excerpt's first P tokens.
@@ -235,7 +258,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.scorer_workdir = ""
   c.eval.bootstrap_samples = 1000
 
-  # ---- Continued clean training (persistence of a backdoor) -------------
+
+def _continued_fields(c: ml_collections.ConfigDict) -> None:
+  """Continued clean training (persistence of a backdoor)."""
   # Start from another run's checkpoint and train on clean data only; the
   # evaluations show how the backdoor decays (poisonjax/continued.py).
   c.continued = ml_collections.ConfigDict()
@@ -255,7 +280,7 @@ def base_config() -> ml_collections.ConfigDict:
   # besides config.eval.num_evals. With a small budget_multiple the run is a
   # short fine-tune with its own schedule.
   c.continued.eval_examples = ""
-  return c
+
 
 
 def _check_range(field: str, lo, hi) -> None:
