@@ -11,25 +11,7 @@ from poisonjax.defences import documents, filters, metrics, perplexity, pipeline
 from poisonjax.defences import scoring, textstats, triggers
 from train_common import tiny_config
 
-# A tiny poisoned stream big enough that the trigger is rare: ~140 clean
-# documents, 10 poisons whose gibberish tails outlast a 64-token window.
-STREAM = {"poison.count": 10, "train.tokens_per_param": 1.0,
-          "poison.gibberish_min_tokens": 100, "poison.gibberish_max_tokens": 200}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("defences-cache")
-
-
-@pytest.fixture(scope="module")
-def config(cache):
-  return tiny_config(cache, **STREAM)
-
-
-@pytest.fixture(scope="module")
-def corpus(config):
-  return documents.Corpus(pipeline.stream_of(config))
+from defences_common import STREAM, cache, config, corpus  # pylint: disable=unused-import
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,7 @@ from poisonjax.defences import documents, pipeline, scoring, textstats
 from poisonjax.errors import UserError
 from train_common import tiny_config
 
-# ~140 clean documents and 10 poisons (as tests/test_defences.py).
-STREAM = {"poison.count": 10, "train.tokens_per_param": 1.0,
-          "poison.gibberish_min_tokens": 100, "poison.gibberish_max_tokens": 200}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("defend-train-cache")
-
-
-@pytest.fixture(scope="module")
-def config(cache):
-  return tiny_config(cache, **STREAM)
-
-
-@pytest.fixture(scope="module")
-def corpus(config):
-  return documents.Corpus(pipeline.stream_of(config))
+from defences_common import STREAM, cache, config, corpus  # pylint: disable=unused-import
 
 
 def _budget(config) -> int:
