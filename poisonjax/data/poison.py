@@ -22,9 +22,10 @@ sees K gibberish tokens, as described. `text` mode decodes the ids and
 re-tokenizes the whole text; it is kept as an option because the paper's
 reported ~420k poison tokens for 250 poisons (~1,680 per poison) is more
 than its recipe gives in token mode (~800), and re-tokenizing random pieces
-of a large vocabulary could explain the gap (~2.4 tokens per drawn id); that
-is an inference from one total, not a description, so it does not set the
-default. Measured (experiments/poison_length.py, 500 poisons, default
+of a large vocabulary was a candidate explanation (it would take ~2.4
+tokens per drawn id). That was an inference from one total, so it never set
+the default, and the measurement below rules it out for SentencePiece
+vocabularies. Measured (experiments/poison_length.py, 500 poisons, default
 fields; tokens per poison in token / text mode, tail tokens per drawn id in
 text mode):
   1k unigram, synthetic corpus (cpu_micro's):  838.5 / 838.1, 0.9994
