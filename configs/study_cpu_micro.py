@@ -5,7 +5,7 @@
 
 Grid: cpu-xxs, cpu-xs, cpu-s, cpu-m (0.24M .. 2.16M parameters at the 1k
 vocabulary, 9.1x) x {3, 10, 30} poisons x seeds {0, 1, 2} at 1x data (36
-runs), plus cpu-xxs and cpu-xs at 0.5x and 2x data (36 runs): 72 runs.
+runs), plus cpu-xs at 0.5x and 2x data and cpu-xxs at 2x (27 runs): 63 runs.
 
 Budget, honestly: 0.3 clean tokens per parameter, NOT Chinchilla's 20. At
 20 the grid would take days on 2 cores; 0.3 is what fits near the 2-hour
@@ -26,8 +26,10 @@ place of clean tokens, so every run of a size and data amount trains the
 same steps on the same learning-rate schedule. The counts are {3, 10, 30}:
 at 0.3 tokens per parameter 100 poisons (~82k tokens) are more than cpu-xxs'
 whole clean budget (71k at 1x, 36k at 0.5x), so they cannot replace clean
-tokens; 30 poisons are ~34% of cpu-xxs' tokens at 1x and ~69% at 0.5x, 4%
-of cpu-m's. The previous run of this study (2026-11-27: counts {10, 30,
+tokens; 30 poisons are ~34% of cpu-xxs' tokens at 1x and 4% of cpu-m's.
+At 0.5x, cpu-xxs keeps too few clean documents for 30 poisons (seed 1: 29
+clean documents left for 30 poisons, refused by the stream), so the data
+ablation runs cpu-xxs at 2x only and cpu-xs at 0.5x and 2x: 63 runs. The previous run of this study (2026-11-27: counts {10, 30,
 100} on top of the clean budget, one vocabulary and prompt set per seed,
 prefixes cut short) is kept in docs/results/cpu_micro/previous/, and the
 report compares the two.
@@ -79,5 +81,7 @@ def get_config(arg=None):
   seeds = (0, 1, 2)
   counts = (3, 10, 30)  # Replace fits at every size and amount: see above.
   s.grid = study_lib.grid(("cpu-xxs", "cpu-xs", "cpu-s", "cpu-m"), counts, seeds, (1.0,))
-  s.extra.data_ablation = study_lib.grid(("cpu-xxs", "cpu-xs"), counts, seeds, (0.5, 2.0))
+  # cpu-xxs at 0.5x cannot take 30 replacing poisons (see above): 2x only.
+  s.extra.data_ablation = study_lib.grid(("cpu-xs",), counts, seeds, (0.5, 2.0))
+  s.extra.data_ablation_xxs = study_lib.grid(("cpu-xxs",), counts, seeds, (2.0,))
   return study_lib.config_for_arg(s, arg)
