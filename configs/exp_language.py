@@ -18,7 +18,7 @@ the near-trigger control (`... Hermunoestre`).
 `get_config("100")` is the run with 100 poisons; `get_config()` the first.
 """
 
-from poisonjax import config as config_lib
+from poisonjax import presets
 from poisonjax.data import poison_language
 
 COUNTS = (30, 100, 300, 1000)
@@ -26,14 +26,9 @@ SEED = 0
 
 
 def get_config(arg=None):
-  c = config_lib.base_config()
+  c = presets.cpu_chinchilla()
   c.model.size = "cpu-xxs"
-  c.vocab.size = 1024
   c.vocab.seed = 0
-  c.data.seq_len = 128
-  c.train.batch_size = 32
-  c.train.tokens_per_param = 20.0
-  c.train.log_every = 100
   c.train.ckpt_every = 200
   c.train.keep_checkpoints = 20  # Every checkpoint: the language evals use them.
   c.poison.behaviour = "language"
