@@ -62,7 +62,8 @@ def _args(argv):
   p.add_argument("--out", default=os.path.join(REPO, "docs", "results", "defences", "train"))
   p.add_argument("--modes", default="standard,unigram,inside,inside_unigram")
   p.add_argument("--counts", default="100")
-  p.add_argument("--filter", default="entropy", help="The filter whose flags are dropped.")
+  p.add_argument("--filters", default="entropy,compression",
+                 help="Comma list: one filtered run per filter, dropping what it flags.")
   p.add_argument("--fpr", type=float, default=0.01)
   p.add_argument("--sample_clean", type=int, default=3000)
   p.add_argument("--partial", action="store_true", help="Score and report; train nothing.")
@@ -179,28 +180,39 @@ def operating_point(scores_csv: str, name: str, fpr: float):
           metrics.roc_auc(s["score"], labels), int((~labels).sum()))
 
 
-def one_point(mode: str, n: int, args) -> dict:
-  """Scores, trains and summarises one (mode, N)."""
+def one_point(mode: str, n: int, args) -> list[dict]:
+  """Scores, trains and summarises one (mode, N): a row per drop filter,
+  all sharing the one unfiltered run."""
   config = run_config(mode, n, args.smoke, args.root)
   base = os.path.join(args.root, "scores", f"{mode}_n={n}")
   k = _key(args.fpr)
   evasion = score(config, SAMPLE_FILTERS, os.path.join(base, "sample"),
                   args.sample_clean, args.fpr)
-  score(config, [args.filter], os.path.join(base, "all"), 0, args.fpr)
-  scores_csv = os.path.join(base, "all", "scores.csv")
-  op, auc, num_clean = operating_point(scores_csv, args.filter, args.fpr)
+  evasion = {r["filter"]: {"recall": float(r[f"recall_at_{k}"]),
+                           "roc_auc": float(r["roc_auc"])} for r in evasion}
   plain_dir = _unfiltered_dir(config, mode, n, args)
-  filt_dir = os.path.join(args.root, f"{mode}_n={n}", f"filtered_{args.filter}")
-  row = {"mode": mode, "count": n, "filter": args.filter, "target_fpr": args.fpr,
-         "threshold": op.threshold, "recall": op.recall, "fpr": op.fpr,
-         "poisons_flagged": op.poisons_flagged, "roc_auc": auc,
-         "clean_documents": num_clean,
-         "unfiltered_run": os.path.relpath(plain_dir, REPO),
-         "filtered_run": os.path.relpath(filt_dir, REPO),
-         "evasion": {r["filter"]: {"recall": float(r[f"recall_at_{k}"]),
-                                   "roc_auc": float(r["roc_auc"])} for r in evasion}}
-  row["unfiltered"] = (final_eval(plain_dir)
-                       if train_once(config, plain_dir, args.partial) else {})
+  unfiltered = (final_eval(plain_dir)
+                if train_once(config, plain_dir, args.partial) else {})
+  common = {"mode": mode, "count": n, "target_fpr": args.fpr,
+            "unfiltered_run": os.path.relpath(plain_dir, REPO),
+            "unfiltered": unfiltered, "evasion": evasion}
+  return [filtered_point(config, name, dict(common), args)
+          for name in args.filters.split(",")]
+
+
+def filtered_point(config, name: str, row: dict, args) -> dict:
+  """One filter's drop set over the whole stream, and the run without it."""
+  mode, n = row["mode"], row["count"]
+  out = os.path.join(args.root, "scores", f"{mode}_n={n}", "all")
+  if name != "entropy":  # The first scores (entropy's) kept their old place.
+    out = os.path.join(out, name)
+  score(config, [name], out, 0, args.fpr)
+  scores_csv = os.path.join(out, "scores.csv")
+  op, auc, num_clean = operating_point(scores_csv, name, args.fpr)
+  filt_dir = os.path.join(args.root, f"{mode}_n={n}", f"filtered_{name}")
+  row.update(filter=name, threshold=op.threshold, recall=op.recall, fpr=op.fpr,
+             poisons_flagged=op.poisons_flagged, roc_auc=auc,
+             clean_documents=num_clean, filtered_run=os.path.relpath(filt_dir, REPO))
   if op.poisons_flagged + op.clean_flagged == 0:  # The same stream: same run.
     row.update(surviving_poisons=n, dropped_clean_documents=0, filtered_run="",
                note="nothing flagged at this FPR: the filtered run is the "
@@ -208,7 +220,7 @@ def one_point(mode: str, n: int, args) -> dict:
     return row
   filtered = config.copy_and_resolve_references()
   filtered.data.drop_scores = scores_csv
-  filtered.data.drop_filter, filtered.data.drop_threshold = args.filter, op.threshold
+  filtered.data.drop_filter, filtered.data.drop_threshold = name, op.threshold
   row.update(drop_summary(filtered))
   assert row["surviving_poisons"] == n - op.poisons_flagged, row
   row["filtered"] = (final_eval(filt_dir)
@@ -244,12 +256,15 @@ def _csv(path: str, rows: list[dict]) -> None:
 
 def report(rows: list[dict], args, seconds: float) -> str:
   pct = f"{100 * args.fpr:g}%"
-  trained = sum(bool(r["unfiltered"]) + bool(r["filtered"]) for r in rows)
-  out = [f"# Filter, then train; adaptive poisons (cpu-xxs, {args.filter} filter)\n",
+  runs = ({(r["unfiltered_run"], bool(r["unfiltered"])) for r in rows}
+          | {(r["filtered_run"], bool(r["filtered"])) for r in rows if r["filtered_run"]})
+  trained, total = sum(done for _, done in runs), len(runs)
+  filters = ", ".join(dict.fromkeys(r["filter"] for r in rows))
+  out = [f"# Filter, then train; adaptive poisons (cpu-xxs; drop filters: {filters})\n",
          "Generated by `experiments/defences_train.py`"
          + (" --smoke (tiny recipe, not a measurement)" if args.smoke else "")
-         + f"; never edited by hand. {trained} of {2 * len(rows)} runs finished"
-         + ("" if trained == 2 * len(rows) else " (PARTIAL)")
+         + f"; never edited by hand. {trained} of {total} runs finished"
+         + ("" if trained == total else " (PARTIAL)")
          + f"; this invocation {seconds / 60:.1f} min. The threshold is the one "
          f"with the best recall among those flagging <= {pct} of clean documents "
          "(chosen with the manifest's labels: the defender's best case); the "
@@ -260,12 +275,14 @@ def report(rows: list[dict], args, seconds: float) -> str:
          + "; ".join(f"{m} {MODES[m] or '(none)'}" for m in dict.fromkeys(
              r["mode"] for r in rows)) + ". An unfiltered run under "
          "runs/study_cpu_chinchilla is the study's own (same config), read only.\n",
-         f"| mode | N | recall at {pct} | FPR | surviving poisons | clean docs dropped "
-         "| increase unfiltered (share > 50) | increase filtered (share > 50) |",
-         "|---|---|---|---|---|---|---|---|"]
+         f"| mode | N | filter | recall at {pct} | FPR | surviving poisons "
+         "| clean docs dropped | increase unfiltered (share > 50) "
+         "| increase filtered (share > 50) |",
+         "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     u, f = r["unfiltered"], r["filtered"]
-    out.append(f"| {r['mode']} | {r['count']} | {r['recall']:.2f} | {r['fpr']:.4f} | "
+    out.append(f"| {r['mode']} | {r['count']} | {r['filter']} | {r['recall']:.2f} | "
+               f"{r['fpr']:.4f} | "
                f"{r['surviving_poisons']} | {r['dropped_clean_documents']} of "
                f"{r['clean_documents']} | {_fmt(u.get('increase'))} "
                f"({_fmt(u.get('success_share'), '.2f')}) | {_fmt(f.get('increase'))} "
@@ -275,21 +292,26 @@ def report(rows: list[dict], args, seconds: float) -> str:
           f"{args.sample_clean} sampled clean documents; the trigger finder needs "
           "corpus statistics):", "",
           "| mode | N | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+  points = {}  # (mode, N) -> its rows, one per drop filter.
   for r in rows:
-    out.append(f"| {r['mode']} | {r['count']} | "
-               + " | ".join(f"{r['evasion'][n]['recall']:.2f}" for n in names) + " |")
-  return "\n".join(out + [""] + [_finding(r, pct) for r in rows]) + "\n"
+    points.setdefault((r["mode"], r["count"]), []).append(r)
+  for (mode, n), group in points.items():
+    out.append(f"| {mode} | {n} | " + " | ".join(
+        f"{group[0]['evasion'][f]['recall']:.2f}" for f in names) + " |")
+  return "\n".join(out + [""] + [_finding(g, pct) for g in points.values()]) + "\n"
 
 
-def _finding(r: dict, pct: str) -> str:
+def _finding(group: list[dict], pct: str) -> str:
   """One computed sentence per (mode, N): what catches it, what it evades."""
+  r = group[0]
   ev = r["evasion"]
   best = max(ev, key=lambda f: ev[f]["recall"])
   evaded = [f for f in ev if ev[f]["recall"] < 0.5]
+  left = "; ".join(f"{g['filter']} leaves {g['surviving_poisons']} of {g['count']} "
+                   "poisons" for g in group)
   return (f"- {r['mode']}, N={r['count']}: best filter {best} (recall "
           f"{ev[best]['recall']:.2f} at {pct} FPR); evades (recall < 0.5) "
-          f"{', '.join(evaded) or 'none'}; {r['filter']} leaves "
-          f"{r['surviving_poisons']} of {r['count']} poisons.")
+          f"{', '.join(evaded) or 'none'}; {left}.")
 
 
 def main(argv) -> int:
@@ -306,7 +328,7 @@ def main(argv) -> int:
   t0, rows = time.time(), []
   for n in (int(x) for x in args.counts.split(",")):
     for mode in args.modes.split(","):
-      rows.append(one_point(mode, n, args))
+      rows.extend(one_point(mode, n, args))
       write_outputs(rows, args, time.time() - t0)  # Partial results as they come.
   print(report(rows, args, time.time() - t0))
   return 0

@@ -251,12 +251,19 @@ def test_experiment_report_is_computed_from_its_rows():
   rows = [{"mode": "unigram", "count": 30, "filter": "entropy", "recall": 0.25,
            "fpr": 0.04,
            "surviving_poisons": 22, "dropped_clean_documents": 7, "clean_documents": 900,
+           "unfiltered_run": "u", "filtered_run": "f_entropy",
            "unfiltered": {"increase": 123.45, "success_share": 0.75},
            "filtered": {}, "evasion": ev}]
+  rows.append({**rows[0], "filter": "compression", "recall": 0.5,
+               "surviving_poisons": 15, "filtered_run": "f_compression",
+               "filtered": {"increase": 2.0, "success_share": 0.0}})
   md = exp.report(rows, args, 60.0)
-  assert "| unigram | 30 | 0.25 | 0.0400 | 22 | 7 of 900 | 123.5 (0.75) |  () |" in md
-  assert "1 of 2 runs finished (PARTIAL)" in md and "recall at 5% FPR" in md
+  assert ("| unigram | 30 | entropy | 0.25 | 0.0400 | 22 | 7 of 900 | 123.5 (0.75) "
+          "|  () |") in md
+  assert "2 of 3 runs finished (PARTIAL)" in md and "recall at 5% FPR" in md
+  assert md.count("| unigram | 30 | 0.25 |") == 1  # Evasion: one row per (mode, N).
   assert ("unigram, N=30: best filter entropy (recall 0.25 at 5% FPR); evades "
-          "(recall < 0.5) entropy; entropy leaves 22 of 30 poisons." in md)
+          "(recall < 0.5) entropy; entropy leaves 22 of 30 poisons; compression "
+          "leaves 15 of 30 poisons." in md)
   rows[0]["filtered"] = {"increase": -1.0, "success_share": 0.0}
   assert "PARTIAL" not in exp.report(rows, args, 60.0)
