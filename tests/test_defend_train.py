@@ -69,6 +69,17 @@ def test_the_filtered_stream_holds_exactly_the_unflagged_documents(corpus, dropp
   assert fs.num_tokens + int(lengths[flag].sum()) == corpus.stream.num_tokens
 
 
+def test_the_seqio_task_yields_the_filtered_stream(dropped):
+  from poisonjax.data import seqio_tasks  # pylint: disable=g-import-not-at-top
+  fc, flag, fs = dropped
+  task = seqio_tasks.register_poisoned_task(fc, _budget(fc), name="pj_test_filtered")
+  docs = list(task.get_dataset(sequence_length=None, split="train",
+                               shuffle=False).as_numpy_iterator())
+  assert [(d["targets"].tobytes(), bool(d["is_poison"])) for d in docs] == [
+      (t, p >= 0) for t, p in _documents(fs)]
+  assert len(docs) == int((~flag).sum())
+
+
 def test_the_manifest_records_survivors_and_dropped_clean(corpus, dropped, tmp_path):
   _, flag, fs = dropped
   pids = corpus.poison_ids

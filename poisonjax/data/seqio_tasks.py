@@ -12,7 +12,7 @@ a dataset is asked for):
       training order: {"targets": ids (EOS included), "is_poison": bool}.
       Its clean budget comes from poisonjax.budget for the base model size.
 `register_poisoned_task(config, clean_tokens)` registers the exact stream a
-poisonjax run trains on. The trainer itself reads the cached stream directly
+poisonjax run trains on (with data.drop_scores, the filtered one). The trainer itself reads the cached stream directly
 (stream.py), so TF stays out of its hot path; both views read the same
 cache, so they agree token for token.
 """
@@ -26,6 +26,7 @@ import seqio
 import tensorflow as tf
 
 from poisonjax import config as config_lib
+from poisonjax.errors import field_error
 from poisonjax.data import sources, stream, vocabulary
 
 DEFAULT_COUNTS = (0, 1, 10, 100, 250, 500)
@@ -95,12 +96,26 @@ def _default_clean_tokens(config) -> int:
   return budget.clean_token_budget(config, vocabulary.get_vocabulary(config).vocab_size)
 
 
+def _document_stream(config, clean_tokens: int) -> stream.TrainingStream:
+  """The run's own stream as one token array: the per-run cache, or with
+  data.drop_scores the filtered stream (filter, then train) the trainer reads."""
+  if config.data.store:
+    raise field_error("config.data.store", config.data.store,
+                      "the seqio Task reads a run's stream as one array, a token "
+                      "store is read window by window",
+                      "set config.data.store='' (the per-run cache) for seqio")
+  if config.data.get("drop_scores", ""):
+    from poisonjax.data import filtered  # pylint: disable=g-import-not-at-top
+    return filtered.training_stream(config, clean_tokens)
+  return stream.build_stream(config, clean_tokens)
+
+
 def _poisoned_dataset_fn(config, clean_tokens, split, shuffle_files=False, seed=None):
   del shuffle_files, seed
   if split != "train":
     raise ValueError(f"split {split!r}: the poisoned stream has only 'train'")
   T = clean_tokens if clean_tokens else _default_clean_tokens(config)
-  s = stream.build_stream(config, T)
+  s = _document_stream(config, T)
   return tf.data.Dataset.from_generator(
       lambda: stream_documents(s),
       output_signature={"targets": tf.TensorSpec([None], tf.int32),
