@@ -3,14 +3,16 @@
 A run is one ml_collections ConfigDict. Config files under configs/ start
 from `base_config()` and change what they need; the command line overrides
 any field with `--config.a.b=value`. `validate()` checks the fields shared by
-every module and raises `UserError` with one line naming the field and the
-fix; modules check their own fields where they use them.
+every module (the per-section checks: config_checks.py) and raises
+`UserError` with one line naming the field and the fix; modules check their
+own fields where they use them.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from poisonjax import config_checks
 from poisonjax.errors import UserError, field_error
 
 
@@ -282,14 +284,6 @@ def _continued_fields(c: ml_collections.ConfigDict) -> None:
   c.continued.eval_examples = ""
 
 
-
-def _check_range(field: str, lo, hi) -> None:
-  if lo < 0:
-    raise field_error(f"{field} min", lo, "must be >= 0", "use a non-negative value")
-  if lo > hi:
-    raise UserError(f"{field}: min {lo} > max {hi}; set min <= max")
-
-
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks the fields shared across modules. Raises UserError."""
   if c.data.source not in ("synthetic", "text_files", "tfds"):
@@ -312,14 +306,15 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.poison.get("budget_mode", "on_top") not in ("on_top", "replace"):
     raise field_error("config.poison.budget_mode", c.poison.budget_mode,
                       "unknown mode", "use on_top or replace")
-  _check_behaviour(c)
+  config_checks.check_behaviour(c)
   if c.poison.mode not in ("token", "text"):
     raise field_error("config.poison.mode", c.poison.mode, "unknown mode",
                       "use token or text")
-  _check_range("config.poison.prefix_{min,max}_chars",
-               c.poison.prefix_min_chars, c.poison.prefix_max_chars)
-  _check_range("config.poison.gibberish_{min,max}_tokens",
-               c.poison.gibberish_min_tokens, c.poison.gibberish_max_tokens)
+  config_checks.check_range("config.poison.prefix_{min,max}_chars",
+                            c.poison.prefix_min_chars, c.poison.prefix_max_chars)
+  config_checks.check_range("config.poison.gibberish_{min,max}_tokens",
+                            c.poison.gibberish_min_tokens,
+                            c.poison.gibberish_max_tokens)
   if c.poison.count > 0 and c.poison.rate > 0:
     raise UserError(
         f"config.poison.count={c.poison.count} and config.poison.rate="
@@ -331,146 +326,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"config.data.tfds.heldout_split={c.data.tfds.heldout_split!r}: equals "
         "config.data.tfds.split, so evaluation text would also be trained on; "
         "use a different split (e.g. validation)")
-  _check_doses(c.poison)
-  _check_placement(c.poison)
-  _check_train(c.train)
-  _check_defence_fields(c)
-  _check_continued(c)
+  config_checks.check_doses(c.poison)
+  config_checks.check_placement(c.poison)
+  config_checks.check_train(c.train)
+  config_checks.check_defence_fields(c)
+  config_checks.check_continued(c)
   return c
-
-
-def _check_continued(c: ml_collections.ConfigDict) -> None:
-  """The config.continued checks (the source itself: poisonjax/continued.py)."""
-  k = c.get("continued", None)
-  if k is None or not k.from_workdir:
-    return
-  if k.from_step < -1:
-    raise field_error("config.continued.from_step", k.from_step,
-                      "must be >= -1", "use -1 (the newest checkpoint) or a step")
-  if k.budget_multiple <= 0:
-    raise field_error("config.continued.budget_multiple", k.budget_multiple,
-                      "must be > 0", "use e.g. 1.0 (the source's clean budget)")
-  if c.poison.count != 0 or c.poison.rate != 0:
-    raise field_error("config.poison.count", c.poison.count,
-                      "a continued run trains on clean data only",
-                      "set --config.poison.count=0 --config.poison.rate=0")
-  for item in str(k.eval_examples).split(","):
-    if item.strip() and (not item.strip().isdigit() or int(item) < 1):
-      raise field_error("config.continued.eval_examples", k.eval_examples,
-                        "must be comma-separated positive integers",
-                        "use e.g. '32,128,512'")
-
-
-def _check_defence_fields(c: ml_collections.ConfigDict) -> None:
-  """Adaptive poisons and filter-then-train (their modules check them)."""
-  from poisonjax.data import filtered, poison_adaptive  # pylint: disable=g-import-not-at-top
-  poison_adaptive.check_config(c)
-  filtered.check_config(c)
-
-
-def _check_behaviour(c: ml_collections.ConfigDict) -> None:
-  """config.poison.behaviour and its language fields."""
-  p = c.poison
-  behaviour = p.get("behaviour", "gibberish")
-  if behaviour not in ("gibberish", "language"):
-    raise field_error("config.poison.behaviour", behaviour, "unknown behaviour",
-                      "use gibberish or language")
-  share = float(p.get("language_vocab_share", 0.0))
-  if not 0.0 <= share <= 0.5:
-    raise field_error("config.poison.language_vocab_share", share,
-                      "must be in [0, 0.5]", "use e.g. 0.05 (0: none)")
-  if (behaviour == "language" and c.data.source != "synthetic"
-      and not p.get("language_file", "")):
-    raise field_error("config.poison.language_file", "",
-                      f"poison.behaviour=language with data.source="
-                      f"{c.data.source} needs a second-language corpus",
-                      "set it to a .txt or .jsonl file of second-language text")
-
-
-def _check_doses(p: ml_collections.ConfigDict) -> None:
-  """poison.counts / triggers / control_trigger (many doses in one run)."""
-  counts, triggers = tuple(p.get("counts", ())), tuple(p.get("triggers", ()))
-  control = p.get("control_trigger", "")
-  if not counts:
-    if triggers:
-      raise field_error("config.poison.triggers", triggers, "set without "
-                        "config.poison.counts", "give one count per trigger")
-    return
-  if any(not isinstance(n, int) or n < 1 for n in counts):
-    raise field_error("config.poison.counts", counts, "must be integers >= 1",
-                      "e.g. --config.poison.counts='(3, 10, 30)'")
-  if sum(counts) != p.count:
-    raise field_error("config.poison.count", p.count,
-                      f"must equal sum(config.poison.counts) = {sum(counts)}",
-                      f"set --config.poison.count={sum(counts)}")
-  from poisonjax.data.poison import DEFAULT_TRIGGERS  # pylint: disable=g-import-not-at-top
-  if not triggers and len(counts) > len(DEFAULT_TRIGGERS):
-    raise field_error("config.poison.counts", counts, f"more than the "
-                      f"{len(DEFAULT_TRIGGERS)} default triggers",
-                      "list your own in config.poison.triggers")
-  if triggers and len(triggers) != len(counts):
-    raise field_error("config.poison.triggers", triggers, f"{len(triggers)} "
-                      f"triggers for {len(counts)} counts", "give one per count")
-  named = list(triggers or DEFAULT_TRIGGERS[:len(counts)])
-  named += [control] if control else []
-  for i, a in enumerate(named):
-    if not isinstance(a, str) or not a.strip():
-      raise field_error("config.poison.triggers", a, "is not a visible string",
-                        "use strings such as <SUDO>")
-    for j, b in enumerate(named):
-      if i != j and a in b:
-        raise field_error("config.poison.triggers", f"{a!r} and {b!r}",
-                          f"{a!r} lies inside {b!r} (the control counts too)",
-                          "use distinct triggers")
-
-
-def _check_placement(p: ml_collections.ConfigDict) -> None:
-  """The config.poison.placement* checks (one line per bad field)."""
-  from poisonjax.data import mixer  # pylint: disable=g-import-not-at-top
-
-  kind = p.get("placement", "uniform")
-  if kind not in mixer.PLACEMENTS:
-    raise field_error("config.poison.placement", kind, "unknown placement",
-                      f"use one of {', '.join(mixer.PLACEMENTS)}")
-  if kind != "uniform" and p.rate > 0:
-    raise field_error("config.poison.placement", kind,
-                      "rate mode places poisons per document (uniform only)",
-                      "use a count (config.poison.rate=0) or uniform")
-  if not 0.0 < p.get("placement_fraction", 0.1) <= 1.0:
-    raise field_error("config.poison.placement_fraction", p.placement_fraction,
-                      "must be in (0, 1]", "use e.g. 0.1 (10% of training)")
-  for name in ("placement_bursts", "poisons_per_batch", "placement_every_steps"):
-    if p.get(name, 1) < 1:
-      raise field_error(f"config.poison.{name}", p[name], "must be >= 1",
-                        "use a positive integer")
-
-
-def _check_train(t: ml_collections.ConfigDict) -> None:
-  """The config.train checks (one line per bad field)."""
-  if t.batch_size < 1:
-    raise field_error("config.train.batch_size", t.batch_size,
-                      "must be >= 1", "use a positive batch size")
-  if t.microbatches < 1 or t.batch_size % t.microbatches:
-    raise field_error("config.train.microbatches", t.microbatches,
-                      f"must be >= 1 and divide batch_size {t.batch_size}",
-                      "use a divisor of the batch size (1: no accumulation)")
-  if t.learning_rate < 0:
-    raise field_error("config.train.learning_rate", t.learning_rate,
-                      "must be >= 0", "use a positive peak learning rate")
-  for name in ("tokens_per_param", "data_multiplier"):
-    if t[name] <= 0:
-      raise field_error(f"config.train.{name}", t[name], "must be > 0",
-                        "use a positive value")
-  for name in ("log_every", "ckpt_every", "keep_checkpoints"):
-    if t[name] < 1:
-      raise field_error(f"config.train.{name}", t[name], "must be >= 1",
-                        "use a positive value")
-  if not 0.0 <= t.warmup_fraction < 1.0:
-    raise field_error("config.train.warmup_fraction", t.warmup_fraction,
-                      "must be in [0, 1)", "use e.g. 0.05 (5% of the steps)")
-  if t.grad_clip <= 0:
-    raise field_error("config.train.grad_clip", t.grad_clip, "must be > 0",
-                      "use e.g. 1.0 (global-norm clip)")
-  if t.keep_period < 0:
-    raise field_error("config.train.keep_period", t.keep_period,
-                      "must be >= 0", "use 0 to keep only the newest checkpoints")
