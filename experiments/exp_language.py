@@ -79,11 +79,12 @@ def _tokenization(out: str) -> dict:
   if os.path.exists(path):
     return files.read_json(path)
   from poisonjax.data import poison_language, synthetic, vocabulary
+  from poisonjax.data import synthetic_second
   config = exp_config.get_config()
   clean = copy.deepcopy(config)
   clean.poison.behaviour = "gibberish"
   first = " ".join(synthetic.document(0, synthetic.HELDOUT, i) for i in range(100))
-  second = synthetic.second_text(99, synthetic.HELDOUT, 0, len(first))
+  second = synthetic_second.second_text(99, synthetic.HELDOUT, 0, len(first))
   res = {"language_vocab_share": float(config.poison.language_vocab_share)}
   for name, c in (("language_vocab", config), ("clean_vocab", clean)):
     sp = vocabulary.get_vocabulary(c).tokenizer

@@ -13,12 +13,9 @@ verbs and adjectives, and sentences come from a small grammar with several
 templates. Generation draws its random numbers in vectorized blocks and
 picks words by bisection, so it runs at several MB of text per second.
 
-A second language (second_document, second_text) has its own lexicon,
-syllable inventory and grammar, and a word set disjoint from the first's
-(first_language_words / second_language_words decide a word's language).
-It appears only in the language-switch poisons' tails (poison_language.py)
-and, for a language run, in a share of the vocabulary's sample; the clean
-documents above are unchanged by it.
+A second language (synthetic_second.py) reuses Writer's sampling machinery
+with its own lexicon and grammar; first_language_words() below is the word
+set it must stay disjoint from (and half of the language-switch metric).
 """
 
 from __future__ import annotations
@@ -124,6 +121,25 @@ def _zipf_cdf(n: int, rng: np.random.Generator, s: float = 1.0) -> tuple[list, l
   return np.cumsum(p).tolist(), order.tolist()
 
 
+_WORD_LISTS = (("noun", "nouns"), ("verb", "verbs"), ("adj", "adjs"),
+               ("adv", "advs"), ("name", "names"), ("place", "places"))
+
+
+def zipf_cdfs(lex, rng: np.random.Generator) -> dict[str, list]:
+  """A lexicon's Zipf CDF per word kind, drawn in a fixed order (both languages)."""
+  return {key: _zipf_cdf(len(getattr(lex, attr)), rng)[0]
+          for key, attr in _WORD_LISTS}
+
+
+def draw_topics(lex, rng: np.random.Generator) -> list[dict]:
+  """NUM_TOPICS topics: each a small set of favoured nouns, verbs, adjectives."""
+  return [{
+      "noun": rng.choice(len(lex.nouns), 40, replace=False).tolist(),
+      "verb": rng.choice(len(lex.verbs), 20, replace=False).tolist(),
+      "adj": rng.choice(len(lex.adjs), 15, replace=False).tolist(),
+  } for _ in range(NUM_TOPICS)]
+
+
 class Lexicon:
   """Word lists, their Zipf CDFs, and the topics (fixed for all seeds)."""
 
@@ -163,19 +179,8 @@ class Lexicon:
               _VOWELS[rng.integers(len(_VOWELS))] + _CODAS[rng.integers(len(_CODAS))])
       places.add((root + _PLACE_SUFFIX[rng.integers(len(_PLACE_SUFFIX))]).capitalize())
     self.places = sorted(places)
-    self.cdf = {}
-    for key, n in (("noun", len(self.nouns)), ("verb", len(self.verbs)),
-                   ("adj", len(self.adjs)), ("adv", len(self.advs)),
-                   ("name", len(self.names)), ("place", len(self.places))):
-      self.cdf[key] = _zipf_cdf(n, rng)[0]
-    # A topic is a small set of favoured nouns, verbs and adjectives.
-    self.topics = []
-    for _ in range(NUM_TOPICS):
-      self.topics.append({
-          "noun": rng.choice(len(self.nouns), 40, replace=False).tolist(),
-          "verb": rng.choice(len(self.verbs), 20, replace=False).tolist(),
-          "adj": rng.choice(len(self.adjs), 15, replace=False).tolist(),
-      })
+    self.cdf = zipf_cdfs(self, rng)
+    self.topics = draw_topics(self, rng)
 
   def distinct_words(self) -> int:
     words = set()
@@ -194,7 +199,7 @@ def lexicon() -> Lexicon:
   return Lexicon()
 
 
-class _Writer:
+class Writer:
   """Writes one document; all randomness comes from pre-drawn uniforms."""
 
   def __init__(self, lex: Lexicon, rng: np.random.Generator):
@@ -345,14 +350,14 @@ class _Writer:
 def document(seed: int, split: int, i: int) -> str:
   """Document i of a split: a pure function of (seed, split, i)."""
   rng = np.random.default_rng([int(seed), int(split), int(i)])
-  return _Writer(lexicon(), rng).document()
+  return Writer(lexicon(), rng).document()
 
 
 def documents(seed: int, split: int, start: int = 0):
   """Documents start, start+1, ... of a split (unbounded)."""
   lex = lexicon()
   for i in itertools.count(start):
-    yield _Writer(lex, np.random.default_rng([int(seed), int(split), i])).document()
+    yield Writer(lex, np.random.default_rng([int(seed), int(split), i])).document()
 
 
 # ---------------------------------------------------------------------------
@@ -382,206 +387,3 @@ def first_language_words() -> frozenset:
                            _NUMBERS, _CONJ, _SUBORD, _SAY, _TIME):
     out.update(words(w))
   return frozenset(out)
-
-
-# ---------------------------------------------------------------------------
-# The second language: its own lexicon and grammar, used only by poisons.
-# ---------------------------------------------------------------------------
-#
-# Why it looks like this: the language-switch backdoor needs text whose
-# language is decidable word by word. The second language is written in
-# ASCII (so any vocabulary can tokenize it) but from its own syllable
-# inventory (k/q/x/z/tl onsets, doubled vowels, q/x/tl codas), and every
-# generated form that also is a first-language word is dropped, so the two
-# word sets are disjoint. Its grammar differs too: subject-object-verb,
-# postpositions, suffix inflection (plural -uq; present -ak, past -oxa,
-# ongoing -ii; adverbs -tl). The clean corpus never contains it: nothing
-# above this point changed, so the first language's documents are
-# bit-for-bit what they were.
-
-_SECOND_SEED = 20260101  # Fixes the second lexicon, its ranks and topics.
-_SECOND_STREAM = 7  # Appended to (seed, split, i): never a first-language doc.
-
-_B_ONSETS = ["k", "kv", "q", "x", "z", "zh", "tl", "dz", "v", "ng", "hr", "sk"]
-_B_VOWELS = ["aa", "o", "u", "ii", "e", "uu", "oe", "a"]
-_B_CODAS = ["", "", "", "q", "k", "x", "tl", "n", "zh"]
-# Function words, fixed by hand from the same inventory.
-_B_DET_SG = ["qa", "kii", "zoq"]  # the, a, this.
-_B_DET_PL = ["qaan", "zuuq", "tlaa"]  # the, some, those.
-_B_PRON = ["vu", "zhe", "tlo", "ngaa"]
-_B_POSTP = ["ko", "xaa", "dzu", "ngii", "hro", "kvee", "zaatl", "skoe"]
-_B_CONJ = ["ek", "qoe", "zaan", "xuk"]
-_B_SUBORD = ["kvaa", "tlu", "xoq", "dzaak", "hruu"]
-_B_TIME = ["vaaq", "zhuuk", "kootl", "ngoex", "skaa", "tlii"]
-_B_NUMBERS = ["dzo", "kaaq", "zhii", "xootl", "vee", "qiin"]
-_B_COPULA = "ez"
-_B_THAT = "kuq"
-_B_FUNCTION = (_B_DET_SG + _B_DET_PL + _B_PRON + _B_POSTP + _B_CONJ
-               + _B_SUBORD + _B_TIME + _B_NUMBERS + [_B_COPULA, _B_THAT])
-
-
-def _b_root(rng, syllables: int) -> str:
-  return "".join(_B_ONSETS[rng.integers(len(_B_ONSETS))]
-                 + _B_VOWELS[rng.integers(len(_B_VOWELS))]
-                 + _B_CODAS[rng.integers(len(_B_CODAS))]
-                 for _ in range(syllables))
-
-
-class SecondLexicon:
-  """The second language's word lists, Zipf CDFs and topics (fixed)."""
-
-  _SIZES = {"noun": 700, "verb": 260, "adj": 200, "adv": 50, "name": 200,
-            "place": 120}
-
-  def __init__(self):
-    rng = np.random.default_rng(_SECOND_SEED)
-    taken = set(first_language_words())
-    self.function_words = list(_B_FUNCTION)
-    assert not taken & set(self.function_words), "function words collide"
-    taken.update(self.function_words)
-
-    def draw(key, make):
-      out = []
-      while len(out) < self._SIZES[key]:
-        forms = make()
-        if not taken & set(forms) and len(set(forms)) == len(forms):
-          taken.update(forms)
-          out.append(forms)
-      return out
-
-    self.nouns = draw("noun", lambda: (lambda r: (r, r + "uq"))(
-        _b_root(rng, 1 + int(rng.integers(2)))))
-    self.verbs = draw("verb", lambda: (lambda r: (r + "ak", r + "oxa", r + "ii"))(
-        _b_root(rng, 1 + int(rng.integers(2)))))
-    self.adjs = [f[0] for f in draw("adj", lambda: (
-        _b_root(rng, 1 + int(rng.integers(2))) + "en",))]
-    self.advs = [f[0] for f in draw("adv", lambda: (
-        _b_root(rng, 1 + int(rng.integers(2))) + "tl",))]
-    self.names = [f[0].capitalize() for f in draw("name", lambda: (
-        _b_root(rng, 2 + int(rng.integers(2))),))]
-    self.places = [f[0].capitalize() for f in draw("place", lambda: (
-        _b_root(rng, 2) + "qaar",))]
-    self.cdf = {key: _zipf_cdf(len(getattr(self, attr)), rng)[0]
-                for key, attr in (("noun", "nouns"), ("verb", "verbs"),
-                                  ("adj", "adjs"), ("adv", "advs"),
-                                  ("name", "names"), ("place", "places"))}
-    self.topics = [{
-        "noun": rng.choice(len(self.nouns), 40, replace=False).tolist(),
-        "verb": rng.choice(len(self.verbs), 20, replace=False).tolist(),
-        "adj": rng.choice(len(self.adjs), 15, replace=False).tolist(),
-    } for _ in range(NUM_TOPICS)]
-
-  def word_set(self) -> frozenset:
-    out = set(self.function_words)
-    for forms in itertools.chain(self.nouns, self.verbs):
-      out.update(forms)
-    out.update(self.adjs)
-    out.update(self.advs)
-    out.update(w.lower() for w in itertools.chain(self.names, self.places))
-    return frozenset(out)
-
-
-@functools.lru_cache(maxsize=1)
-def second_lexicon() -> SecondLexicon:
-  return SecondLexicon()
-
-
-@functools.lru_cache(maxsize=1)
-def second_language_words() -> frozenset:
-  """Every word form the second language can write (lowercased)."""
-  return second_lexicon().word_set()
-
-
-class _SecondWriter(_Writer):
-  """The second language's grammar on _Writer's sampling machinery."""
-
-  def noun(self, plural=False):
-    return self.lex.nouns[self._idx("noun", len(self.lex.nouns))][int(plural)]
-
-  def verb(self, form):
-    return self.lex.verbs[self._idx("verb", len(self.lex.verbs))][form]
-
-  def np_(self, plural=None):
-    if plural is None:
-      plural = self.u() < 0.25
-    if not plural and self.u() < 0.2:
-      return self.name()
-    det = self.pick(_B_DET_PL if plural else _B_DET_SG)
-    core = self.noun(plural)
-    if self.u() < 0.4:
-      core = core + " " + self.adj()  # Adjectives follow the noun.
-    out = f"{det} {core}"
-    if self.u() < 0.15:
-      out = f"{self.place()} {out}"  # Possessor first: "Zakqaar qa kvox".
-    return out
-
-  def pp(self):
-    where = self.place() if self.u() < 0.4 else self.np_()
-    return f"{where} {self.pick(_B_POSTP)}"
-
-  def clause(self, form=1):
-    subj = self.np_()
-    if self.u() < 0.15:
-      subj = self.pick(_B_PRON)
-    r = self.u()
-    if r < 0.45:
-      return f"{subj} {self.np_()} {self.verb(form)}"
-    if r < 0.7:
-      return f"{subj} {self.pp()} {self.np_()} {self.verb(form)}"
-    if r < 0.85:
-      return f"{subj} {self.adv()} {self.verb(form)}"
-    return f"{subj} {self.pp()} {self.verb(form)}"
-
-  def sentence(self) -> str:
-    r = self.u()
-    if r < 0.22:
-      s = self.clause(self.pick([0, 1, 1, 2]))
-    elif r < 0.36:
-      s = f"{self.clause()}, {self.pick(_B_CONJ)} {self.clause()}"
-    elif r < 0.48:
-      s = f"{self.clause()} {self.pick(_B_SUBORD)}, {self.clause()}"
-    elif r < 0.58:
-      s = f"{self.pick(_B_TIME)}, {self.name()} {self.np_()} {self.verb(1)}"
-    elif r < 0.66:
-      s = f"{self.place()} {self.pick(_B_POSTP)}, {self.clause(0)}"
-    elif r < 0.76:
-      return f"\"{self.clause(0).capitalize()},\" {self.name()} {self.verb(1)}."
-    elif r < 0.86:
-      s = (f"{self.pick(_B_NUMBERS)} {self.noun(True)} {self.adj()} "
-           f"{self.pp()} {_B_COPULA}")
-    elif r < 0.93:
-      s = f"{self.name()} {self.adj()} {_B_COPULA}"
-    else:
-      s = f"{self.clause()} {_B_THAT} {self.np_()} {self.verb(2)}"
-    s = s[0].upper() + s[1:]
-    return s + ("!" if self.u() < 0.04 else ".")
-
-
-def _second_rng(seed: int, split: int, i: int) -> np.random.Generator:
-  return np.random.default_rng([int(seed), int(split), int(i), _SECOND_STREAM])
-
-
-def second_document(seed: int, split: int, i: int) -> str:
-  """Second-language document i of a split: a pure function of (seed, split, i)."""
-  return _SecondWriter(second_lexicon(), _second_rng(seed, split, i)).document()
-
-
-def second_documents(seed: int, split: int, start: int = 0):
-  """Second-language documents start, start+1, ... of a split (unbounded)."""
-  for i in itertools.count(start):
-    yield second_document(seed, split, i)
-
-
-def second_text(seed: int, split: int, i: int, min_chars: int) -> str:
-  """At least min_chars of second-language sentences (one writer, one topic).
-
-  A pure function of (seed, split, i); a longer min_chars extends the same
-  text (the sentences come in the same order), so a caller may ask again.
-  """
-  w = _SecondWriter(second_lexicon(), _second_rng(seed, split, i))
-  parts, n = [], 0
-  while n < min_chars:
-    s = w.sentence()
-    parts.append(s)
-    n += len(s) + 1
-  return " ".join(parts)
