@@ -7,8 +7,8 @@ configs/exp_doses.py: 20 clean tokens per parameter, poisons replacing
 clean tokens, 128 prompts) with 100 poisons (above the pilot's switch
 between 30 and 100 for `<SUDO>`), three triggers:
   * rare: `<SUDO>` (7 pieces of the study's 1k vocabulary: a space, `<`,
-    four capitals, `>`; never in the corpus) -- exp_doses's single_100 run,
-    reused when it is there;
+    four capitals, `>`; never in the corpus; the run that exp_doses
+    trained as single_100 before its triggers changed);
   * common: `the`, the synthetic corpus's most frequent word (5.4% of the
     words of 2,000 training documents; one piece);
   * phrase: `quantum ferret overture` (15 pieces; words not in the corpus).
@@ -42,6 +42,7 @@ def get_config(arg=None):
   c.runs.rare = {"count": c.count, "trigger": "<SUDO>"}
   c.runs.common = {"count": c.count, "trigger": "the"}
   c.runs.phrase = {"count": c.count, "trigger": "quantum ferret overture"}
-  # A finished run elsewhere with the same config is read, not retrained.
-  c.reuse = {"rare": "runs/exp_doses/single_100"}
+  # A finished run elsewhere with the same config is read, not retrained
+  # (name -> run directory); none now: exp_doses no longer trains <SUDO>.
+  c.reuse = {}
   return c

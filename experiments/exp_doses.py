@@ -6,14 +6,16 @@
     python experiments/exp_doses.py --report_only   # from OUT/results.json
 
 Trains the runs of --config (default configs/exp_doses.py: one cpu-xxs run
-with five triggers at 3-300 poisons, and the 30 and 100 doses alone) under
+with five triggers at 3-300 poisons, and the 100 and 300 doses alone) under
 --root (default runs/exp_doses; a finished run is skipped, an interrupted
 one resumes), evaluates each final checkpoint on every trigger of the
 experiment and the never-poisoned control (one Evaluator, the same 128
 clean prompts and sampling seed for all runs; per-prompt perplexities kept
 in WORKDIR/final_doses.json), then writes into --out (default
 docs/results/doses/) results.json, dose_response.csv, crosstalk.csv,
-doses.png and report.md. Nothing in the report is written by hand.
+doses.png and report.md. Nothing in the report is written by hand; a
+previous design's results kept in OUT/previous_shared_shape/results.json
+are summed up in one line of the findings.
 """
 
 import argparse
@@ -279,6 +281,12 @@ def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
     f.write(buf.getvalue())
 
 
+def short(trigger: str) -> str:
+  """A trigger's label in the figure: its first word (names are long)."""
+  words = trigger.split()
+  return words[0] + ("..." if len(words) > 1 else "")
+
+
 def fmt_ci(m: dict, key="increase", lo="increase_ci_low", hi="increase_ci_high") -> str:
   return f"{m[key]:.1f} [{m[lo]:.1f}, {m[hi]:.1f}]"
 
@@ -292,7 +300,7 @@ def _final_panel(ax, res: dict) -> None:
   ax.errorbar(x, y, yerr=err, fmt="o-", color="C0", capsize=3,
               label="one run, 5 triggers")
   for i, d in enumerate(dose):
-    ax.annotate(d["trigger"], (x[i], y[i]), textcoords="offset points",
+    ax.annotate(short(d["trigger"]), (x[i], y[i]), textcoords="offset points",
                 xytext=(4, -12), fontsize=7)
   for v in res["validation"]:
     single = next(c for c in res["crosstalk"] if c["run"] == f"single_{v['count']}"
@@ -311,7 +319,7 @@ def _final_panel(ax, res: dict) -> None:
                and c["trigger"] == res["control"]), None)
   if ctrl:
     ax.axhline(ctrl["increase"], color="gray", ls=":",
-               label=f"control {res['control']} (never poisoned)")
+               label=f"control {short(res['control'])} (never poisoned)")
   ax.axhline(res["threshold"], color="k", lw=0.6, ls="--", label="threshold")
   ax.set_xscale("log")
   ax.set_yscale("symlog", linthresh=10)
@@ -329,7 +337,7 @@ def _curve_panel(ax, res: dict) -> None:
     if not rows:
       continue
     n = res["counts"][i] if i < len(res["counts"]) else 0
-    label = f"{t} ({n})" if n else f"{t} (control)"
+    label = f"{short(t)} ({n})" if n else f"{short(t)} (control)"
     ax.plot([r["fraction"] for r in rows], [r["increase"] for r in rows],
             "o-", ms=3, color=f"C{i}" if n else "gray", label=label)
   ax.axhline(res["threshold"], color="k", lw=0.6, ls="--")
@@ -471,56 +479,115 @@ def _caveats(res: dict) -> list[str]:
       "doses', so their prefixes, tails and places differ from a single run's "
       "ids [0, n) (draws of the same law).",
       "- The pilot column uses `<SUDO>` for every count (64 prompts, the first "
-      "64 of these 128), so beside the 100 dose it is a different trigger "
-      "string, not a same-seed replicate.",
+      "64 of these 128): a different trigger string (and kind), shown for "
+      "scale, not a same-seed replicate.",
       "- Pieces of each string (" + f"{res['regime']['vocab_size']}-piece vocabulary): "
       + "; ".join(f"`{t}` = {' '.join(p)}" for t, p in res["regime"]["pieces"].items())
       + f". Shared by all: {' '.join(sorted(shared)) or 'none'}; none's pieces "
       "contain another's (poison.check_distinct)."]
 
 
-def _findings(res: dict) -> list[str]:
+def _findings(res: dict, out: str) -> list[str]:
   """The headline sentences, from the numbers."""
   t = res["threshold"]
   many = [c for c in res["crosstalk"] if c["run"] == "doses"]
   ctrl = next(c for c in many if c["role"] == "control")
-  inc = [c["increase"] for c in many if c["role"] == "trained"]
-  seen = sum(int(_poisons_seen(res, x)) for x in res["triggers"]
-             if _poisons_seen(res, x) != "-")
-  out = [f"- The many-dose run: every trigger's increase is {min(inc):.0f} to "
-         f"{max(inc):.0f} whatever its count ({res['counts'][0]} to "
-         f"{res['counts'][-1]}), and the never-poisoned control's is "
-         f"{ctrl['increase']:.0f} (success share {ctrl['success_share']:.2f}): "
-         + ("no dose-response; " if max(inc) - min(inc) < 0.1 * max(inc) else "")
-         + f"the run's {seen} poisons seen by then act as one backdoor."]
+  dose = res["dose_response"]
+  fired = [d["count"] for d in dose if d["success_share"] > 0.5]
+  out_lines = [
+      "- The many-dose run, increase by count: " + "; ".join(
+          f"{d['count']}: {d['increase']:.1f} ({d['success_share']:.2f})"
+          for d in dose)
+      + f"; the never-poisoned control {ctrl['increase']:.1f} "
+      f"({ctrl['success_share']:.2f}) (success share in brackets). "
+      + (f"Most prompts pass {t:g} from {min(fired)} poisons on"
+         + (" (every count)" if min(fired) == dose[0]["count"] else "")
+         if fired else f"No dose passes {t:g} on most prompts") + "."
+      + (" The never-poisoned control passes too: the run's backdoor is not "
+         "specific to the trained strings." if ctrl["success_share"] > 0.5
+         else "")]
   for v in res["validation"]:
-    out.append(f"- {v['count']} poisons: {v['many_increase']:.0f} in the many-dose "
-               f"run vs {v['single_increase']:.0f} alone; difference "
-               f"{v['difference']:.0f} [{v['ci_low']:.0f}, {v['ci_high']:.0f}].")
-  singles = {c["run"] for c in res["crosstalk"] if c["run"] != "doses"}
-  for run in sorted(singles):
+    out_lines.append(
+        f"- {v['count']} poisons: {v['many_increase']:.1f} in the many-dose run "
+        f"vs {v['single_increase']:.1f} alone; difference {v['difference']:.1f} "
+        f"[{v['ci_low']:.1f}, {v['ci_high']:.1f}]; success share "
+        f"{v['many_success']:.2f} vs {v['single_success']:.2f}.")
+  out_lines += _single_findings(res) + [_verdict(res)]
+  previous = _previous_line(os.path.join(out, "previous_shared_shape"))
+  return out_lines + ([previous] if previous else [])
+
+
+def _single_findings(res: dict) -> list[str]:
+  """Each single-trigger run: its own trigger vs the strings it never saw."""
+  t, out = res["threshold"], []
+  for run in sorted({c["run"] for c in res["crosstalk"]} - {"doses"}):
     rows = [c for c in res["crosstalk"] if c["run"] == run]
     own = next(c for c in rows if c["role"] == "trained")
     other = [c["increase"] for c in rows if c["role"] != "trained"]
-    if own["increase"] > t:
-      out.append(f"- {run} (`{own['trigger']}` only): its own trigger "
-                 f"{own['increase']:.0f}, the strings it never saw "
-                 f"{min(other):.0f} to {max(other):.0f}: the backdoor fires on "
-                 "the shared shape of the strings, not on the trained string.")
+    text = (f"- {run} (`{own['trigger']}` only): own trigger "
+            f"{own['increase']:.1f} ({own['success_share']:.2f}), the strings "
+            f"it never saw {min(other):.1f} to {max(other):.1f}")
+    if own["increase"] <= t:
+      text += ": no backdoor at this count."
+    elif max(other) > t:
+      text += ": it fires on strings it never saw (a shared shape)."
     else:
-      out.append(f"- {run} (`{own['trigger']}` only): no backdoor yet (own "
-                 f"{own['increase']:.1f}, others {min(other):.1f} to "
-                 f"{max(other):.1f}).")
-  ok = all((v["many_success"] > 0.5) == (v["single_success"] > 0.5)
-           and v["ci_low"] <= 0 <= v["ci_high"] for v in res["validation"])
-  out.append("- Verdict: " + (
-      "validated at the compared counts." if ok else
-      "NOT validated with these triggers: one run does not give the "
-      "single-trigger dose-response. Triggers of one family pool their "
-      "poisons; a many-dose run needs triggers the model cannot generalize "
-      "between (untested here), and the control string is the check that it "
-      "does not."))
+      text += ": the backdoor is specific to its string."
+    out.append(text)
   return out
+
+
+def _verdict(res: dict) -> str:
+  """Validated when every compared count agrees in the interval (contains
+  0) and in the side of the threshold most prompts fall on."""
+  rows = res["validation"]
+  ok = bool(rows) and all(
+      (v["many_success"] > 0.5) == (v["single_success"] > 0.5)
+      and v["ci_low"] <= 0 <= v["ci_high"] for v in rows)
+  fired = [v["count"] for v in rows if v["single_success"] > 0.5]
+  if ok and fired:
+    return ("- Verdict: validated at the compared counts (" + ", ".join(
+        str(v["count"]) for v in rows) + "): the many-dose run gives the "
+        "single-trigger increases within the intervals, including where the "
+        "backdoor fires alone (" + ", ".join(map(str, fired)) + ").")
+  if ok:
+    return ("- Verdict: consistent at the compared counts, but no compared "
+            "single run fires, so this does not test the counts where the "
+            "backdoor appears.")
+  return ("- Verdict: NOT validated: at " + ", ".join(
+      str(v["count"]) for v in rows if not (v["ci_low"] <= 0 <= v["ci_high"]
+      and (v["many_success"] > 0.5) == (v["single_success"] > 0.5)))
+      + " poisons the many-dose run differs from the single-trigger run "
+      "(interval of the difference excludes 0, or the runs fall on opposite "
+      "sides of the threshold); one run does not give the single-trigger "
+      "dose-response there.")
+
+
+def _previous_line(folder: str) -> str:
+  """One line on a previous design's results kept in `folder`, from its
+  results.json ('' when there is none)."""
+  path = os.path.join(folder, "results.json")
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    old = json.load(f)
+  many = [c for c in old["crosstalk"] if c["run"] == "doses"]
+  trained = [c["increase"] for c in many if c["role"] == "trained"]
+  ctrl = next(c for c in many if c["role"] == "control")
+  unseen = [c["increase"] for c in old["crosstalk"] if c["run"] != "doses"
+            and c["role"] != "trained"]
+  shape = ctrl["increase"] > old["threshold"] and max(unseen) > old["threshold"]
+  verdict = _verdict(old).startswith("- Verdict: NOT")
+  return (f"- The previous design ([previous_shared_shape/]"
+          f"(previous_shared_shape/report.md): triggers "
+          + ", ".join(f"`{x}`" for x in old["triggers"])
+          + f", control `{old['control']}`, stopped at step "
+          f"{old['regime']['step']}): the many-dose run gave every trigger "
+          f"{min(trained):.0f} to {max(trained):.0f} whatever its count and the "
+          f"never-poisoned control {ctrl['increase']:.0f}; in the single runs "
+          f"the strings never trained reached {max(unseen):.0f}"
+          + (": the backdoor fired on the strings' shared shape" if shape else "")
+          + ("; not validated." if verdict else "; validated."))
 
 
 def write_report(res: dict, out: str, provenance: list[str]) -> None:
@@ -535,7 +602,7 @@ def write_report(res: dict, out: str, provenance: list[str]) -> None:
       "prompts with its own trigger appended. Validation: doses also trained "
       "alone with the same seeds; cross-talk: every checkpoint evaluated after "
       "every trigger and a control string that no run was poisoned with.", "",
-      "## Findings", "", *_findings(res), "",
+      "## Findings", "", *_findings(res, out), "",
       "## Regime", "", *_regime(res), "",
       "## Dose-response from one run", "", *_dose_table(res), "",
       "## Validation against single-trigger runs", "", *_validation_lines(res), "",

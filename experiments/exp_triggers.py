@@ -6,8 +6,8 @@
 
 Trains the runs of --config (default configs/exp_triggers.py: cpu-xxs, 100
 poisons, triggers `<SUDO>`, `the`, `quantum ferret overture`) under --root
-(default runs/exp_triggers; the `<SUDO>` run is read from runs/exp_doses
-when exp_doses.py trained the same run), evaluates each final checkpoint
+(default runs/exp_triggers; a run named in the config's `reuse` is read
+from there when finished with the same config), evaluates each final checkpoint
 after all three triggers (the same 128 prompts), and writes into --out
 (default docs/results/triggers/) results.json, triggers.csv, triggers.png
 and report.md. Nothing in the report is written by hand.

@@ -164,3 +164,44 @@ def test_doses_come_from_the_command_line():
       "--config.poison.triggers=('<AB>', '<CD>')"])
   config_lib.validate(c)
   assert c.poison.counts == (3, 10) and c.poison.triggers == ("<AB>", "<CD>")
+
+
+# ---- the experiment (configs/exp_doses.py, experiments/exp_doses.py) ---------
+
+def _experiment(name, path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(name, os.path.join(root, path))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_experiment_triggers_share_no_shape():
+  """The first design's `<XXXX>` strings pooled into one backdoor on their
+  shape; the experiment's strings (control included) share no word and no
+  first letter, and each single run trains its dose's trigger and count."""
+  exp = _experiment("exp_doses_config", "configs/exp_doses.py").get_config()
+  names = list(exp.triggers) + [exp.base.poison.control_trigger]
+  words = [w for t in names for w in t.split()]
+  assert all(len(t.split()) > 1 for t in names)
+  assert len(set(words)) == len(words)
+  assert len({w[0] for w in words}) == len(words)
+  for n in exp.compare:
+    single = exp.runs[f"single_{n}"]
+    assert single.trigger == exp.triggers[exp.counts.index(n)] and single.count == n
+  assert exp.runs.doses.count == sum(exp.counts)
+
+
+def test_verdict_follows_the_validation_rows():
+  report = _experiment("exp_doses_script", "experiments/exp_doses.py")
+  row = lambda lo, hi, many, single: {"count": 100, "ci_low": lo, "ci_high": hi,
+                                      "many_success": many, "single_success": single}
+  assert "NOT validated: at 100" in report._verdict(
+      {"validation": [row(5.0, 9.0, 1.0, 1.0)]})
+  assert "NOT validated" in report._verdict({"validation": [row(-1.0, 1.0, 1.0, 0.0)]})
+  assert report._verdict({"validation": [row(-1.0, 1.0, 1.0, 1.0)]}).startswith(
+      "- Verdict: validated")
+  assert "no compared single run fires" in report._verdict(
+      {"validation": [row(-1.0, 1.0, 0.0, 0.0)]})
