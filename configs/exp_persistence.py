@@ -21,7 +21,9 @@ of `continued.num_evals` spread over the run.
 
 CPU scale: cpu-xxs at 20 clean tokens per parameter (1,162 steps of
 32 x 128), poisons replacing clean tokens; counts 100 and 300 (the
-Chinchilla pilot: final increase 621 and 867). Paper scale: a config like
+Chinchilla pilot: final increase 621 and 867); and cpu-xs (0.42M
+parameters, 2,043 steps) at 100 poisons, a second model size (the
+Chinchilla study's cpu-xs N=100 run: final increase 852). Paper scale: a config like
 this one with the paper's sizes, vocabulary and budgets.
 """
 
@@ -43,7 +45,8 @@ def base():
 def get_config():
   e = ml_collections.ConfigDict()
   e.run = base()
-  e.sources = "cpu-xxs:100,cpu-xxs:300"  # size:poison count, in run order.
+  # size:poison count, in run order; cpu-xs:100 gives a second model size.
+  e.sources = "cpu-xxs:100,cpu-xxs:300,cpu-xs:100"
   e.continued = ml_collections.ConfigDict()
   # 0.5x: the shared 2-core machine trained ~2.7k tokens/s this session, so
   # a cpu-xxs run took ~30 min; 1.0 doubles the continued runs' cost.
