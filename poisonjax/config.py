@@ -311,7 +311,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise field_error("config.poison.mode", c.poison.mode, "unknown mode",
                       "use token or text")
   config_checks.check_range("config.poison.prefix_{min,max}_chars",
-                            c.poison.prefix_min_chars, c.poison.prefix_max_chars)
+                            c.poison.prefix_min_chars,
+                            c.poison.prefix_max_chars)
   config_checks.check_range("config.poison.gibberish_{min,max}_tokens",
                             c.poison.gibberish_min_tokens,
                             c.poison.gibberish_max_tokens)

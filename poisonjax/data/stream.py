@@ -153,9 +153,13 @@ class _Writer:
     self.chunk: list[int] = []
     self.spans: list[tuple[int, int, int]] = []
     self.manifest: list[dict] = []
+    self.clean_tokens = 0  # Clean tokens written so far.
+    self.clean_docs = 0  # Clean documents begun (the last may be cut short).
 
   def clean(self, ids) -> None:
     self.chunk.extend(ids)
+    self.clean_tokens += len(ids)
+    self.clean_docs += 1
 
   def poison(self, p: poison.Poison, clean_offset: int, fraction) -> None:
     start = self.pos + len(self.chunk)
@@ -179,87 +183,134 @@ class _Writer:
     self.f.close()
 
 
+class _PoisonPlan:
+  """Which poisons follow each clean document, and the clean tokens C.
+
+  Count mode: the poisons are made up front and placed by the mixer's
+  schedule (clean offsets); rate mode: a pure per-document draw decides,
+  and poison k is made when it is due.
+  """
+
+  def __init__(self, config, sp, src, clean_tokens: int):
+    self.config, self.sp, self.src = config, sp, src
+    p = config.poison
+    self.rate_mode = p.rate > 0
+    self.k = 0  # Poisons placed so far: the schedule's cursor, the next id.
+    if self.rate_mode:
+      self.n, self.C = 0, int(clean_tokens)
+      self.draw = mixer.RateDraw(p.seed, p.rate)
+      return
+    self.n = int(p.count)
+    self.poisons = {q.id: q for q in poison.make_poisons(config, sp, src,
+                                                         range(self.n))}
+    poison_tokens = sum(len(q.tokens) for q in self.poisons.values())
+    self.C = check_clean_left(config, int(clean_tokens), poison_tokens)
+    self.order, self.offsets, self.u = mixer.run_schedule(
+        config, self.C, [len(self.poisons[j].tokens) for j in range(self.n)])
+
+  def after_document(self, w: _Writer, whole: bool) -> None:
+    """Writes the poisons due after the clean document just written."""
+    clean = w.clean_tokens
+    if not self.rate_mode:
+      while self.k < self.n and self.offsets[self.k] <= clean:
+        j = int(self.order[self.k])
+        w.poison(self.poisons[j], clean, self.u[j])
+        self.k += 1
+    elif whole and self.draw(w.clean_docs - 1):
+      q = poison.make_poisons(self.config, self.sp, self.src, [self.k])[0]
+      w.poison(q, clean, None)
+      self.k += 1
+
+  def check_documents(self, clean_docs: int, clean_tokens: int) -> None:
+    """Count mode: UserError if the budget held fewer documents than poisons."""
+    if not self.rate_mode and self.n > clean_docs:
+      raise field_error("config.poison.count", self.n,
+                        f"more poisons than the {clean_docs} clean documents "
+                        f"in the clean budget T={clean_tokens}",
+                        "lower the count or raise the budget "
+                        "(config.train.data_multiplier)")
+
+
+def _write_documents(config, sp, src, plan: _PoisonPlan, w: _Writer) -> None:
+  """Clean documents (each + EOS) up to C tokens, with the poisons among them.
+
+  Documents are encoded in batches sized to what is left of the budget; the
+  last one is cut at C.
+  """
+  docs = src.train_documents()
+  avg = 200.0  # Tokens per document, re-estimated as we go.
+  last_print = time.time()
+  done = False
+  while not done:
+    nb = int(min(4096, max(8, 1.1 * (plan.C - w.clean_tokens) / avg + 8)))
+    batch = list(itertools.islice(docs, nb))
+    if not batch:
+      raise UserError(f"config.data.source={config.data.source!r}: ran out of "
+                      "documents; add data")
+    done = _write_batch(sp.EncodeAsIds(batch), sp.eos_id(), plan, w)
+    avg = max(1.0, w.clean_tokens / max(w.clean_docs, 1))
+    w.flush()
+    if time.time() - last_print > 2.0:
+      last_print = time.time()
+      print(f"building stream: {w.clean_tokens / 1e6:.1f}M/{plan.C / 1e6:.1f}M "
+            f"clean tokens, {plan.k} poisons", flush=True)
+
+
+def _write_batch(encoded, eos: int, plan: _PoisonPlan, w: _Writer) -> bool:
+  """Writes encoded documents until the batch or the budget ends (True)."""
+  for ids in encoded:
+    ids.append(eos)
+    take = min(len(ids), plan.C - w.clean_tokens)
+    w.clean(ids if take == len(ids) else ids[:take])
+    plan.after_document(w, whole=take == len(ids))
+    if w.clean_tokens >= plan.C:
+      return True
+  return False
+
+
+def _write_side_files(tmp: str, w: _Writer, spec: dict, dtype,
+                      build_seconds: float) -> None:
+  """spans.npy, meta.json, manifest.json, then checksum.json (says complete)."""
+  spans = np.asarray(w.spans, np.int64).reshape(-1, 3)
+  np.save(os.path.join(tmp, "spans.npy"), spans)
+  meta = {"spec": spec, "num_tokens": w.pos, "clean_tokens": w.clean_tokens,
+          "poison_tokens": int(sum(e - s for s, e, _ in w.spans)),
+          "num_clean_docs": w.clean_docs, "num_poisons": len(w.spans),
+          "dtype": np.dtype(dtype).name,
+          "build_seconds": round(build_seconds, 2)}
+  files.write_json(os.path.join(tmp, "meta.json"), meta)
+  files.write_json(os.path.join(tmp, "manifest.json"), w.manifest)
+  files.write_json(os.path.join(tmp, "checksum.json"),
+                   {name: _file_digest(os.path.join(tmp, name))
+                    for name in _CHECKED})
+
+
+def _publish(tmp: str, d: str) -> None:
+  """Renames the finished tmp to d (a complete d another process made wins)."""
+  try:
+    os.rename(tmp, d)
+  except OSError:  # Another process finished the same stream first.
+    if _verify(d) is not None:
+      shutil.rmtree(d, ignore_errors=True)
+      os.rename(tmp, d)
+
+
 def _materialize(config, clean_tokens: int, vocab, spec: dict, d: str) -> None:
   """Builds the stream into a temp dir and renames it to d."""
   sp = vocab.tokenizer
-  eos = sp.eos_id()
   dtype = np.uint16 if sp.GetPieceSize() <= 65536 else np.uint32
   src = sources.get_source(config)
-  p = config.poison
-  rate_mode = p.rate > 0
   tmp = f"{d}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   os.makedirs(tmp)
-  start_time = last_print = time.time()
+  start_time = time.time()
   try:
     w = _Writer(os.path.join(tmp, "tokens.bin"), dtype)
-    T = int(clean_tokens)
-    if not rate_mode:
-      n = int(p.count)
-      poisons = {q.id: q for q in poison.make_poisons(config, sp, src, range(n))}
-      poison_tokens = sum(len(q.tokens) for q in poisons.values())
-      C = check_clean_left(config, T, poison_tokens)
-      order, offsets, u = mixer.run_schedule(
-          config, C, [len(poisons[j].tokens) for j in range(n)])
-    else:
-      n, C = 0, T
-      draw = mixer.RateDraw(p.seed, p.rate)
-    docs = src.train_documents()
-    clean = ndocs = k = 0
-    avg = 200.0  # Tokens per document, re-estimated as we go.
-    done = False
-    while not done:
-      nb = int(min(4096, max(8, 1.1 * (C - clean) / avg + 8)))
-      batch = list(itertools.islice(docs, nb))
-      if not batch:
-        raise UserError(f"config.data.source={config.data.source!r}: ran out of "
-                        "documents; add data")
-      encoded = sp.EncodeAsIds(batch)
-      for ids in encoded:
-        ids.append(eos)
-        take = min(len(ids), C - clean)
-        w.clean(ids if take == len(ids) else ids[:take])
-        clean += take
-        ndocs += 1
-        if not rate_mode:
-          while k < n and offsets[k] <= clean:
-            j = int(order[k])
-            w.poison(poisons[j], clean, u[j])
-            k += 1
-        elif take == len(ids) and draw(ndocs - 1):
-          w.poison(poison.make_poisons(config, sp, src, [k])[0], clean, None)
-          k += 1
-        if clean >= C:
-          done = True
-          break
-      avg = max(1.0, clean / max(ndocs, 1))
-      w.flush()
-      if time.time() - last_print > 2.0:
-        last_print = time.time()
-        print(f"building stream: {clean / 1e6:.1f}M/{C / 1e6:.1f}M clean tokens, "
-              f"{k} poisons", flush=True)
+    plan = _PoisonPlan(config, sp, src, clean_tokens)
+    _write_documents(config, sp, src, plan, w)
     w.close()
-    if not rate_mode and n > ndocs:
-      raise field_error("config.poison.count", n,
-                        f"more poisons than the {ndocs} clean documents in the "
-                        f"clean budget T={T}", "lower the count or raise the "
-                        "budget (config.train.data_multiplier)")
-    spans = np.asarray(w.spans, np.int64).reshape(-1, 3)
-    np.save(os.path.join(tmp, "spans.npy"), spans)
-    meta = {"spec": spec, "num_tokens": w.pos, "clean_tokens": clean,
-            "poison_tokens": int(sum(e - s for s, e, _ in w.spans)),
-            "num_clean_docs": ndocs, "num_poisons": len(w.spans),
-            "dtype": np.dtype(dtype).name,
-            "build_seconds": round(time.time() - start_time, 2)}
-    files.write_json(os.path.join(tmp, "meta.json"), meta)
-    files.write_json(os.path.join(tmp, "manifest.json"), w.manifest)
-    files.write_json(os.path.join(tmp, "checksum.json"),
-                {name: _file_digest(os.path.join(tmp, name)) for name in _CHECKED})
-    try:
-      os.rename(tmp, d)
-    except OSError:  # Another process finished the same stream first.
-      if _verify(d) is not None:
-        shutil.rmtree(d, ignore_errors=True)
-        os.rename(tmp, d)
+    plan.check_documents(w.clean_docs, int(clean_tokens))
+    _write_side_files(tmp, w, spec, dtype, time.time() - start_time)
+    _publish(tmp, d)
   finally:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp, ignore_errors=True)

@@ -126,13 +126,13 @@ _WORD_LISTS = (("noun", "nouns"), ("verb", "verbs"), ("adj", "adjs"),
 
 
 def zipf_cdfs(lex, rng: np.random.Generator) -> dict[str, list]:
-  """A lexicon's Zipf CDF per word kind, drawn in a fixed order (both languages)."""
+  """A lexicon's Zipf CDF per word kind, drawn in a fixed order."""
   return {key: _zipf_cdf(len(getattr(lex, attr)), rng)[0]
           for key, attr in _WORD_LISTS}
 
 
 def draw_topics(lex, rng: np.random.Generator) -> list[dict]:
-  """NUM_TOPICS topics: each a small set of favoured nouns, verbs, adjectives."""
+  """NUM_TOPICS topics, each a few favoured nouns, verbs and adjectives."""
   return [{
       "noun": rng.choice(len(lex.nouns), 40, replace=False).tolist(),
       "verb": rng.choice(len(lex.verbs), 20, replace=False).tolist(),
