@@ -46,6 +46,7 @@ import numpy as np
 
 from poisonjax import files
 from poisonjax.data import stream as stream_lib
+from poisonjax.data import stream_cache
 from poisonjax.defences import documents
 from poisonjax.errors import UserError, field_error
 
@@ -132,9 +133,8 @@ def training_stream(config, clean_tokens: int, may_build: bool = True):
   key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
   d = str(files.as_path(stream_lib.stream_dir(base_cfg, spec)).parent / f"filtered-{key}")
   if not files.is_local(d):  # Built per host from the (shared) base stream.
-    d = stream_lib.mirror_dir(d)
-  verify = stream_lib._verify  # pylint: disable=protected-access
-  reason = verify(d) if os.path.isdir(d) else "absent"
+    d = stream_cache.mirror_dir(d)
+  reason = stream_cache.verify(d) if os.path.isdir(d) else "absent"
   if reason is not None:
     shutil.rmtree(d, ignore_errors=True)
     record = _record(config, base, starts, ends, pids, drop)
@@ -197,9 +197,7 @@ def _materialize(base, spec, record, starts, ends, pids, drop, d) -> None:
     np.save(os.path.join(tmp, "spans.npy"), spans)
     files.write_json(os.path.join(tmp, "meta.json"), meta)
     files.write_json(os.path.join(tmp, "manifest.json"), manifest)
-    files.write_json(os.path.join(tmp, "checksum.json"), {
-        n: stream_lib._file_digest(os.path.join(tmp, n))  # pylint: disable=protected-access
-        for n in stream_lib._CHECKED})  # pylint: disable=protected-access
+    stream_cache.write_checksum(tmp)
     os.makedirs(os.path.dirname(d), exist_ok=True)
     try:
       os.rename(tmp, d)

@@ -6,22 +6,8 @@ The token stream is materialized once into a cache directory keyed by a hash
 of everything it depends on (source, vocabulary file, poison fields, clean
 budget T), and never by S or the batch size, which only change the view.
 
-Cache layout (written into a temporary directory, renamed into place, with
-checksum.json written last, so a directory that exists is complete):
-  tokens.bin     raw uint16/uint32 ids (np.memmap), the whole stream
-  spans.npy      int64 [n, 3]: (start, end, poison id) of each poison, sorted
-  manifest.json  per poison: id, fraction, clean_offset, start, num_tokens...
-  meta.json      the spec that was hashed, token counts, dtype
-  checksum.json  sha256 of the files above
-On load the checksum is verified; a mismatch prints the reason and rebuilds.
-
-A cache on an object store (data.cache_dir=gs://...): np.memmap needs a
-local file, so the stream is read from a local mirror,
-$POISONJAX_MIRROR (default ~/.cache/poisonjax/mirror)/gs/BUCKET/PATH. If the
-store holds the stream (its checksum.json, uploaded last, is there) it is
-downloaded once per host and verified locally; otherwise it is built into
-the mirror and uploaded, checksum.json last. Every run and host then reuses
-it. (This is the small-scale path: data/store.py is the one that scales.)
+How the cache directory is laid out, verified and mirrored from an object
+store: stream_cache.py.
 
 Batch k holds sequences [k*B, (k+1)*B); process h of P reads its contiguous
 slice [h*B/P, (h+1)*B/P) of them, so the slices concatenate to the global
@@ -42,11 +28,10 @@ import numpy as np
 
 from poisonjax import budget, files
 from poisonjax.data import mixer, poison, poison_adaptive, poison_language
-from poisonjax.data import sources, vocabulary
+from poisonjax.data import sources, stream_cache, vocabulary
 from poisonjax.errors import UserError, field_error
 
 _VERSION = "stream-v1"
-_FULL_HASH_LIMIT = 4 << 30  # Bigger token files are checksummed by samples.
 
 
 def _poison_spec(config) -> dict:
@@ -83,52 +68,9 @@ def stream_spec(config, clean_tokens: int, vocab_file: str) -> dict:
 
 
 def stream_dir(config, spec: dict) -> str:
-  """CACHE/streams/KEY: local, or on a store (see mirror_dir)."""
+  """CACHE/streams/KEY: local, or on a store (stream_cache.mirror_dir)."""
   key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
   return str(files.as_path(vocabulary.cache_dir(config)) / "streams" / key)
-
-
-def mirror_dir(remote: str) -> str:
-  """The local mirror of a stream directory on a store."""
-  root = os.environ.get("POISONJAX_MIRROR") or os.path.join(
-      os.path.expanduser("~"), ".cache", "poisonjax", "mirror")
-  scheme, rest = str(remote).split("://", 1)
-  return os.path.join(os.path.abspath(root), scheme, rest)
-
-
-def _file_digest(path: str) -> str:
-  size = os.path.getsize(path)
-  h = hashlib.sha256(str(size).encode())
-  with open(path, "rb") as f:
-    if size <= _FULL_HASH_LIMIT:
-      for block in iter(lambda: f.read(1 << 22), b""):
-        h.update(block)
-    else:  # 1024 evenly spaced 1 MiB samples: catches truncation and rot.
-      for k in range(1024):
-        f.seek(k * (size - (1 << 20)) // 1023)
-        h.update(f.read(1 << 20))
-  return h.hexdigest()
-
-
-_CHECKED = ("tokens.bin", "spans.npy", "manifest.json", "meta.json")
-
-
-def _verify(d: str) -> str | None:
-  """None if the cached stream is intact, else the reason it is not."""
-  path = os.path.join(d, "checksum.json")
-  if not os.path.isfile(path):
-    return "checksum.json missing"
-  try:
-    want = files.read_json(path)
-  except (OSError, ValueError):
-    return "checksum.json unreadable"
-  for name in _CHECKED:
-    f = os.path.join(d, name)
-    if not os.path.isfile(f):
-      return f"{name} missing"
-    if _file_digest(f) != want.get(name):
-      return f"{name} checksum mismatch"
-  return None
 
 
 def check_clean_left(config, clean_tokens: int, poison_tokens: int) -> int:
@@ -280,9 +222,7 @@ def _write_side_files(tmp: str, w: _Writer, spec: dict, dtype,
           "build_seconds": round(build_seconds, 2)}
   files.write_json(os.path.join(tmp, "meta.json"), meta)
   files.write_json(os.path.join(tmp, "manifest.json"), w.manifest)
-  files.write_json(os.path.join(tmp, "checksum.json"),
-                   {name: _file_digest(os.path.join(tmp, name))
-                    for name in _CHECKED})
+  stream_cache.write_checksum(tmp)
 
 
 def _publish(tmp: str, d: str) -> None:
@@ -290,7 +230,7 @@ def _publish(tmp: str, d: str) -> None:
   try:
     os.rename(tmp, d)
   except OSError:  # Another process finished the same stream first.
-    if _verify(d) is not None:
+    if stream_cache.verify(d) is not None:
       shutil.rmtree(d, ignore_errors=True)
       os.rename(tmp, d)
 
@@ -429,7 +369,7 @@ def build_stream(config, clean_tokens: int) -> TrainingStream:
 def _ready(config, T: int, vocab, spec: dict, d: str) -> str:
   """d, holding a verified stream: kept if intact, else (re)built."""
   if os.path.isdir(d):
-    reason = _verify(d)
+    reason = stream_cache.verify(d)
     if reason is None:
       return d
     print(f"stream cache {d}: {reason}; rebuilding", flush=True)
@@ -441,54 +381,13 @@ def _ready(config, T: int, vocab, spec: dict, d: str) -> str:
 
 def _ready_mirror(config, T: int, vocab, spec: dict, remote: str) -> str:
   """The verified local mirror of `remote`: downloaded, or built and uploaded."""
-  local = mirror_dir(remote)
-  if _download(remote, local):
-    reason = _verify(local)
+  local = stream_cache.mirror_dir(remote)
+  if stream_cache.download(remote, local):
+    reason = stream_cache.verify(local)
     if reason is None:
       return local
     print(f"stream cache {remote}: {reason}; rebuilding", flush=True)
     shutil.rmtree(local, ignore_errors=True)
   _ready(config, T, vocab, spec, local)
-  _upload(local, remote)
+  stream_cache.upload(local, remote)
   return local
-
-
-def _download(remote: str, local: str) -> bool:
-  """Makes `local` a copy of the store's stream; False if it has none.
-
-  A mirror whose checksum.json equals the store's is kept as it is.
-  """
-  r = files.as_path(remote)
-  try:
-    want = (r / "checksum.json").read_bytes()
-  except FileNotFoundError:
-    return False
-  mine = os.path.join(local, "checksum.json")
-  if os.path.isfile(mine) and files.as_path(mine).read_bytes() == want:
-    return True
-  tmp = f"{local}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  try:
-    for name in _CHECKED:
-      files.copy_file(r / name, os.path.join(tmp, name))
-    files.as_path(tmp).joinpath("checksum.json").write_bytes(want)
-    shutil.rmtree(local, ignore_errors=True)
-    try:
-      os.rename(tmp, local)
-    except OSError:  # Another process on this host mirrored it first.
-      pass
-  except FileNotFoundError as e:
-    print(f"stream cache {remote}: incomplete ({e.filename or e}); "
-          "rebuilding", flush=True)
-    return False
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  print(f"stream cache: downloaded {remote} to {local}", flush=True)
-  return True
-
-
-def _upload(local: str, remote: str) -> None:
-  """Copies the stream to the store; checksum.json last (it says complete)."""
-  r = files.as_path(remote)
-  for name in (*_CHECKED, "checksum.json"):
-    files.copy_file(os.path.join(local, name), r / name)
-  print(f"stream cache: uploaded {local} to {remote}", flush=True)
