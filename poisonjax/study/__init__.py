@@ -4,6 +4,7 @@ A study config (configs/study_*.py) holds a `base` run config and a `grid`
 (plus optional named `extra` grids, e.g. a data-amount ablation on two
 sizes). The modules, by job:
   grids    the study config, its runs, their names and run configs
+  variants named config overrides crossed with the grid (e.g. placement)
   plan     tokens, steps, FLOPs and chip-hours before anything runs
   runner   running the grid here (resumable, one grid per root)
   results  the evaluations of every run as one CSV, and the figures
@@ -21,6 +22,7 @@ from poisonjax.study.grids import (GRID_FIELDS, SEED_THINGS, Run,
                                   grid, is_study_config, launch_command,
                                   parse_run_name, run_config, run_name,
                                   select, study_config)
+from poisonjax.study.variants import set_variants
 from poisonjax.study.plan import THIS_CPU, format_plan, plan, poison_tokens_per_doc
 from poisonjax.study.results import (COORD_COLUMNS, CSV_COLUMNS, collect,
                                      is_finished, make_figures, write_csv)

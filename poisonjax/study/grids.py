@@ -1,9 +1,11 @@
 """The grid: a study config, its runs, their names and run configs.
 
 A study config holds a `base` run config and a `grid` (plus optional named
-`extra` grids). `expand()` turns it into runs; each run has coordinates, a
-stable filesystem-safe name (`size=cpu-s_n=25_seed=1_data=1.0`) and a full
-run config. The name alone rebuilds the run config from the study config,
+`extra` grids, and optional `variants`: named config overrides crossed with
+every grid point, poisonjax/study/variants.py). `expand()` turns it into
+runs; each run has coordinates, a stable filesystem-safe name
+(`size=cpu-s_n=25_seed=1_data=1.0`, plus `_var=NAME` for a variant) and a
+full run config. The name alone rebuilds the run config from the study config,
 so a pod launcher can run `poisonjax train --config=STUDY.py:run=NAME`.
 
 What a grid seed varies, and what it never does (run_config):
@@ -41,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from poisonjax.errors import UserError
+from poisonjax.study import variants as variants_lib
 
 GRID_FIELDS = ("sizes", "poison_counts", "seeds", "data_multipliers")
 # What a grid seed can vary: the run config field it sets, and the stream
@@ -73,6 +76,10 @@ def study_config(name: str, base) -> ml_collections.ConfigDict:
   c.grid = grid()
   # Named extra blocks (e.g. data_ablation); their runs join the main grid's.
   c.extra = ml_collections.ConfigDict()
+  # Named config overrides, each crossed with every block (variants.py);
+  # none: run names and results as before. Set with set_variants().
+  c.variants = ml_collections.ConfigDict()
+  c.variant_order = ()
   # Assumptions of the poison-token estimate in `plan` (see poison_tokens_per_doc).
   c.plan = ml_collections.ConfigDict()
   c.plan.chars_per_token = 4.0  # Clean English text, ~32k SentencePiece vocab.
@@ -95,22 +102,28 @@ class Run:
   poisons: int
   seed: int
   data_multiplier: float
+  variant: str = variants_lib.NONE
 
   @property
   def name(self) -> str:
-    return run_name(self.size, self.poisons, self.seed, self.data_multiplier)
+    return run_name(self.size, self.poisons, self.seed, self.data_multiplier,
+                    self.variant)
 
   def coords(self) -> dict:
     return {"size": self.size, "poison_count": self.poisons, "seed": self.seed,
-            "data_multiplier": self.data_multiplier}
+            "data_multiplier": self.data_multiplier, "variant": self.variant}
 
 
-def run_name(size: str, poisons: int, seed: int, data_multiplier: float) -> str:
-  return f"size={size}_n={int(poisons)}_seed={int(seed)}_data={float(data_multiplier)!r}"
+def run_name(size: str, poisons: int, seed: int, data_multiplier: float,
+             variant: str = variants_lib.NONE) -> str:
+  """The run's directory name; `_var=NAME` only for a named variant."""
+  name = f"size={size}_n={int(poisons)}_seed={int(seed)}_data={float(data_multiplier)!r}"
+  return f"{name}_var={variant}" if variant else name
 
 
 _NAME_RE = re.compile(r"^size=(?P<size>[A-Za-z0-9.\-]+)_n=(?P<n>\d+)"
-                      r"_seed=(?P<seed>\d+)_data=(?P<data>[0-9.eE+\-]+)$")
+                      r"_seed=(?P<seed>\d+)_data=(?P<data>[0-9.eE+\-]+)"
+                      r"(?:_var=(?P<var>[A-Za-z0-9.\-]+))?$")
 
 
 def parse_run_name(name: str) -> Run:
@@ -118,11 +131,13 @@ def parse_run_name(name: str) -> Run:
   m = _NAME_RE.match(name)
   if not m:
     raise UserError(f"run name {name!r}: not of the form "
-                    "size=S_n=N_seed=K_data=M; copy a name from `study plan`")
-  return Run(m["size"], int(m["n"]), int(m["seed"]), float(m["data"]))
+                    "size=S_n=N_seed=K_data=M[_var=V]; copy a name from "
+                    "`study plan`")
+  return Run(m["size"], int(m["n"]), int(m["seed"]), float(m["data"]),
+             m["var"] or variants_lib.NONE)
 
 
-def _block_runs(label: str, block) -> list[Run]:
+def _block_runs(label: str, block, variants: list[str]) -> list[Run]:
   from poisonjax import sizes as sizes_lib
 
   for field in GRID_FIELDS:
@@ -148,20 +163,26 @@ def _block_runs(label: str, block) -> list[Run]:
   for m in block.data_multipliers:
     if float(m) <= 0:
       raise UserError(f"{label}.data_multipliers: {m} <= 0; use a positive value")
-  return [Run(s, int(n), int(k), float(m)) for s, n, k, m in itertools.product(
-      block.sizes, block.poison_counts, block.seeds, block.data_multipliers)]
+  # Variants innermost: a grid stopped part-way has every variant of the
+  # points it reached, so they can be compared.
+  return [Run(s, int(n), int(k), float(m), v)
+          for s, n, k, m, v in itertools.product(
+              block.sizes, block.poison_counts, block.seeds,
+              block.data_multipliers, variants)]
 
 
 def expand(study) -> list[Run]:
   """All runs of the study, seed by seed, main grid first within a seed.
 
-  Raises UserError on an empty grid, an unknown size or a duplicate run.
+  Raises UserError on an empty grid, an unknown size, a bad variant or a
+  duplicate run.
   """
   blocks = [("study.grid", study.grid)]
   blocks += [(f"study.extra.{k}", study.extra[k]) for k in study.extra.keys()]
+  names = variants_lib.names(study)
   runs, seen = [], {}
   for label, block in blocks:
-    for run in _block_runs(label, block):
+    for run in _block_runs(label, block, names):
       if run in seen:
         raise UserError(f"{label}: duplicate run {run.name} (already in "
                         f"{seen[run]}); remove one of them")
@@ -193,6 +214,7 @@ def run_config(study, run: Run):
 
   The grid seed sets the derived seeds of the things in study.vary; the
   vocabulary and held-out seeds are the study's, fixed (module docstring).
+  The run's variant's overrides come last (variants.apply).
   """
   from poisonjax import config as config_lib
 
@@ -212,7 +234,25 @@ def run_config(study, run: Run):
     for section in sections:
       node = node[section]
     node[name] = derived_seed(run.seed, thing)
-  return config_lib.validate(c)
+  if not run.variant:
+    return config_lib.validate(c)
+  _apply_variant(study, run, c)
+  try:
+    return config_lib.validate(c)
+  except UserError as e:
+    raise UserError(f"{e} (study.variants.{run.variant})") from None
+
+
+def _apply_variant(study, run: Run, c) -> None:
+  """The run's variant's overrides on its config (UserError if unknown)."""
+  overrides = dict(variants_lib.ordered(study))
+  if run.variant not in overrides:
+    raise UserError(f"run {run.name}: variant {run.variant!r} is not in "
+                    f"study.variants ({', '.join(n for n in overrides if n)}); "
+                    "copy a name from `study plan`")
+  owned = ("model.size", "poison.count", "train.data_multiplier")
+  owned += tuple(SEED_THINGS[t][0] for t in varied(study))
+  variants_lib.apply(c, run.variant, overrides[run.variant], owned)
 
 
 def config_for_arg(study, arg):
@@ -241,10 +281,11 @@ def select(runs: list[Run], only: str) -> list[Run]:
 def launch_command(config_file: str, name: str, workdir: str,
                    overrides: dict | None = None) -> str:
   """The one-run command a launcher executes (base overrides carried over)."""
-  if "vary" in (overrides or {}):
-    raise UserError("--config.vary: a launched run rebuilds its config from "
-                    f"{config_file} alone and would not see this override; "
-                    "set vary in the study file")
+  for key in overrides or {}:
+    if key.split(".")[0] in ("vary", "variants", "variant_order"):
+      raise UserError(f"--config.{key}: a launched run rebuilds its config "
+                      f"from {config_file} alone and would not see this "
+                      "override; set it in the study file")
   args = ["poisonjax", "train", f"--config={config_file}:run={name}",
           f"--workdir={workdir}"]
   for key, value in sorted((overrides or {}).items()):

@@ -6,7 +6,9 @@ per size and data amount (analysis) and count versus share (analysis_compare),
 writes their numbers as n50.csv and count_vs_share.json, and writes
 report.md from those same numbers: regime, provenance (lines the caller
 passes), N50, the model comparison, the final-results table, the figures
-with their computed sentences, and the caveats. Nothing needs the runs'
+with their computed sentences, and the caveats. A study with variants
+(study.variants) gets those sections for its first variant and a 'By
+variant' comparison of all (report_variants). Nothing needs the runs'
 directories, so a committed results.csv regenerates its report.
 """
 
@@ -21,6 +23,7 @@ from poisonjax import plots_fits
 from poisonjax.study import analysis
 from poisonjax.study import analysis_compare
 from poisonjax.study import report_sections as sections
+from poisonjax.study import report_variants
 
 _N50_COLS = ["size", "data_multiplier", "params", "n_runs", "n_success",
              "counts", "seeds", "kind", "n50_lo", "n50_hi", "n50", "slope",
@@ -116,7 +119,10 @@ def generate(csv_path: str, out_dir: str, *,
   """
   out = files.as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  rows = plots.read_csv(csv_path)
+  all_rows = plots.read_csv(csv_path)
+  by_variant = report_variants.split(all_rows, study)
+  reference = next(iter(by_variant), None)
+  rows = by_variant[reference] if reference is not None else all_rows
   paths, sentences, finals = plots.draw_all(rows, str(out), threshold)
   runs, dropped, th, comp = _fits(rows, threshold, n_boot, seed)
   fit_paths = {"n50": {"png": str(out / "n50.png"), "csv": str(out / "n50.csv")},
@@ -135,6 +141,10 @@ def generate(csv_path: str, out_dir: str, *,
            "below is computed from results.csv by poisonjax/study/report.py "
            "(fits: poisonjax/study/analysis.py and analysis_compare.py); "
            "nothing is written by hand.", ""]
+  if report_variants.has_variants(by_variant):
+    lines += [f"This study has {len(by_variant)} variants ({', '.join(by_variant)}): "
+              f"the sections up to 'By variant' are variant `{reference}`'s "
+              "runs alone; 'By variant' compares them all.", ""]
   lines += sections.regime(runs, dropped, reg) if len(runs) else []
   if provenance:
     lines += ["## How this was made", ""] + list(provenance) + [""]
@@ -143,6 +153,11 @@ def generate(csv_path: str, out_dir: str, *,
   lines += sections.comparison(comp, threshold)
   lines += ["![count_vs_share](count_vs_share.png)", ""]
   lines += _final_results(finals) + _figures(paths, sentences)
+  if report_variants.has_variants(by_variant):
+    more, made = report_variants.section(by_variant, study, threshold, out,
+                                         n_boot, seed)
+    lines += more
+    fit_paths.update(made)
   lines += _previous(out, threshold, n_boot, seed, study, th, comp, reg)
   if len(runs):
     lines += sections.caveats(runs, dropped, th, comp, reg, finals)

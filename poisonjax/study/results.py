@@ -19,7 +19,9 @@ from poisonjax import files
 from poisonjax.errors import UserError
 from poisonjax.study import grids
 
-COORD_COLUMNS = ("run", "size", "poison_count", "seed", "data_multiplier")
+# "variant" is written only by studies with variants (write_csv).
+COORD_COLUMNS = ("run", "size", "poison_count", "seed", "data_multiplier",
+                 "variant")
 CSV_COLUMNS = COORD_COLUMNS + (
     "params", "non_embedding_params", "eval_index", "step", "num_steps",
     "fraction", "tokens_seen", "poisons_seen", "poisons_per_mtok",
@@ -108,12 +110,17 @@ def collect(root, runs: list[grids.Run] | None = None) -> list[dict]:
 
 
 def write_csv(rows: list[dict], path) -> None:
-  """The rows as CSV: CSV_COLUMNS first, then any extra keys in order seen."""
-  cols = list(CSV_COLUMNS)
+  """The rows as CSV: CSV_COLUMNS first, then any extra keys in order seen.
+
+  Without a named variant the CSV has no variant column: a study without
+  variants writes the columns it wrote before variants existed.
+  """
+  skip = set() if any(r.get("variant") for r in rows) else {"variant"}
+  cols = [c for c in CSV_COLUMNS if c not in skip]
   for r in rows:
-    cols += [k for k in r if k not in cols]
+    cols += [k for k in r if k not in cols and k not in skip]
   buf = io.StringIO(newline="")
-  w = csv.DictWriter(buf, fieldnames=cols, restval="")
+  w = csv.DictWriter(buf, fieldnames=cols, restval="", extrasaction="ignore")
   w.writeheader()
   w.writerows(rows)
   files.write_text_atomic(path, buf.getvalue())
