@@ -7,6 +7,17 @@ poisonjax.study.report (figures, N50, count vs share, regime, caveats).
 How the results were made (command, machine, wall time) is kept in
 OUT/provenance.json, so `--report_only` regenerates the report from a
 committed results.csv without the runs or any training.
+
+WORKERS: on a small CPU machine, two processes each pinned to one core and
+single-threaded train ~1.1-1.3x the tokens/s of one process on both:
+
+  for core in 0 1; do
+    XLA_FLAGS=--xla_cpu_multi_thread_eigen=false \
+    nohup taskset -c $core python experiments/reproduce_cpu_chinchilla.py \
+      --worker > runs/worker$core.log 2>&1 &
+  done
+
+The last worker to finish writes the report (the others stop, exit 1).
 """
 
 import argparse
@@ -106,6 +117,11 @@ def _parser(doc, config, root, out):
   p.add_argument("--report_only", action="store_true",
                  help="Do not run or collect: regenerate the report and "
                  "figures from OUT/results.csv (its provenance kept).")
+  p.add_argument("--worker", action="store_true",
+                 help="Share --root with other --worker processes, each "
+                 "training the next run nobody holds (poisonjax/study/runner.py). "
+                 "On 2 cores: two workers, each pinned to one core and "
+                 "single-threaded: see WORKERS below.")
   p.add_argument("--bootstrap", type=int, default=None,
                  help="Bootstrap resamples of the fits (default: "
                  "poisonjax.study.analysis.BOOTSTRAP_SAMPLES).")
@@ -152,7 +168,8 @@ def main(argv, *, doc, script, config, root, out) -> int:
   print(f"# study {s.name}: {len(runs)} runs", flush=True)
   print(study.format_plan(plan), flush=True)
   if not args.partial:
-    study.run_grid(s, args.root, log=lambda m: print(m, flush=True))
+    study.run_grid(s, args.root, log=lambda m: print(m, flush=True),
+                   worker=args.worker)
   wall_s, finished = train_wall(args.root, runs)
   if finished < len(runs) and not args.partial:
     print(f"{finished}/{len(runs)} runs finished; run the same command to go on")

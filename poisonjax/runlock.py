@@ -131,6 +131,14 @@ def acquire(directory, what: str, timeout_s: float) -> Lock:
                   "this directory, then retry")
 
 
+def live_holder(directory, timeout_s: float) -> dict | None:
+  """The live holder of DIR/lock.json (a record), or None if free or dead."""
+  holder = _read(files.as_path(directory) / LOCK_NAME)
+  if holder is None or dead_reason(holder, timeout_s) is not None:
+    return None
+  return holder
+
+
 def dead_reason(holder: dict, timeout_s: float, now: float | None = None):
   """Why `holder` is dead ("pid gone", "no heartbeat for Ns"), or None."""
   now = time.time() if now is None else now

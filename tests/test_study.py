@@ -167,6 +167,41 @@ def test_study_run_refuses_a_root_held_by_a_live_grid(tmp_path, monkeypatch):
   assert not os.path.exists(root / "study.json")
 
 
+def _fake_train(started):
+  """train.run stand-in: records the run and leaves it finished."""
+  def run(config, workdir):
+    del config
+    started.append(os.path.basename(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    files.write_json(os.path.join(workdir, "summary.json"), {"finished": True})
+    return {}
+  return run
+
+
+def test_workers_share_a_root_run_by_run(tmp_path, monkeypatch):
+  """A worker trains every run nobody holds, skips a held one; a plain run
+  skips it too; a worker refuses a root a plain `study run` holds."""
+  from poisonjax import runlock, train
+  started = []
+  monkeypatch.setattr(train, "run", _fake_train(started))
+  s, root = _load("study_cpu_nano"), tmp_path / "root"
+  names = [r.name for r in study.expand(s)]
+  with runlock.hold(root / ".claims" / names[1], "study worker", timeout_s=600):
+    out = study.run_grid(s, str(root), log=lambda _: None, worker=True)
+    assert started == names[:1] + names[2:]
+    assert [o["status"] for o in out] == ["ran", "held"] + ["ran"] * (len(names) - 2)
+    started.clear()
+    out = study.run_grid(s, str(root), log=lambda _: None)  # A plain run, too.
+    assert not started and out[1]["status"] == "held"
+  study.run_grid(s, str(root), log=lambda _: None, worker=True)
+  assert started == [names[1]]  # Released: now it is trained.
+  assert not list((root / ".claims").glob("*/lock.json"))  # Claims released.
+  with runlock.hold(root, "study run", timeout_s=600):
+    with pytest.raises(UserError) as e:
+      study.run_grid(s, str(root), log=lambda _: None, worker=True)
+  assert "study run" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_bad_run_names():
   with pytest.raises(UserError, match="not of the form"):
     study.parse_run_name("size=cpu-s_n=x")
