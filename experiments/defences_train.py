@@ -308,10 +308,19 @@ def _finding(group: list[dict], pct: str) -> str:
   best = max(ev, key=lambda f: ev[f]["recall"])
   evaded = [f for f in ev if ev[f]["recall"] < 0.5]
   left = "; ".join(f"{g['filter']} leaves {g['surviving_poisons']} of {g['count']} "
-                   "poisons" for g in group)
+                   f"poisons{_outcome(g['filtered'])}" for g in group)
   return (f"- {r['mode']}, N={r['count']}: best filter {best} (recall "
           f"{ev[best]['recall']:.2f} at {pct} FPR); evades (recall < 0.5) "
-          f"{', '.join(evaded) or 'none'}; {left}.")
+          f"{', '.join(evaded) or 'none'}; unfiltered{_outcome(r['unfiltered'])}; "
+          f"{left}.")
+
+
+def _outcome(final: dict) -> str:
+  """' (increase X: backdoor / no backdoor)', '' for an unfinished run."""
+  if not final or final.get("increase") is None:
+    return ""
+  formed = "backdoor" if final["success_share"] > 0.5 else "no backdoor"
+  return f" (increase {final['increase']:.1f}, {formed})"
 
 
 def main(argv) -> int:

@@ -274,7 +274,8 @@ def test_experiment_report_is_computed_from_its_rows():
   assert "2 of 3 runs finished (PARTIAL)" in md and "recall at 5% FPR" in md
   assert md.count("| unigram | 30 | 0.25 |") == 1  # Evasion: one row per (mode, N).
   assert ("unigram, N=30: best filter entropy (recall 0.25 at 5% FPR); evades "
-          "(recall < 0.5) entropy; entropy leaves 22 of 30 poisons; compression "
-          "leaves 15 of 30 poisons." in md)
+          "(recall < 0.5) entropy; unfiltered (increase 123.5, backdoor); entropy "
+          "leaves 22 of 30 poisons; compression leaves 15 of 30 poisons (increase "
+          "2.0, no backdoor)." in md)
   rows[0]["filtered"] = {"increase": -1.0, "success_share": 0.0}
   assert "PARTIAL" not in exp.report(rows, args, 60.0)
