@@ -55,7 +55,7 @@ def ensure_reference(config, workdir: str) -> None:
     return
   from poisonjax import train  # pylint: disable=g-import-not-at-top
   print(f"defences: training the clean reference into {workdir}", flush=True)
-  train.run(reference_config(config), workdir)
+  train.run_or_exit(reference_config(config), workdir)
 
 
 def _setup(config, args, seconds: float) -> str:

@@ -119,7 +119,7 @@ def train_once(config, workdir: str, partial: bool) -> bool:
   if study.is_finished(workdir) or partial:
     return study.is_finished(workdir)
   print(f"[defences_train] training {workdir}", flush=True)
-  train.run(config, workdir)
+  train.run_or_exit(config, workdir)
   return study.is_finished(workdir)
 
 

@@ -51,7 +51,7 @@ def _train(count: int, workdir: str) -> None:
     return
   t0 = time.time()
   print(f"exp_language: training {workdir} ({count} poisons)", flush=True)
-  train.run(exp_config.get_config(str(count)), workdir)
+  train.run_or_exit(exp_config.get_config(str(count)), workdir)
   print(f"exp_language: {workdir} trained in {time.time() - t0:.0f}s", flush=True)
 
 

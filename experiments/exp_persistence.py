@@ -101,7 +101,7 @@ def train_all(e, root: str) -> None:
       continue
     t0 = time.time()
     print(f"exp_persistence: training {workdir}", flush=True)
-    train.run(config, workdir)
+    train.run_or_exit(config, workdir)
     print(f"exp_persistence: {workdir} done in {time.time() - t0:.0f}s", flush=True)
 
 

@@ -70,6 +70,17 @@ class Progress:
   stopped_by: str | None = None
 
 
+def run_or_exit(config, workdir, **kwargs) -> dict[str, Any]:
+  """`run` for scripts that train several runs in a row: a run stopped by a
+  signal (SIGTERM, preemption) ends the script, resumable, instead of the
+  script going on to its next run."""
+  summary = run(config, workdir, **kwargs)
+  if summary.get("stopped_by"):
+    raise SystemExit(f"poisonjax: {summary['stopped_by']} stopped {workdir}; "
+                     "run the same command to resume")
+  return summary
+
+
 def run(config, workdir, *, stream=None, allow_config_change=False) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the summary dict.
 

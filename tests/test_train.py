@@ -383,3 +383,13 @@ def test_bad_config_cli_one_line(cache, tmp_path, flag, field):
   errors = [l for l in lines if l.startswith("poisonjax: error:")]
   assert len(errors) == 1 and field in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+def test_run_or_exit_ends_a_script_whose_run_a_signal_stopped(monkeypatch):
+  """A multi-run script must not go on to its next run after a SIGTERM."""
+  summaries = iter([{"finished": True, "stopped_by": None},
+                    {"finished": False, "stopped_by": "SIGTERM"}])
+  monkeypatch.setattr(train, "run", lambda *a, **k: next(summaries))
+  assert train.run_or_exit(None, "wd_a")["finished"]
+  with pytest.raises(SystemExit, match="SIGTERM stopped wd_b; run the same command"):
+    train.run_or_exit(None, "wd_b")
