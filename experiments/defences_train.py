@@ -54,6 +54,8 @@ MODES = {
 }
 SAMPLE_FILTERS = ("compression", "entropy", "alpha", "word_length", "stopwords",
                   "triggers")
+# Need a clean reference model (experiments/defences_score.py trains it).
+PERPLEXITY_FILTERS = ("perplexity", "perplexity_window")
 
 
 def _args(argv):
@@ -66,6 +68,10 @@ def _args(argv):
                  help="Comma list: one filtered run per filter, dropping what it flags.")
   p.add_argument("--fpr", type=float, default=0.01)
   p.add_argument("--sample_clean", type=int, default=3000)
+  p.add_argument("--reference", default=os.path.join(REPO, "runs", "defences",
+                                                      "reference_clean"),
+                 help="The clean reference model of the perplexity filters "
+                 "(trained first if unfinished, unless --partial).")
   p.add_argument("--partial", action="store_true", help="Score and report; train nothing.")
   p.add_argument("--smoke", action="store_true", help="A tiny recipe under /tmp.")
   return p.parse_args(argv)
@@ -91,15 +97,21 @@ def run_config(mode: str, n: int, smoke: bool, root: str):
   return config_lib.validate(c)
 
 
-def score(config, names, out: str, sample: int, fpr: float) -> list[dict]:
+def score(config, names, out: str, sample: int, fpr: float,
+          reference: str | None = None) -> list[dict]:
   """filters.csv rows of `names` on this stream (scored once, then read)."""
   path = os.path.join(out, "filters.csv")
   if not os.path.isfile(path):
     from poisonjax.defences import pipeline  # pylint: disable=g-import-not-at-top
-    pipeline.score_stream(config, list(names), out, max_clean_docs=sample,
-                          fprs=(fpr,), log=lambda line: print(line, flush=True))
+    pipeline.score_stream(config, list(names), out, reference=reference,
+                          max_clean_docs=sample, fprs=(fpr,),
+                          log=lambda line: print(line, flush=True))
   with open(path) as f:
     return list(csv.DictReader(f))
+
+
+def _reference_ready(args) -> bool:
+  return not args.smoke and os.path.isfile(os.path.join(args.reference, "summary.json"))
 
 
 def _key(fpr: float) -> str:
@@ -188,6 +200,9 @@ def one_point(mode: str, n: int, args) -> list[dict]:
   k = _key(args.fpr)
   evasion = score(config, SAMPLE_FILTERS, os.path.join(base, "sample"),
                   args.sample_clean, args.fpr)
+  if _reference_ready(args):  # The same documents (same sample seed).
+    evasion += score(config, PERPLEXITY_FILTERS, os.path.join(base, "sample_ppl"),
+                     args.sample_clean, args.fpr, reference=args.reference)
   evasion = {r["filter"]: {"recall": float(r[f"recall_at_{k}"]),
                            "roc_auc": float(r["roc_auc"])} for r in evasion}
   plain_dir = _unfiltered_dir(config, mode, n, args)
@@ -287,17 +302,19 @@ def report(rows: list[dict], args, seconds: float) -> str:
                f"{r['clean_documents']} | {_fmt(u.get('increase'))} "
                f"({_fmt(u.get('success_share'), '.2f')}) | {_fmt(f.get('increase'))} "
                f"({_fmt(f.get('success_share'), '.2f')}) |")
-  names = list(rows[0]["evasion"]) if rows else []
+  names = list(dict.fromkeys(f for r in rows for f in r["evasion"]))
   out += ["", f"Evasion: recall at {pct} FPR of each filter (all poisons, "
           f"{args.sample_clean} sampled clean documents; the trigger finder needs "
-          "corpus statistics):", "",
+          "corpus statistics; the perplexity filters score under the clean "
+          f"reference model `{os.path.relpath(args.reference, REPO)}`, whole "
+          "document and worst window):", "",
           "| mode | N | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
   points = {}  # (mode, N) -> its rows, one per drop filter.
   for r in rows:
     points.setdefault((r["mode"], r["count"]), []).append(r)
   for (mode, n), group in points.items():
     out.append(f"| {mode} | {n} | " + " | ".join(
-        f"{group[0]['evasion'][f]['recall']:.2f}" for f in names) + " |")
+        _fmt(group[0]["evasion"].get(f, {}).get("recall"), ".2f") for f in names) + " |")
   return "\n".join(out + [""] + [_finding(g, pct) for g in points.values()]) + "\n"
 
 
@@ -334,6 +351,10 @@ def main(argv) -> int:
     raise SystemExit(f"--modes: unknown {unknown}; use some of {', '.join(MODES)}")
   from poisonjax import study  # pylint: disable=g-import-not-at-top
   study.enable_compilation_cache()
+  if not (args.smoke or args.partial):
+    import defences_score  # pylint: disable=g-import-not-at-top
+    defences_score.ensure_reference(run_config("standard", 100, False, args.root),
+                                    args.reference)
   t0, rows = time.time(), []
   for n in (int(x) for x in args.counts.split(",")):
     for mode in args.modes.split(","):
