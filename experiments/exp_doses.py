@@ -554,13 +554,18 @@ def _verdict(res: dict) -> str:
     return ("- Verdict: consistent at the compared counts, but no compared "
             "single run fires, so this does not test the counts where the "
             "backdoor appears.")
-  return ("- Verdict: NOT validated: at " + ", ".join(
-      str(v["count"]) for v in rows if not (v["ci_low"] <= 0 <= v["ci_high"]
-      and (v["many_success"] > 0.5) == (v["single_success"] > 0.5)))
-      + " poisons the many-dose run differs from the single-trigger run "
-      "(interval of the difference excludes 0, or the runs fall on opposite "
-      "sides of the threshold); one run does not give the single-trigger "
-      "dose-response there.")
+  why = []
+  for v in rows:
+    side = (v["many_success"] > 0.5) == (v["single_success"] > 0.5)
+    if not side:
+      why.append(f"at {v['count']} the runs fall on opposite sides of the threshold")
+    elif not v["ci_low"] <= 0 <= v["ci_high"]:
+      why.append(f"at {v['count']} the many-dose run reads "
+                 + ("higher" if v["difference"] > 0 else "lower")
+                 + f" by {abs(v['difference']):.1f} (interval excludes 0; same "
+                 "side of the threshold)")
+  return ("- Verdict: NOT validated: " + "; ".join(why) + ". One run does not "
+          "give the single-trigger increases there.")
 
 
 def _previous_line(folder: str) -> str:

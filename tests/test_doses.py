@@ -198,9 +198,12 @@ def test_verdict_follows_the_validation_rows():
   report = _experiment("exp_doses_script", "experiments/exp_doses.py")
   row = lambda lo, hi, many, single: {"count": 100, "ci_low": lo, "ci_high": hi,
                                       "many_success": many, "single_success": single}
-  assert "NOT validated: at 100" in report._verdict(
-      {"validation": [row(5.0, 9.0, 1.0, 1.0)]})
-  assert "NOT validated" in report._verdict({"validation": [row(-1.0, 1.0, 1.0, 0.0)]})
+  higher = row(5.0, 9.0, 1.0, 1.0)
+  higher["difference"] = 7.0
+  assert "NOT validated: at 100 the many-dose run reads higher by 7.0" in (
+      report._verdict({"validation": [higher]}))
+  assert "opposite sides" in report._verdict(
+      {"validation": [row(-1.0, 1.0, 1.0, 0.0)]})
   assert report._verdict({"validation": [row(-1.0, 1.0, 1.0, 1.0)]}).startswith(
       "- Verdict: validated")
   assert "no compared single run fires" in report._verdict(
