@@ -118,7 +118,7 @@ def train_runs(exp, root: str, only: str = "", max_steps: int = 0) -> dict:
     workdir = os.path.join(root, name)
     if not is_finished(workdir, max_steps):
       print(f"{name}: training in {workdir}", flush=True)
-      train.run(config, workdir)
+      train.run_or_exit(config, workdir)
     out[name] = (config, workdir)
   return out
 
