@@ -63,7 +63,9 @@ def _args(argv):
   p.add_argument("--root", default=os.path.join(REPO, "runs", "defences_train"))
   p.add_argument("--out", default=os.path.join(REPO, "docs", "results", "defences", "train"))
   p.add_argument("--modes", default="standard,unigram,inside,inside_unigram")
-  p.add_argument("--counts", default="100")
+  p.add_argument("--counts", default="100,300:unigram+inside_unigram",
+                 help="Poison counts N; 'N:MODE+MODE' limits N to those modes "
+                 "(default: all --modes at 100; at 300 the two that evade).")
   p.add_argument("--filters", default="entropy,compression",
                  help="Comma list: one filtered run per filter, dropping what it flags.")
   p.add_argument("--fpr", type=float, default=0.01)
@@ -340,15 +342,27 @@ def _outcome(final: dict) -> str:
   return f" (increase {final['increase']:.1f}, {formed})"
 
 
+def points(counts: str, modes: str) -> list[tuple[str, int]]:
+  """(mode, N) in run order from --counts ('100,300:unigram+inside') and --modes."""
+  out = []
+  for item in counts.split(","):
+    n, _, only = item.partition(":")
+    chosen = only.split("+") if only else modes.split(",")
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not n.isdigit():
+      raise SystemExit(f"--counts/--modes: {item!r}: unknown modes {unknown} or a "
+                       f"count that is not a number; modes are {', '.join(MODES)}")
+    out += [(m, int(n)) for m in chosen]
+  return out
+
+
 def main(argv) -> int:
   args = _args(argv)
   if args.smoke:
     args.root = "/tmp/defences_train_smoke"
     args.out = os.path.join(args.root, "out")
     args.counts, args.sample_clean = "5", 200
-  unknown = [m for m in args.modes.split(",") if m not in MODES]
-  if unknown:
-    raise SystemExit(f"--modes: unknown {unknown}; use some of {', '.join(MODES)}")
+  todo = points(args.counts, args.modes)
   from poisonjax import study  # pylint: disable=g-import-not-at-top
   study.enable_compilation_cache()
   if not (args.smoke or args.partial):
@@ -356,10 +370,9 @@ def main(argv) -> int:
     defences_score.ensure_reference(run_config("standard", 100, False, args.root),
                                     args.reference)
   t0, rows = time.time(), []
-  for n in (int(x) for x in args.counts.split(",")):
-    for mode in args.modes.split(","):
-      rows.extend(one_point(mode, n, args))
-      write_outputs(rows, args, time.time() - t0)  # Partial results as they come.
+  for mode, n in todo:
+    rows.extend(one_point(mode, n, args))
+    write_outputs(rows, args, time.time() - t0)  # Partial results as they come.
   print(report(rows, args, time.time() - t0))
   return 0
 

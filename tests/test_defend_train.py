@@ -249,7 +249,15 @@ def test_bad_adaptive_fields_are_one_line_errors(config, fields, message):
     _with(config, **fields)
 
 
-def test_experiment_report_is_computed_from_its_rows():
+def test_experiment_points_limit_a_count_to_its_modes():
+  exp = _experiment()
+  assert exp.points("100,300:unigram+inside", "standard,unigram") == [
+      ("standard", 100), ("unigram", 100), ("unigram", 300), ("inside", 300)]
+  with pytest.raises(SystemExit, match="unknown modes"):
+    exp.points("100:zipf", "standard")
+
+
+def _experiment():
   import importlib.util
   import os
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -257,6 +265,11 @@ def test_experiment_report_is_computed_from_its_rows():
   spec = importlib.util.spec_from_file_location("defences_train", path)
   exp = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(exp)
+  return exp
+
+
+def test_experiment_report_is_computed_from_its_rows():
+  exp = _experiment()
   args = exp._args(["--fpr", "0.05"])  # pylint: disable=protected-access
   ev = {"entropy": {"recall": 0.25, "roc_auc": 0.5}}
   rows = [{"mode": "unigram", "count": 30, "filter": "entropy", "recall": 0.25,
