@@ -13,7 +13,6 @@ after all three triggers (the same 128 prompts), and writes into --out
 and report.md. Nothing in the report is written by hand.
 """
 
-import collections
 import itertools
 import json
 import os
@@ -25,6 +24,7 @@ import time
 import numpy as np
 
 import exp_doses as common
+import exp_doses_report as report
 
 REPO = common.REPO
 
@@ -121,7 +121,7 @@ def _variant_table(res: dict) -> list[str]:
     crossing = ("never" if v["first_crossing_poisons_seen"] is None else
                 f"step {v['first_crossing_step']} ({v['first_crossing_poisons_seen']})")
     out.append(f"| {v['variant']} | `{v['trigger']}` | {v['pieces']} | "
-               f"{100 * v['corpus_share']:.3f}% | {common.fmt_ci(v)} | "
+               f"{100 * v['corpus_share']:.3f}% | {report.fmt_ci(v)} | "
                f"{v['success_share']:.2f} | {v['clean_ppl_mean']:.1f} | {crossing} |")
   return out
 
@@ -194,7 +194,7 @@ def write_outputs(res: dict, out: str, provenance: list[str]) -> None:
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.json"), "w") as fh:
     json.dump({**res, "provenance": provenance}, fh, indent=1)
-  common.write_csv(os.path.join(out, "triggers.csv"), res["variants"],
+  report.write_csv(os.path.join(out, "triggers.csv"), res["variants"],
                    ["variant", "trigger", "count", "pieces", "corpus_share",
                     "first_crossing_poisons_seen", "first_crossing_step",
                     *backdoor.METRIC_KEYS])

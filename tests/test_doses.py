@@ -195,7 +195,7 @@ def test_experiment_triggers_share_no_shape():
 
 
 def test_verdict_follows_the_validation_rows():
-  report = _experiment("exp_doses_script", "experiments/exp_doses.py")
+  report = _experiment("exp_doses_report", "experiments/exp_doses_report.py")
   row = lambda lo, hi, many, single: {"count": 100, "ci_low": lo, "ci_high": hi,
                                       "many_success": many, "single_success": single}
   higher = row(5.0, 9.0, 1.0, 1.0)
