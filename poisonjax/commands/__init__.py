@@ -61,6 +61,7 @@ COMMANDS = {
     ("demo",): "poisonjax.commands.demo:DEMO",
     ("study", "plan"): "poisonjax.commands.study:PLAN",
     ("study", "run"): "poisonjax.commands.study:RUN",
+    ("study", "status"): "poisonjax.commands.study:STATUS",
     ("study", "collect"): "poisonjax.commands.study:COLLECT",
     ("study", "figures"): "poisonjax.commands.study:FIGURES",
     ("launch", "tpu"): "poisonjax.commands.launch:LAUNCH_TPU",

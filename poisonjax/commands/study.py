@@ -1,4 +1,4 @@
-"""`poisonjax study plan|run|collect|figures`: a grid of runs (poisonjax.study)."""
+"""`poisonjax study plan|run|status|collect|figures`: a grid of runs (poisonjax.study)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,22 @@ def run(args) -> int:
   return 0
 
 
+def _status_flags(fv) -> None:
+  _root_flag(fv, "required")
+  flags.DEFINE_bool("all", False, "List finished runs too.", flag_values=fv)
+
+
+def status(args) -> int:
+  from poisonjax.study import status as status_lib  # pylint: disable=g-import-not-at-top
+  root = _root(args)
+  if not files.as_path(root).is_dir():
+    raise UserError(f"--root={root}: no such directory; start the grid with "
+                    "`poisonjax study run` (or check the path)")
+  st = status_lib.status(args.config, root)
+  print(status_lib.format_status(st, all_runs=args.flags.all))
+  return 0
+
+
 def _collect_flags(fv) -> None:
   _root_flag(fv, "required")
   flags.DEFINE_string("out", None, "CSV path (default: ROOT/results.csv).",
@@ -103,6 +119,12 @@ RUN = Command(
             "name>. Finished runs are skipped and an interrupted one resumes.",
     run=run, define_flags=_run_flags, config=STUDY_CONFIG,
     multi_process=True)
+
+STATUS = Command(
+    usage="poisonjax study status --config=STUDY.py --root=DIR [--all]",
+    summary="Says where a grid stands: each run finished, training (who), "
+            "interrupted (saved step) or pending, and the time left.",
+    run=status, define_flags=_status_flags, config=STUDY_CONFIG)
 
 COLLECT = Command(
     usage="poisonjax study collect --root=DIR [--config=STUDY.py] [--out=CSV]",

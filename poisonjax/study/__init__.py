@@ -7,13 +7,14 @@ sizes). The modules, by job:
   variants named config overrides crossed with the grid (e.g. placement)
   plan     tokens, steps, FLOPs and chip-hours before anything runs
   runner   running the grid here (resumable, one grid per root)
+  status   where a grid stands (each run's state, saved step; time left)
   results  the evaluations of every run as one CSV, and the figures
   analysis           N50 per size and data amount (logistic in log N,
                      bootstrap interval)
   analysis_compare   count vs share as a model comparison (AIC, size slope)
   report, report_sections   report.md, written from those fits only
 This package re-exports what configs/ and experiments/ use. The commands
-(`poisonjax study plan|run|collect|figures`) are in poisonjax.commands.study.
+(`poisonjax study plan|run|status|collect|figures`) are in poisonjax.commands.study.
 """
 
 from poisonjax.hardware import measure_cpu_flops

@@ -50,7 +50,7 @@ def enable_compilation_cache() -> str:
   return path
 
 
-def _lock_timeout_s(study) -> float:
+def lock_timeout_s(study) -> float:
   train = study.base.train
   return float(train.lock_timeout_s) if "lock_timeout_s" in train else DEFAULT_LOCK_TIMEOUT_S
 
@@ -69,7 +69,7 @@ def run_grid(study, root, only: str = "", log=print,
   root.mkdir(parents=True, exist_ok=True)
   from poisonjax import distributed
   primary = distributed.is_primary()  # With several processes: process 0.
-  timeout_s = _lock_timeout_s(study)
+  timeout_s = lock_timeout_s(study)
   if worker:
     holder = runlock.live_holder(root, timeout_s)
     if holder:
