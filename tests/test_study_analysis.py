@@ -3,6 +3,7 @@ share as a model comparison, and report.md written from those numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from poisonjax.study import analysis
 from poisonjax.study import analysis_compare
 from poisonjax.study import grids
 from poisonjax.study import report
+from poisonjax.study import report_sections
 from poisonjax.study import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +117,31 @@ def test_model_comparison_picks_the_generating_predictor(driver):
   assert lo <= 0 <= hi
 
 
+def test_separation_is_flagged_and_gets_no_slope():
+  """A step between counts (no failure above a success) separates the runs:
+  no ML fit, flagged, and the report gives no slope nor a verdict for it."""
+  x = np.log(np.repeat([10.0, 30.0, 100.0], 4))
+  X = np.c_[np.ones(12), x, np.tile([0.0, 1.0], 6)]
+  step = (x > np.log(50)).astype(float)
+  assert analysis.separates(X, step)
+  assert analysis.separates(X, np.r_[step[:8], 0, 1, 1, 1])  # Quasi: a tie at 100.
+  mixed = step.copy()
+  mixed[[3, 9]] = 1 - mixed[[3, 9]]  # A success at 10, a failure at 100.
+  assert not analysis.separates(X, mixed)
+  runs = _synthetic_runs(np.random.default_rng(2), "count", (1e5, 1e6), (1.0, 4.0))
+  runs = dataclasses.replace(runs, increase=np.where(runs.poisons > 20, 500.0, 1.0))
+  c = analysis_compare.compare(runs, 50.0, 40, 0)
+  assert c["models"]["success/count"]["separated"]
+  assert not c["models"]["log_increase/count"]["separated"]
+  lines = report_sections.comparison(c, 50.0)
+  text = "\n".join(lines)
+  assert "| success | count |" in text and "not identified (separated) | - | - |" in text
+  if c["models"]["success/share"]["separated"]:
+    assert "these runs cannot rank them on success" in text
+    assert not any(l.startswith("- Success: **") for l in lines)
+  assert any(l.startswith("- Log increase: **") for l in lines)
+
+
 def _csv_rows(runs: analysis.Runs) -> list[dict]:
   rows = []
   for i in range(len(runs)):
@@ -154,8 +181,9 @@ def test_report_numbers_are_the_fits(tmp_path):
     assert f"| {analysis.format_interval(row['interval'], row['counts'])} |" in line
   for key, m in comp["models"].items():
     resp, pred = key.split("/")
+    slope = "not identified (separated)" if m["separated"] else f"{m['size_slope']:.3f}"
     assert (f"| {resp.replace('_', ' ')} | {pred} | {m['loglik']:.2f} | {m['k']} "
-            f"| {m['aic']:.2f} | {m['size_slope']:.3f} |") in text
+            f"| {m['aic']:.2f} | {slope} |") in text
   for resp, r in comp["responses"].items():
     assert f"= {r['delta_aic']:.2f} (Akaike weight of count {r['count_weight']:.3f})" in text
     assert f"in {100 * r['boot_count_better']:.1f}% of 60 bootstrap" in text

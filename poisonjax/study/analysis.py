@@ -24,7 +24,7 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 
 SUCCESS_INCREASE = 50.0  # Success: final perplexity increase above this.
 BOOTSTRAP_SAMPLES = 2000
@@ -136,6 +136,19 @@ def _newton(Z, y, max_iter: int = 100) -> np.ndarray:
     if done:
       break
   return beta
+
+
+def separates(X: np.ndarray, y: np.ndarray, tol: float = 1e-7) -> bool:
+  """Whether some direction b puts every success at x.b >= 0 and every
+  failure at x.b <= 0, not all on the line (complete or quasi-complete
+  separation): then the logistic likelihood has no maximum, its bound is
+  approached as |b| grows, and the coefficients and their Wald intervals
+  are not identified. A linear program: maximise sum_i s_i x_i.b subject
+  to s_i x_i.b >= 0 (s = +1 success, -1 failure) and |b_j| <= 1."""
+  A = (2 * np.asarray(y, float) - 1)[:, None] * X
+  res = optimize.linprog(-A.sum(0), A_ub=-A, b_ub=np.zeros(len(A)),
+                         bounds=[(-1, 1)] * X.shape[1], method="highs")
+  return bool(res.status == 0 and -res.fun > tol * max(1.0, np.abs(A).sum()))
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray) -> LogisticFit:

@@ -16,6 +16,10 @@ exp(-AIC_c/2) / (exp(-AIC_c/2) + exp(-AIC_s/2)), and the share of bootstrap
 resamples (runs resampled within each size x data group, seeded) in which
 count has the lower AIC. The slope on log(size) has a Wald 95% interval
 (inverse observed information) and a bootstrap percentile 95% interval.
+A logistic model whose predictors separate successes from failures
+(analysis.separates) has no maximum-likelihood fit: it is flagged
+"separated", its log-likelihood is the bound 0 and its coefficients are
+not identified, so the report gives no slope for it.
 
 With log size in the model, log share = log count - log tokens differs from
 log count only through the tokens per parameter (data amounts, poison tokens
@@ -66,9 +70,10 @@ def fit_model(runs, resp: str, predictor: str, threshold: float) -> dict:
   X, y = design(runs, predictor), response(runs, resp, threshold)
   if resp == "success":
     f = analysis.fit_logistic(X, y)
-    out = {"beta": f.beta, "loglik": f.loglik, "k": X.shape[1], "cov": f.cov}
+    out = {"beta": f.beta, "loglik": f.loglik, "k": X.shape[1], "cov": f.cov,
+           "separated": analysis.separates(X, y)}
   else:
-    out = fit_least_squares(X, y)
+    out = {**fit_least_squares(X, y), "separated": False}
   out["aic"] = 2 * out["k"] - 2 * out["loglik"]
   return out
 
@@ -128,6 +133,7 @@ def compare(runs: analysis.Runs, threshold: float = analysis.SUCCESS_INCREASE,
     blo, bhi = np.quantile(boot_slope[(r, p)], [0.025, 0.975])
     out["models"][f"{r}/{p}"] = {
         "response": r, "predictor": p, "loglik": f["loglik"], "k": f["k"],
+        "separated": f["separated"],
         "aic": f["aic"], "beta": [float(v) for v in f["beta"]],
         "size_slope": b, "size_slope_wald": [lo, hi],
         "size_slope_boot": [float(blo), float(bhi)]}

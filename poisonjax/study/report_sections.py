@@ -114,9 +114,34 @@ def overlap(rows: list[dict], mult: float) -> str:
 
 def _model_row(name: str, m: dict) -> str:
   w, b = m["size_slope_wald"], m["size_slope_boot"]
+  slope = (f"{m['size_slope']:.3f} | [{w[0]:.3f}, {w[1]:.3f}] | "
+           f"[{b[0]:.3f}, {b[1]:.3f}]" if not m.get("separated") else
+           "not identified (separated) | - | -")
   return (f"| {m['response'].replace('_', ' ')} | {m['predictor']} | "
-          f"{m['loglik']:.2f} | {m['k']} | {m['aic']:.2f} | {m['size_slope']:.3f} "
-          f"| [{w[0]:.3f}, {w[1]:.3f}] | [{b[0]:.3f}, {b[1]:.3f}] |")
+          f"{m['loglik']:.2f} | {m['k']} | {m['aic']:.2f} | {slope} |")
+
+
+def _both_separated(resp: str, models: dict) -> bool:
+  return all(models[f"{resp}/{p}"].get("separated") for p in analysis_compare.PREDICTORS)
+
+
+def _separated_line(resp: str, models: dict) -> str | None:
+  """Where a response's models separate the runs, what that leaves of the
+  comparison (None where neither does)."""
+  sep = [p for p in analysis_compare.PREDICTORS if models[f"{resp}/{p}"].get("separated")]
+  name = resp.replace("_", " ").capitalize()
+  if len(sep) == 2:
+    return (f"- {name}: both models separate the runs (with log size, log count "
+            "and log share each put no failure on the successes' side, ties "
+            "allowed), so neither likelihood has a maximum and these runs "
+            "cannot rank them on success.")
+  if sep:
+    return (f"- {name}: the {sep[0]} model separates the runs (a plane in "
+            f"log {sep[0]} and log size has no failure on the successes' side, "
+            "ties allowed) and the other does not: its likelihood has no "
+            "maximum, the log-likelihood shown is near its supremum (a real "
+            "advantage), and its size slope is not identified.")
+  return None
 
 
 def verdict(resp: str, r: dict, n_boot: int) -> str:
@@ -138,6 +163,9 @@ def verdict(resp: str, r: dict, n_boot: int) -> str:
 def size_effect(resp: str, r: dict, models: dict) -> str:
   """The better model's slope on log size, and whether its interval holds 0."""
   m = models[f"{resp}/{r['better']}"]
+  if m.get("separated"):
+    return (f"- {resp.replace('_', ' ').capitalize()}, {r['better']} model: "
+            "slope on log size not identified (the model separates the runs).")
   lo, hi = m["size_slope_boot"]
   where = ("includes 0: no detectable effect of size" if lo <= 0 <= hi else
            "excludes 0: size matters")
@@ -166,7 +194,10 @@ def comparison(c: dict, threshold: float) -> list[str]:
   lines += ["", "Evidence: decisive where |dAIC| > 10 and >= 95% of resamples "
             "agree; clear but not decisive where |dAIC| > 2 and >= 80% agree; "
             "weak otherwise.", ""]
-  lines += [verdict(k, r, c["n_boot"]) for k, r in c["responses"].items()]
+  for k, r in c["responses"].items():
+    sep = _separated_line(k, c["models"])
+    lines += ([sep] if sep else []) + ([] if _both_separated(k, c["models"]) else
+                                       [verdict(k, r, c["n_boot"])])
   lines += [size_effect(k, r, c["models"]) for k, r in c["responses"].items()]
   lines += [f"- With log size in both models, log share differs from log count "
             f"only through tokens per parameter (data amounts, poison tokens): "
