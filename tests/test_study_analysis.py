@@ -128,17 +128,24 @@ def test_separation_is_flagged_and_gets_no_slope():
   mixed = step.copy()
   mixed[[3, 9]] = 1 - mixed[[3, 9]]  # A success at 10, a failure at 100.
   assert not analysis.separates(X, mixed)
-  runs = _synthetic_runs(np.random.default_rng(2), "count", (1e5, 1e6), (1.0, 4.0))
-  runs = dataclasses.replace(runs, increase=np.where(runs.poisons > 20, 500.0, 1.0))
-  c = analysis_compare.compare(runs, 50.0, 40, 0)
-  assert c["models"]["success/count"]["separated"]
-  assert not c["models"]["log_increase/count"]["separated"]
-  lines = report_sections.comparison(c, 50.0)
-  text = "\n".join(lines)
+  step_at_20 = lambda r: dataclasses.replace(r, increase=np.where(r.poisons > 20, 500.0, 1.0))
+  rng = np.random.default_rng(2)
+  # Two data amounts: a step in count is not one in share.
+  c = analysis_compare.compare(step_at_20(_synthetic_runs(rng, "count", (1e5, 1e6), (1.0, 4.0))),
+                               50.0, 40, 0)
+  assert [c["models"][k]["separated"] for k in ("success/count", "success/share",
+                                                 "log_increase/count")] == [True, False, False]
+  text = "\n".join(report_sections.comparison(c, 50.0))
   assert "| success | count |" in text and "not identified (separated) | - | - |" in text
-  if c["models"]["success/share"]["separated"]:
-    assert "these runs cannot rank them on success" in text
-    assert not any(l.startswith("- Success: **") for l in lines)
+  assert "- Success: the count model separates the runs" in text
+  assert "- Success: **count**" in text and "- Log increase: **" in text
+  # One data amount: with log size, log share is log count shifted; both separate.
+  c = analysis_compare.compare(step_at_20(_synthetic_runs(rng, "count", (1e5, 1e6), (1.0,))),
+                               50.0, 40, 0)
+  assert c["models"]["success/count"]["separated"] and c["models"]["success/share"]["separated"]
+  lines = report_sections.comparison(c, 50.0)
+  assert any("these runs cannot rank them on success" in l for l in lines)
+  assert not any(l.startswith(("- Success: **", "- Success, ")) for l in lines)
   assert any(l.startswith("- Log increase: **") for l in lines)
 
 

@@ -198,7 +198,8 @@ def comparison(c: dict, threshold: float) -> list[str]:
     sep = _separated_line(k, c["models"])
     lines += ([sep] if sep else []) + ([] if _both_separated(k, c["models"]) else
                                        [verdict(k, r, c["n_boot"])])
-  lines += [size_effect(k, r, c["models"]) for k, r in c["responses"].items()]
+  lines += [size_effect(k, r, c["models"]) for k, r in c["responses"].items()
+            if not _both_separated(k, c["models"])]
   lines += [f"- With log size in both models, log share differs from log count "
             f"only through tokens per parameter (data amounts, poison tokens): "
             f"the residual SD of log share given log count and log size is "
