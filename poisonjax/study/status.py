@@ -24,10 +24,14 @@ from poisonjax.study.runner import lock_timeout_s
 STATES = ("finished", "training", "interrupted", "pending")
 
 
-def _last_logged_step(workdir) -> int:
+def _metrics_tail(workdir) -> tuple[int, float | None]:
+  """The last logged step, and the training speed (steps/s, evaluations
+  excluded) over the last five logged rows (None if none logged it)."""
   path = files.as_path(workdir) / "metrics.jsonl"
-  rows = files.read_jsonl(path) if path.exists() else []
-  return int(rows[-1]["step"]) if rows else 0
+  rows = files.read_jsonl(path)[-5:] if path.exists() else []
+  rates = [r["steps_per_s"] for r in rows if r.get("steps_per_s")]
+  return (int(rows[-1]["step"]) if rows else 0,
+          float(np.median(rates)) if rates else None)
 
 
 def _saved_step(workdir) -> int:
@@ -38,35 +42,28 @@ def _saved_step(workdir) -> int:
 
 def run_state(workdir, steps: int, timeout_s: float) -> dict:
   """One run's state, its saved step (where a restart resumes), its last
-  logged step, and who trains it (if anyone)."""
+  logged step and speed, and who trains it (if anyone)."""
   workdir = files.as_path(workdir)
-  if results.is_finished(workdir):
-    return {"state": "finished", "saved": steps, "logged": steps, "holder": ""}
   if not workdir.exists():
-    return {"state": "pending", "saved": 0, "logged": 0, "holder": ""}
+    return {"state": "pending", "saved": 0, "logged": 0, "speed": None, "holder": ""}
+  logged, speed = _metrics_tail(workdir)
+  if results.is_finished(workdir):
+    return {"state": "finished", "saved": steps, "logged": steps, "speed": speed,
+            "holder": ""}
   holder = runlock.live_holder(workdir, timeout_s)
   return {"state": "training" if holder else "interrupted",
-          "saved": _saved_step(workdir), "logged": _last_logged_step(workdir),
+          "saved": _saved_step(workdir), "logged": logged, "speed": speed,
           "holder": runlock.describe(holder) if holder else ""}
 
 
-def _steps_per_s(workdir) -> float | None:
-  """The run's training speed over its last logged rows (evals excluded)."""
-  path = files.as_path(workdir) / "metrics.jsonl"
-  rates = [r["steps_per_s"] for r in (files.read_jsonl(path) if path.exists() else [])[-5:]
-           if r.get("steps_per_s")]
-  return float(np.median(rates)) if rates else None
-
-
-def seconds_per_step(rows: list[dict], root) -> dict[str, float]:
+def seconds_per_step(rows: list[dict]) -> dict[str, float]:
   """Per size, seconds per training step: the median over the runs of that
   size that logged speed. A size with none is scaled by FLOPs per step from
   the largest measured size (the closest in efficiency)."""
   measured: dict[str, list[float]] = {}
   for r in rows:
-    rate = _steps_per_s(files.as_path(root) / r["run"]) if r["state"] != "pending" else None
-    if rate:
-      measured.setdefault(r["size"], []).append(1.0 / rate)
+    if r["speed"]:
+      measured.setdefault(r["size"], []).append(1.0 / r["speed"])
   per_step = {size: float(np.median(v)) for size, v in measured.items()}
   flops_per_step = {r["size"]: r["flops"] / max(r["steps"], 1) for r in rows}
   if per_step:
@@ -86,7 +83,7 @@ def status(study, root) -> dict:
                  row["flops"] * (1.0 - st["saved"] / max(row["steps"], 1))})
   total = sum(r["flops"] for r in rows) or 1.0
   remaining = sum(r["remaining_flops"] for r in rows)
-  per_step = seconds_per_step(rows, root)
+  per_step = seconds_per_step(rows)
   eta = (sum((r["steps"] - r["saved"]) * per_step[r["size"]] for r in rows
              if r["state"] != "finished") if per_step else None)
   return {"runs": rows, "counts": {s: sum(r["state"] == s for r in rows) for s in STATES},
