@@ -1,6 +1,6 @@
 """The poisoning study at Chinchilla budgets on CPU: plan -> run -> collect -> report.
 
-    python experiments/reproduce_cpu_chinchilla.py       # ~6 CPU-hours, resumable
+    python experiments/reproduce_cpu_chinchilla.py       # ~22 core-hours, resumable
     nohup nice python experiments/reproduce_cpu_chinchilla.py > runs/cpu_chinchilla.log 2>&1 &
     python experiments/reproduce_cpu_chinchilla.py --partial      # report what is done
     python experiments/reproduce_cpu_chinchilla.py --report_only  # no training
@@ -13,6 +13,11 @@ docs/results/cpu_chinchilla/) results.csv, the figures and their tables, the
 fits (n50.csv, count_vs_share.json) and report.md, written by
 poisonjax.study.report from results.csv alone (regime, N50 with bootstrap
 intervals, count versus share, caveats, command, machine and wall time).
+
+Cost, measured on a 2-core Xeon VM (one pinned single-threaded worker per
+core, `--worker`): per seed cpu-xxs 1x 14 min, cpu-xs 29 min, cpu-s 3.4 h,
+the cpu-xxs data amounts 3.2 h; about 22 core-hours for the 63 runs, 11 h
+of wall time with two workers.
 
 Resumable: kill it and run the same command again; finished runs are
 skipped, an interrupted one resumes from its last checkpoint. `--partial`
