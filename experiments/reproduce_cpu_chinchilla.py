@@ -1,6 +1,6 @@
 """The poisoning study at Chinchilla budgets on CPU: plan -> run -> collect -> report.
 
-    python experiments/reproduce_cpu_chinchilla.py       # ~22 core-hours, resumable
+    python experiments/reproduce_cpu_chinchilla.py       # ~23 core-hours, resumable
     nohup nice python experiments/reproduce_cpu_chinchilla.py > runs/cpu_chinchilla.log 2>&1 &
     python experiments/reproduce_cpu_chinchilla.py --partial      # report what is done
     python experiments/reproduce_cpu_chinchilla.py --report_only  # no training
@@ -16,7 +16,7 @@ intervals, count versus share, caveats, command, machine and wall time).
 
 Cost, measured on a 2-core Xeon VM (one pinned single-threaded worker per
 core, `--worker`): per seed cpu-xxs 1x 14 min, cpu-xs 29 min, cpu-s 3.4 h,
-the cpu-xxs data amounts 3.2 h; about 22 core-hours for the 63 runs, 11 h
+the cpu-xxs data amounts 3.2 h; 22.6 core-hours for the 63 runs (report.md), 11 h
 of wall time with two workers.
 
 Resumable: kill it and run the same command again; finished runs are
