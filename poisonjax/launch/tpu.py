@@ -2,20 +2,31 @@
 
 A slice is a TPU VM (`tpu-vm create`) or, for spot capacity, a queued
 resource (`queued-resources create ... --spot`) whose node has the same
-name. `setup` copies the config (and a local wheel) to every worker and
-installs jax[tpu] plus this package there; `run` starts the workload on all
-workers at once (`ssh --worker=all`), where jax.distributed finds its peers.
+name; both are created and deleted with --async, so many slices progress
+at once. `setup_steps` copies the config, the bootstrap script (and a local
+wheel) to every worker and runs the bootstrap there: a virtual environment
+with a supported Python (uv), jax[tpu] and poisonjax, skipped in seconds
+when already done. `run_step` starts the workload detached on every worker
+(`ssh --worker=all`, poisonjax.launch.detached): it outlives the ssh call,
+and starting it again while it runs does nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import re
 
 from poisonjax.errors import UserError
 from poisonjax.launch import quoting
-from poisonjax.launch.workload import PYTHON, Workload
+from poisonjax.launch.workload import Workload
+
+# On every worker, relative to its home (the ssh command's cwd).
+VENV = ".poisonjax/venv"
+BOOTSTRAP = "poisonjax_bootstrap.sh"
+BOOTSTRAP_PATH = os.path.join(os.path.dirname(__file__), BOOTSTRAP)
+MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python.
 
 # TPU software version per generation (the accelerator type's prefix).
 RUNTIMES = {"v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite",
@@ -25,15 +36,40 @@ _CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5litepod": 1, "v6e": 1}
 _CHIPS_PER_HOST = {"v4": 4, "v5p": 4, "v5litepod": 4, "v6e": 4}
 _SINGLE_HOST_CHIPS = {"v4": 4, "v5p": 4, "v5litepod": 8, "v6e": 8}
 
-# describe states -> what the babysitter does: ready, wait, gone (recreate).
-VM_STATES = {"READY": "ready", "CREATING": "wait", "STARTING": "wait",
-             "RESTARTING": "wait", "REPAIRING": "wait", "DELETING": "wait",
-             "PREEMPTED": "gone", "TERMINATED": "gone", "STOPPED": "gone",
-             "STOPPING": "gone"}
-QUEUED_STATES = {"ACTIVE": "ready", "ACCEPTED": "wait", "PROVISIONING": "wait",
-                 "WAITING_FOR_RESOURCES": "wait", "CREATING": "wait",
-                 "DELETING": "wait", "SUSPENDING": "gone", "SUSPENDED": "gone",
-                 "FAILED": "gone"}
+# What the babysitter does in each state of the TPU API's enums (v2:
+# Node.State, QueuedResourceState.State): ready (set up and run), wait,
+# gone (delete, then create again), unknown (logged with the slice's name;
+# replaced after --stuck_s). A state missing here (a newer API) is unknown.
+VM_STATES = {
+    "READY": "ready",
+    "CREATING": "wait", "STARTING": "wait", "RESTARTING": "wait",
+    "REPAIRING": "wait", "REIMAGING": "wait", "DELETING": "wait",
+    "STOPPING": "wait", "HIDING": "wait", "HIDDEN": "wait", "UNHIDING": "wait",
+    "PREEMPTED": "gone", "TERMINATED": "gone", "STOPPED": "gone",
+    "STATE_UNSPECIFIED": "unknown", "UNKNOWN": "unknown"}
+QUEUED_STATES = {
+    "ACTIVE": "ready",
+    "CREATING": "wait", "ACCEPTED": "wait", "PROVISIONING": "wait",
+    "WAITING_FOR_RESOURCES": "wait", "DELETING": "wait", "SUSPENDING": "wait",
+    "SUSPENDED": "gone", "FAILED": "gone",
+    "STATE_UNSPECIFIED": "unknown"}
+
+# Zones that offer each generation, from Google's "TPU regions and zones"
+# page (read 2026-12; it changes: --any_zone skips this check).
+ZONES = {
+    "v4": ("us-central2-b",),
+    "v5litepod": ("us-central1-a", "us-south1-a", "us-west1-c", "us-west4-a",
+                  "europe-west4-b", "asia-southeast1-b"),
+    "v5p": ("us-central1-a", "us-east5-a", "europe-west4-b"),
+    "v6e": ("us-central1-b", "us-east1-d", "us-east5-a", "us-east5-b",
+            "europe-west4-a", "asia-northeast1-b",
+            "southamerica-east1-c"),
+}
+# The runtimes' OS and its python3 (docs/tpu.md): why workers get a venv.
+RUNTIME_OS = {"v2-alpha-tpuv5": "Ubuntu 22.04, Python 3.10",
+              "v2-alpha-tpuv5-lite": "Ubuntu 22.04, Python 3.10",
+              "v2-alpha-tpuv6e": "Ubuntu 22.04, Python 3.10",
+              "tpu-ubuntu2204-base": "Ubuntu 22.04, Python 3.10"}
 
 
 def parse_accelerator(accelerator: str) -> tuple[str, int]:
@@ -44,6 +80,16 @@ def parse_accelerator(accelerator: str) -> tuple[str, int]:
                     f"v5p-64, v5litepod-16, v6e-16 (generations: "
                     f"{', '.join(RUNTIMES)})")
   return m[1], int(m[2])
+
+
+def check_zone(zone: str, accelerator: str) -> None:
+  """UserError when ZONES says `zone` does not offer this generation."""
+  generation, _ = parse_accelerator(accelerator)
+  if zone not in ZONES[generation]:
+    raise UserError(f"--zone={zone}: does not offer {generation} TPUs (by the "
+                    f"table in poisonjax/launch/tpu.py); use one of "
+                    f"{', '.join(ZONES[generation])}, or --any_zone if the "
+                    "table is out of date")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,32 +129,33 @@ class Slice:
     return [f"--zone={self.zone}"] + ([f"--project={self.project}"]
                                       if self.project else [])
 
+  def _api(self) -> list[str]:
+    kind = "queued-resources" if self.spot else "tpu-vm"
+    return ["gcloud", "compute", "tpus", kind]
+
   def create(self) -> list[str]:
+    """Returns at once (--async); describe follows the creation."""
     if self.spot:
-      return ["gcloud", "compute", "tpus", "queued-resources", "create",
-              self.name, f"--node-id={self.name}", *self._where(),
-              f"--accelerator-type={self.accelerator}",
-              f"--runtime-version={self.runtime}", "--spot"]
-    return ["gcloud", "compute", "tpus", "tpu-vm", "create", self.name,
-            *self._where(), f"--accelerator-type={self.accelerator}",
-            f"--version={self.runtime}"]
+      return [*self._api(), "create", self.name, f"--node-id={self.name}",
+              *self._where(), f"--accelerator-type={self.accelerator}",
+              f"--runtime-version={self.runtime}", "--spot", "--async"]
+    return [*self._api(), "create", self.name, *self._where(),
+            f"--accelerator-type={self.accelerator}",
+            f"--version={self.runtime}", "--async"]
 
   def describe(self) -> list[str]:
-    if self.spot:
-      return ["gcloud", "compute", "tpus", "queued-resources", "describe",
-              self.name, *self._where(), "--format=value(state.state)"]
-    return ["gcloud", "compute", "tpus", "tpu-vm", "describe", self.name,
-            *self._where(), "--format=value(state)"]
+    field = "state.state" if self.spot else "state"
+    return [*self._api(), "describe", self.name, *self._where(),
+            f"--format=value({field})"]
 
   def states(self) -> dict[str, str]:
     return QUEUED_STATES if self.spot else VM_STATES
 
   def delete(self) -> list[str]:
-    if self.spot:
-      return ["gcloud", "compute", "tpus", "queued-resources", "delete",
-              self.name, *self._where(), "--force", "--quiet"]
-    return ["gcloud", "compute", "tpus", "tpu-vm", "delete", self.name,
-            *self._where(), "--quiet"]
+    """Returns at once (--async): describe says DELETING, then not found."""
+    force = ["--force"] if self.spot else []
+    return [*self._api(), "delete", self.name, *self._where(), *force,
+            "--quiet", "--async"]
 
   def ssh(self, *commands: list[str]) -> list[str]:
     return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.name,
@@ -120,17 +167,42 @@ class Slice:
             f"{self.name}:~/", *self._where(), "--worker=all"]
 
 
+def local_jax() -> str:
+  """`jax[tpu]==V` for the JAX this launcher runs: workers run what you tested."""
+  try:
+    return f"jax[tpu]=={importlib.metadata.version('jax')}"
+  except importlib.metadata.PackageNotFoundError:
+    return "jax[tpu]"
+
+
+def _python_version(value: str) -> str:
+  m = re.match(r"^(\d+)\.(\d+)$", value or "")
+  if not m or (int(m[1]), int(m[2])) < MIN_PYTHON:
+    raise UserError(f"--python={value!r}: not a supported Python; use "
+                    f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer, e.g. 3.11")
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Install:
-  """What each worker installs: jax[tpu] plus a wheel or a git revision."""
+  """What each worker gets: a venv (Python `python`), jax and poisonjax.
+
+  The image's own python3 (3.10 on Ubuntu 22.04 runtimes) is too old for
+  poisonjax and current JAX, so the bootstrap installs uv with it and lets
+  uv make the venv with its own Python build.
+  """
   wheel: str = ""  # A local .whl (copied over) or gs://.../x.whl.
   git: str = ""  # URL@REV, for pip's git+URL@REV.
-  jax: str = "jax[tpu]"
+  jax: str = ""  # Default: local_jax().
+  python: str = "3.11"
 
   def __post_init__(self):
+    if not self.jax:
+      object.__setattr__(self, "jax", local_jax())
     for flag, value in (("--wheel", self.wheel), ("--git", self.git),
                         ("--jax", self.jax)):
       quoting.check_value(flag, value)
+    _python_version(self.python)
     if bool(self.wheel) == bool(self.git):
       raise UserError("--wheel/--git: name exactly one (a .whl built with "
                       "`pip wheel --no-deps .`, or --git=URL@REV)")
@@ -139,17 +211,17 @@ class Install:
                       "`pip wheel --no-deps -w dist .`")
 
   def local_files(self) -> list[str]:
-    return [self.wheel] if self.wheel and "://" not in self.wheel else []
+    wheel = [self.wheel] if self.wheel and "://" not in self.wheel else []
+    return [BOOTSTRAP_PATH] + wheel
 
   def commands(self) -> list[list[str]]:
-    pip = ["python3", "-m", "pip", "install", "-U"]
-    steps = [pip + [self.jax]]
     if self.git:
-      return steps + [pip + [f"git+{self.git}"]]
-    local = "./" + os.path.basename(self.wheel)
-    if "://" in self.wheel:
-      steps.append(["gcloud", "storage", "cp", self.wheel, local])
-    return steps + [pip + [local]]
+      package, steps = f"git+{self.git}", []
+    else:
+      package = "./" + os.path.basename(self.wheel)
+      steps = ([["gcloud", "storage", "cp", self.wheel, package]]
+               if "://" in self.wheel else [])
+    return steps + [["bash", BOOTSTRAP, VENV, self.python, self.jax, package]]
 
 
 def check_workdirs(tpu: Slice, workload: Workload, babysit: bool) -> None:
@@ -163,17 +235,28 @@ def check_workdirs(tpu: Slice, workload: Workload, babysit: bool) -> None:
 
 
 def setup_steps(tpu: Slice, install: Install, config_file: str) -> list[tuple[str, list[str]]]:
-  """(what, argv) to copy files to every worker and install there."""
+  """(what, argv) to copy files to every worker and bootstrap there."""
   files = [config_file] + install.local_files()
   return [(f"copy {', '.join(os.path.basename(f) for f in files)} to every worker",
            tpu.scp(files)),
-          ("install jax[tpu] and poisonjax on every worker",
+          (f"bootstrap every worker: ~/{VENV} with Python {install.python} "
+           "(uv), jax[tpu] and poisonjax; seconds when already there",
            tpu.ssh(*install.commands()))]
 
 
-def run_step(tpu: Slice, workload: Workload) -> tuple[str, list[str]]:
-  return ("run on every worker (resumes from the newest checkpoint)",
-          tpu.ssh(workload.command(PYTHON)))
+def detached_python(log_dir: str, heartbeat_s: float) -> tuple[str, ...]:
+  """The venv's Python starting a workload detached (see launch.detached)."""
+  quoting.check_value("log dir", log_dir)
+  return (f"{VENV}/bin/python", "-m", "poisonjax.launch.detached", "start",
+          f"--log_dir={log_dir}", f"--heartbeat_s={heartbeat_s:g}", "--",
+          "-m", "poisonjax.cli")
+
+
+def run_step(tpu: Slice, workload: Workload,
+             heartbeat_s: float = 60.0) -> tuple[str, list[str]]:
+  return (f"start the run detached on every worker (log: {workload.log_dir}/"
+          "host-K.log; resumes from the newest checkpoint; nothing if running)",
+          tpu.ssh(workload.command(detached_python(workload.log_dir, heartbeat_s))))
 
 
 def remote_config(config: str) -> str:
@@ -187,19 +270,22 @@ def dry_run(tpu: Slice, setup, run, workdirs, babysit: bool,
   """Every gcloud command a launch of this slice would run, with comments."""
   kind = "queued spot resource" if tpu.spot else "TPU VM"
   hosts = f"{tpu.hosts} host" + ("s" if tpu.hosts > 1 else "")
+  image = RUNTIME_OS.get(tpu.runtime, "image's python3 unknown")
   out = [f"# slice {tpu.name}: {kind} {tpu.accelerator} ({hosts}), "
-         f"runtime {tpu.runtime}",
+         f"runtime {tpu.runtime} ({image})",
          "# create it (skipped when describe finds it READY: it is reused)",
          quoting.line(tpu.create())]
   for what, argv in list(setup) + [run]:
     out += [f"# {what}", quoting.line(argv)]
+  every = f"every {poll_s:g} s, until"
+  finished = (f"{workdirs[0]}/summary.json"
+              f"{' (and the others)' if len(workdirs) > 1 else ''} exists")
+  out += [f"# watch: {every} {finished}; the run's heartbeat is read from its "
+          "log folder and lock.json",
+          quoting.line(tpu.describe())]
   if babysit:
-    out += [f"# babysit: every {poll_s:g} s, until every "
-            f"{workdirs[0]}/summary.json{' (and the others)' if len(workdirs) > 1 else ''}"
-            " exists",
-            quoting.line(tpu.describe()),
-            "# when preempted or gone: delete, create, then copy, install and "
-            "run again as above",
+    out += ["# when preempted, failed or gone: delete, create, then copy, "
+            "bootstrap and start again as above",
             quoting.line(tpu.delete()),
             quoting.line(tpu.create())]
   return out

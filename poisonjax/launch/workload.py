@@ -23,6 +23,11 @@ class Workload:
   label: str  # "" for one run; else a short, name-safe run label.
   argv: tuple[str, ...]  # After PYTHON: ("train", "--config=...", ...).
   workdirs: tuple[str, ...]  # Each holds summary.json once finished.
+  log_dir: str = ""  # Each host's log and status (default: WORKDIR/logs).
+
+  def __post_init__(self):
+    if not self.log_dir:
+      object.__setattr__(self, "log_dir", join(self.workdirs[0], "logs"))
 
   def command(self, python=PYTHON) -> list[str]:
     return list(python) + list(self.argv)
@@ -54,9 +59,12 @@ def single(config: str, workdir: str, sets=()) -> Workload:
 
 
 def run_label(run) -> str:
-  """`size=600m_n=250_seed=0_data=1.0` -> `600m-n250-s0-d1p0` (a name part)."""
+  """`size=600m_n=250_seed=0_data=1.0[_var=V]` -> `600m-n250-s0-d1p0[-V]`
+  (a part of a slice's name)."""
   data = f"{run.data_multiplier!r}".replace(".", "p")
   text = f"{run.size}-n{run.poisons}-s{run.seed}-d{data}".lower()
+  if run.variant:
+    text += f"-{run.variant.lower()}"
   return re.sub(r"[^a-z0-9-]+", "-", text)
 
 
@@ -72,7 +80,8 @@ def grid(config_file: str, study, root: str, only: str = "",
   if one_slice:
     argv = ("study", "run", f"--config={config_file}", f"--root={root}")
     argv += ((f"--only={only}",) if only else ()) + overrides(sets, "base.")
-    return [Workload("", argv, tuple(join(root, r.name) for r in runs))]
+    return [Workload("", argv, tuple(join(root, r.name) for r in runs),
+                     log_dir=join(root, "logs"))]
   return [Workload(run_label(r), ("train", f"--config={config_file}:run={r.name}",
                                   f"--workdir={join(root, r.name)}")
                    + overrides(sets),
