@@ -24,7 +24,7 @@ class MetricLogger:
   """
 
   def __init__(self, workdir: Path, total_steps: int, total_poisons: int,
-               resume_step: int = 0):
+               resume_step: int = 0, tensorboard: bool = True):
     from clu import metric_writers
 
     self.main = jax.process_index() == 0
@@ -35,7 +35,8 @@ class MetricLogger:
       self.drop_rows_after(resume_step)
     # TensorBoard files go through TensorFlow's file system (gs:// too).
     self.writer = metric_writers.create_default_writer(
-        str(files.as_path(workdir)), just_logging=not self.main)
+        str(files.as_path(workdir)),
+        just_logging=not (self.main and tensorboard))
 
   def drop_rows_after(self, step: int) -> int:
     """Removes the rows with a step past `step`; returns how many."""
