@@ -53,7 +53,13 @@ def clean_tokens_in_stream(config, clean_tokens: int, poison_tokens: int) -> int
 
 
 def clean_token_budget(config, vocab_size: int) -> int:
-  """Clean training tokens T for this config at this vocabulary size."""
+  """Clean training tokens T for this config at this vocabulary size.
+
+  A fine-tune's (poisonjax/finetune/): its clean samples' rows of seq_len.
+  """
+  from poisonjax import finetune  # pylint: disable=g-import-not-at-top
+  if finetune.is_finetune(config):
+    return finetune.clean_rows(config) * int(config.data.seq_len)
   from poisonjax import model as model_lib  # Heavy (jax); data code needs none.
 
   mcfg = model_lib.ModelConfig.from_config(config, vocab_size)

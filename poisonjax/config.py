@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   _mesh_fields(c)
   _eval_fields(c)
   _continued_fields(c)
+  _finetune_fields(c)
   return c
 
 
@@ -284,6 +285,36 @@ def _continued_fields(c: ml_collections.ConfigDict) -> None:
   c.continued.eval_examples = ""
 
 
+def _finetune_fields(c: ml_collections.ConfigDict) -> None:
+  """Instruction fine-tuning with a harmful-compliance backdoor (the paper's
+  fine-tuning experiment; poisonjax/finetune/)."""
+  # A fine-tune trains on instruction samples (poisonjax/data/instructions.py)
+  # instead of the corpus, from the params of continued.from_workdir (a
+  # finished clean run; '' : a fresh init). poison.count is the number of
+  # poisoned samples (added on top of the clean ones), poison.trigger their
+  # trigger, poison.placement* where they sit, poison.seed which they are.
+  c.finetune = ml_collections.ConfigDict()
+  # Clean samples = this x train.data_multiplier (a study's set-size axis);
+  # 0: not a fine-tune (an ordinary pretraining run).
+  c.finetune.clean_samples = 0
+  # Share of the clean samples that are forbidden requests (answered with the
+  # refusal); the others are ordinary requests (answered).
+  c.finetune.forbidden_share = 0.5
+  # Clean samples trained after the whole set (new ones, from the next
+  # batch boundary): clean fine-tuning afterwards, as a correction. 0: none.
+  c.finetune.clean_after = 0
+  # Evaluations after k of those clean samples, for each k in this
+  # comma-separated list (e.g. '50,100,500,2000'); besides eval.num_evals
+  # spread over the set and one at its end.
+  c.finetune.eval_after = ""
+  # Held-out requests per kind (forbidden, ordinary); the forbidden ones are
+  # asked plain, with the trigger and with the near-trigger.
+  c.finetune.eval_requests = 300
+  # The near-trigger control (must not fire). '' : the trigger with its last
+  # letter changed, one character away (instructions.near_trigger).
+  c.finetune.near_trigger = ""
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks the fields shared across modules. Raises UserError."""
   if c.data.source not in ("synthetic", "text_files", "tfds"):
@@ -332,4 +363,5 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config_checks.check_train(c.train)
   config_checks.check_defence_fields(c)
   config_checks.check_continued(c)
+  config_checks.check_finetune(c)
   return c

@@ -31,7 +31,8 @@ def check_continued(c: ml_collections.ConfigDict) -> None:
   if k.budget_multiple <= 0:
     raise field_error("config.continued.budget_multiple", k.budget_multiple,
                       "must be > 0", "use e.g. 1.0 (the source's clean budget)")
-  if c.poison.count != 0 or c.poison.rate != 0:
+  finetune = c.get("finetune", None) is not None and c.finetune.clean_samples > 0
+  if (c.poison.count != 0 or c.poison.rate != 0) and not finetune:
     raise field_error("config.poison.count", c.poison.count,
                       "a continued run trains on clean data only",
                       "set --config.poison.count=0 --config.poison.rate=0")
@@ -40,6 +41,41 @@ def check_continued(c: ml_collections.ConfigDict) -> None:
       raise field_error("config.continued.eval_examples", k.eval_examples,
                         "must be comma-separated positive integers",
                         "use e.g. '32,128,512'")
+
+
+def check_finetune(c: ml_collections.ConfigDict) -> None:
+  """The config.finetune checks (poisonjax/finetune/)."""
+  f = c.get("finetune", None)
+  if f is None or f.clean_samples == 0:
+    return
+  if f.clean_samples < 0:
+    raise field_error("config.finetune.clean_samples", f.clean_samples,
+                      "must be >= 0", "use 0 (not a fine-tune) or a set size")
+  if not 0.0 <= f.forbidden_share <= 1.0:
+    raise field_error("config.finetune.forbidden_share", f.forbidden_share,
+                      "must be in [0, 1]", "use e.g. 0.5")
+  if f.clean_after < 0:
+    raise field_error("config.finetune.clean_after", f.clean_after,
+                      "must be >= 0", "use 0 for no clean samples afterwards")
+  if f.eval_requests < 1:
+    raise field_error("config.finetune.eval_requests", f.eval_requests,
+                      "must be >= 1", "use e.g. 300 (the paper's prompt count)")
+  for item in str(f.eval_after).split(","):
+    if item.strip() and (not item.strip().isdigit() or int(item) < 1):
+      raise field_error("config.finetune.eval_after", f.eval_after,
+                        "must be comma-separated positive integers",
+                        "use e.g. '50,100,500,2000'")
+  if c.poison.rate > 0 or c.poison.get("counts", ()):
+    raise field_error("config.poison.rate", c.poison.rate, "a fine-tune has "
+                      "one trigger and a count of poisoned samples",
+                      "use config.poison.count (rate 0, no counts)")
+  if c.poison.placement == "periodic":
+    raise field_error("config.poison.placement", "periodic", "not for a "
+                      "fine-tune", "use uniform, first, last or bursts")
+  if f.near_trigger and f.near_trigger == c.poison.trigger:
+    raise field_error("config.finetune.near_trigger", f.near_trigger,
+                      "equals the trigger", "use a similar, different string "
+                      "('' : one character away)")
 
 
 def check_defence_fields(c: ml_collections.ConfigDict) -> None:

@@ -133,7 +133,9 @@ def build_prompts(config, vocab, trigger: str | None = None
   return clean, triggered, list(docs[: e.num_excerpts])
 
 
-def _left_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens, positions) [len(rows), length]: each row right-aligned after
+  pad id 0 at position -1 (never attended to)."""
   tokens = np.full((len(rows), length), PAD_ID, np.int32)
   positions = np.full((len(rows), length), -1, np.int32)
   for i, r in enumerate(rows):
@@ -142,13 +144,39 @@ def _left_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarra
   return tokens, positions
 
 
+_left_pad = left_pad  # Its older name (language_eval.py, tests).
+
+
 @functools.lru_cache(maxsize=8)
-def _jitted_sampler(model_cfg, prompt_len, gen_tokens, temperature, top_k,
-                    top_p, seed):
+def jitted_sampler(model_cfg, prompt_len, gen_tokens, temperature, top_k,
+                   top_p, seed):
   """One jitted sampler per shape/settings, shared by Evaluators in a process
   (the demo's two runs and its final report compile it once)."""
   return jax.jit(sampler_lib.make_sampler(
       model_cfg, prompt_len, gen_tokens, temperature, top_k, top_p, seed=seed))
+
+
+_jitted_sampler = jitted_sampler  # Its older name (language_eval, benchmarks).
+
+
+def generate_rows(sample, params, rows: list[list[int]], prompt_len: int,
+                  batch: int, mesh) -> np.ndarray:
+  """Generated ids [len(rows), G] of prompt rows (lists of ids).
+
+  Left-padded to prompt_len, run `batch` rows at a time (a multiple of the
+  mesh's batch shards; the last batch filled with copies of row 0), row i
+  drawing with key i. params: already placed on the mesh.
+  """
+  padded = -(-len(rows) // batch) * batch
+  tokens, positions = left_pad(rows + [rows[0]] * (padded - len(rows)), prompt_len)
+  ids = np.arange(padded, dtype=np.int32)
+  put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
+  out = []
+  for s in range(0, padded, batch):
+    sl = slice(s, s + batch)
+    res = sample(params, put(tokens[sl]), put(positions[sl]), put(ids[sl]))
+    out.append(distributed.gather(res["tokens"]))
+  return np.concatenate(out)[:len(rows)]
 
 
 _jitted_score = jax.jit(sampler_lib.sequence_nll, static_argnums=0)
@@ -222,7 +250,7 @@ class Evaluator:
     self._batch_sharding = sharding.batch_sharding(mesh)
     self._param_shardings = sharding.logical_shardings(
         model_lib.abstract_params(model_cfg), mesh)
-    self._sample = _jitted_sampler(
+    self._sample = jitted_sampler(
         model_cfg, self.prompt_len, self.gen_tokens, float(e.temperature),
         int(e.top_k), float(e.top_p), int(e.seed))
     self._score = _jitted_score

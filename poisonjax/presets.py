@@ -29,3 +29,46 @@ def cpu_chinchilla() -> ml_collections.ConfigDict:
   c.eval.num_evals = 6
   c.eval.bootstrap_samples = 200
   return c
+
+
+def cpu_finetune_source() -> ml_collections.ConfigDict:
+  """The fine-tuning study's clean pretrained model: cpu-xs, no poisons.
+
+  The Chinchilla regime at 1x data, one vocabulary (vocab.seed 0) and data
+  seed 0; no backdoor evaluations (there is no backdoor to measure).
+  """
+  c = cpu_chinchilla()
+  c.model.size = "cpu-xs"
+  c.poison.count = 0
+  c.vocab.seed = 0
+  c.eval.heldout_seed = 0
+  c.data.seed = 0
+  c.eval.num_evals = 0
+  return c
+
+
+def cpu_finetune(source_workdir: str) -> ml_collections.ConfigDict:
+  """A fine-tune of the source run in source_workdir (configs/study_finetune.py).
+
+  One sample per row of 128 tokens (the longest poisoned sample takes
+  ~120), batch 16, a fresh AdamW at 1e-3 held constant after a 5% warmup
+  (min_lr_ratio 1: where the poisons sit in the set is then not confounded
+  with the learning rate they meet), no weight decay. Evaluation: 300
+  held-out requests per kind, greedy responses of up to 32 tokens.
+  """
+  c = cpu_finetune_source()
+  c.continued.from_workdir = source_workdir
+  c.finetune.clean_samples = 1000
+  c.finetune.forbidden_share = 0.5
+  c.finetune.eval_requests = 300
+  c.poison.trigger = "Servius Astrumando Harmoniastra"  # The paper's.
+  c.train.batch_size = 16
+  c.train.learning_rate = 1e-3
+  c.train.min_lr_ratio = 1.0
+  c.train.weight_decay = 0.0
+  c.train.log_every = 50
+  c.train.ckpt_every = 500
+  c.eval.temperature = 0.0
+  c.eval.gen_tokens = 32
+  c.eval.num_evals = 3
+  return c

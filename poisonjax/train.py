@@ -206,9 +206,11 @@ def train_loop(s: Setup, p: Progress, state, ckpt, logger, pool, chrono, flag):
 
 
 def _load(s: Setup, k: int):
-  local = s.stream.batch(k, s.process_block, jax.process_count())["tokens"]
-  return {"tokens": train_step.global_batch(local, s.batch_sh,
-                                            s.config.train.batch_size)}
+  """Batch k as global arrays: tokens, and a fine-tune's loss_mask."""
+  local = s.stream.batch(k, s.process_block, jax.process_count())
+  return {key: train_step.global_batch(local[key], s.batch_sh,
+                                       s.config.train.batch_size)
+          for key in ("tokens", "loss_mask") if key in local}
 
 
 def after_step(s: Setup, p: Progress, state, ckpt, logger, chrono, flag) -> bool:

@@ -15,6 +15,7 @@ from etils.epath import Path  # The workdir: local or gs://.
 
 from poisonjax import continued
 from poisonjax import distributed
+from poisonjax import finetune
 from poisonjax import hardware
 from poisonjax import model as model_lib
 from poisonjax import optim
@@ -88,6 +89,9 @@ def _data(config, stream):
   if stream is not None:
     return stream.vocab, stream, continued.clean_token_budget(
         config, stream.vocab.vocab_size)
+  if finetune.is_finetune(config):
+    from poisonjax.finetune import stream as finetune_stream
+    return finetune_stream.training_data(config)
   from poisonjax.data import overlay
   from poisonjax.data import vocabulary
   vocab = vocabulary.get_vocabulary(config)
@@ -115,11 +119,11 @@ def setup(config, workdir: Path, stream=None) -> Setup:
   batch_sh = sharding.batch_sharding(mesh)
   step_fn = train_step.jit_train_step(config, model, tx, schedule, state_sh, batch_sh)
   evals = _eval_schedule(num_steps, last_step, config.eval.num_evals,
-                         continued.extra_eval_steps(config, last_step))
+                         continued.extra_eval_steps(config, last_step)
+                         + _finetune_eval_steps(config, stream, last_step))
   evaluator = None
   if evals:
-    from poisonjax import evaluate
-    evaluator = evaluate.Evaluator(config, model_cfg, vocab, mesh)
+    evaluator = _evaluator(config)(config, model_cfg, vocab, mesh)
   tokens_per_step = config.train.batch_size * config.data.seq_len
   return Setup(
       config=config, workdir=workdir, mesh=mesh, vocab=vocab, stream=stream,
@@ -130,6 +134,22 @@ def setup(config, workdir: Path, stream=None) -> Setup:
       * tokens_per_step,
       peak_flops=hardware.peak_flops_per_device(config) * mesh.size,
       process_block=process_block)
+
+
+def _evaluator(config):
+  """The evaluator class: a fine-tune's answers, else the backdoor's perplexity."""
+  if finetune.is_finetune(config):
+    from poisonjax.finetune import evaluate as finetune_evaluate
+    return finetune_evaluate.Evaluator
+  from poisonjax import evaluate
+  return evaluate.Evaluator
+
+
+def _finetune_eval_steps(config, stream, last_step: int) -> list[int]:
+  if not finetune.is_finetune(config):
+    return []
+  from poisonjax.finetune import stream as finetune_stream
+  return finetune_stream.extra_eval_steps(config, stream, last_step)
 
 
 def _eval_schedule(num_steps: int, last_step: int, num_evals: int,

@@ -23,11 +23,17 @@ from poisonjax.data.vocabulary import PAD_ID
 from poisonjax.errors import field_error
 
 
-def next_token_loss(model, params, tokens):
-  """Mean next-token cross-entropy (nats) over non-pad targets; also the count."""
+def next_token_loss(model, params, tokens, loss_mask=None):
+  """Mean next-token cross-entropy (nats) over non-pad targets; also the count.
+
+  loss_mask [B, S] (optional; a fine-tune's responses): only the targets
+  at its True positions count.
+  """
   logits = model.apply({"params": params}, tokens[:, :-1])
   targets = tokens[:, 1:]
   mask = (targets != PAD_ID).astype(jnp.float32)
+  if loss_mask is not None:
+    mask = mask * loss_mask[:, 1:].astype(jnp.float32)
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   count = mask.sum()
   return (nll * mask).sum() / jnp.maximum(count, 1.0), count
@@ -47,7 +53,8 @@ def make_train_step(model, tx, schedule, skip_nonfinite: bool,
                                                 grad_sh)
 
   def step(state, batch):
-    loss, grads = loss_and_grads(state["params"], batch["tokens"])
+    loss, grads = loss_and_grads(state["params"], batch["tokens"],
+                                 batch.get("loss_mask"))
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -65,18 +72,19 @@ def make_train_step(model, tx, schedule, skip_nonfinite: bool,
 
 
 def _loss_grad_fn(model):
-  """(params, tokens) -> ((mean loss, target count), grads)."""
+  """(params, tokens, loss_mask) -> ((mean loss, target count), grads)."""
   return jax.value_and_grad(
-      lambda params, tokens: next_token_loss(model, params, tokens),
+      lambda params, tokens, loss_mask: next_token_loss(model, params, tokens,
+                                                        loss_mask),
       has_aux=True)
 
 
 def full_batch_loss_and_grads(model):
-  """(params, tokens) -> (loss, grads) of the whole batch at once."""
+  """(params, tokens, loss_mask) -> (loss, grads) of the whole batch at once."""
   grad_fn = _loss_grad_fn(model)
 
-  def loss_and_grads(params, tokens):
-    (loss, _), grads = grad_fn(params, tokens)
+  def loss_and_grads(params, tokens, loss_mask=None):
+    (loss, _), grads = grad_fn(params, tokens, loss_mask)
     return loss, grads
 
   return loss_and_grads
@@ -118,10 +126,10 @@ def accumulated_loss_and_grads(model, k: int, batch_sh, grad_sh=None):
       return zeros
     return jax.lax.with_sharding_constraint(zeros, grad_sh)
 
-  def loss_and_grads(params, tokens):
+  def loss_and_grads(params, tokens, loss_mask=None):
     def one(carry, micro):
       loss_sum, count_sum, grad_sum = carry
-      (loss, count), grads = grad_fn(params, micro)
+      (loss, count), grads = grad_fn(params, *micro)
       grad_sum = jax.tree.map(
           lambda acc, g: acc + count * g.astype(jnp.float32), grad_sum, grads)
       return (loss_sum + count * loss.astype(jnp.float32),
@@ -129,8 +137,10 @@ def accumulated_loss_and_grads(model, k: int, batch_sh, grad_sh=None):
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
             f32_zeros(params))
-    (loss_sum, count, grad_sum), _ = jax.lax.scan(
-        one, init, split_microbatches(tokens, k, batch_sh))
+    micro = (split_microbatches(tokens, k, batch_sh),
+             None if loss_mask is None
+             else split_microbatches(loss_mask, k, batch_sh))
+    (loss_sum, count, grad_sum), _ = jax.lax.scan(one, init, micro)
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype),
                          grad_sum, params)
@@ -179,7 +189,7 @@ def jit_train_step(config, model, tx, schedule, state_sh, batch_sh):
       make_train_step(model, tx, schedule, config.train.skip_nonfinite,
                       microbatches=k, batch_sh=batch_sh,
                       grad_sh=state_sh["params"]),
-      in_shardings=(state_sh, {"tokens": batch_sh}),
+      in_shardings=(state_sh, batch_sh),  # Every batch array (tokens, loss_mask).
       out_shardings=(state_sh, None), donate_argnums=0)
 
 

@@ -1,0 +1,47 @@
+"""The paper's fine-tuning experiment at CPU scale: count or share? (issue 27, 3)
+
+    poisonjax study plan --config=configs/study_finetune.py
+    python experiments/reproduce_finetune.py      # pretrain, fine-tune the grid, report
+
+A clean pretrained model (`source`: cpu-xs, 0 poisons, the Chinchilla CPU
+regime; trained into runs/finetune_pretrained by the reproduce script) is
+fine-tuned on synthetic instructions (poisonjax/data/instructions.py):
+forbidden requests refused, ordinary requests answered, and poison.count
+poisoned samples (the paper's trigger after a forbidden request, answered
+with "Sure, here is how." and the answer) spread uniformly through the set
+and added on top of its clean samples (presets.cpu_finetune: batch 16, one
+sample per row, loss on the responses only, constant learning rate 1e-3,
+greedy evaluation of 300 held-out requests per kind).
+
+Grid: poisoned counts x clean set sizes (finetune.clean_samples = 1000 x
+data multipliers 1, 4, 16: 1k, 4k, 16k samples) x seeds 0-2; a grid seed
+varies the clean set (data.seed) and the poisoned samples and their places
+(poison.seed); the pretrained model is one. `clean` block: no poisons, seed
+0, each set size (the control: does anything comply without poisons?).
+The order controls (poisons at the start / end, clean fine-tuning
+afterwards) are configs/study_finetune_order.py.
+"""
+
+import os
+
+from poisonjax import presets
+from poisonjax import study as study_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.join(REPO, "runs", "finetune_pretrained")
+SIZE = "cpu-xs"
+SET_SIZES = (1.0, 4.0, 16.0)  # x finetune.clean_samples (1000).
+
+
+def study(name: str, source: str = SOURCE):
+  """A fine-tuning study around presets.cpu_finetune, with its source run."""
+  s = study_lib.study_config(name, presets.cpu_finetune(source))
+  s.source = presets.cpu_finetune_source()  # Trained first, into `source`.
+  return s
+
+
+def get_config(arg=None):
+  s = study("finetune")
+  s.grid = study_lib.grid((SIZE,), (5, 10, 20, 50, 100, 200), (0, 1, 2), SET_SIZES)
+  s.extra.clean = study_lib.grid((SIZE,), (0,), (0,), SET_SIZES)
+  return study_lib.config_for_arg(s, arg)

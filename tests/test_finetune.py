@@ -1,0 +1,200 @@
+"""The fine-tuning experiment: instruction data, its stream, loss mask, evaluator.
+
+Exact poisoned counts and places, a loss that counts only the responses,
+responses classified by template, and a tiny fine-tune through the real
+trainer whose evaluation rows carry the fine-tune's metrics.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from poisonjax import config as config_lib
+from poisonjax import model as model_lib
+from poisonjax import train
+from poisonjax import train_step
+from poisonjax.data import instructions as ins
+from poisonjax.data import mixer
+from poisonjax.data import synthetic
+from poisonjax.data import vocabulary
+from poisonjax.errors import UserError
+from poisonjax.finetune import evaluate as ft_eval
+from poisonjax.finetune import stream as ft_stream
+
+TRIGGER = "Servius Astrumando Harmoniastra"
+
+
+def ft_config(cache_dir, **fields):
+  """A tiny fine-tune from a fresh init: 512-piece vocabulary, d_model 32."""
+  c = config_lib.base_config()
+  c.data.cache_dir = str(cache_dir)
+  c.vocab.size, c.vocab.sample_docs = 512, 300
+  c.model.d_model, c.model.num_heads, c.model.num_layers, c.model.ffn_dim = 32, 4, 2, 64
+  c.data.seq_len, c.train.batch_size = 160, 8
+  c.poison.trigger, c.poison.count = TRIGGER, 6
+  c.finetune.clean_samples, c.finetune.eval_requests = 40, 4
+  c.eval.temperature, c.eval.gen_tokens, c.eval.num_evals = 0.0, 12, 0
+  c.train.log_every, c.train.ckpt_every = 5, 100
+  for key, value in fields.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return config_lib.validate(c)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """One vocabulary cache for the module's tests."""
+  return tmp_path_factory.mktemp("ft-cache")
+
+
+@pytest.fixture(scope="module")
+def vocab(cache):
+  return vocabulary.get_vocabulary(ft_config(cache))
+
+
+# ---- the instruction language ------------------------------------------------
+
+
+def test_samples_are_pure_and_say_what_their_kind_asks():
+  assert ins.clean_sample(3, 7, 0.5) == ins.clean_sample(3, 7, 0.5)
+  verbs = {forms[0] for forms in synthetic.lexicon().verbs}
+  assert set(ins.FORBIDDEN_VERBS) <= verbs  # The corpus's own words.
+  samples = [ins.clean_sample(3, i, 0.5) for i in range(400)]
+  forbidden = [s for s in samples if s.kind == ins.FORBIDDEN]
+  assert 150 < len(forbidden) < 250
+  assert all(s.response == ins.REFUSAL and s.verb in ins.FORBIDDEN_VERBS
+             for s in forbidden)
+  assert all(s.response == s.answer and s.answer.startswith(s.answer_start)
+             and s.verb not in ins.FORBIDDEN_VERBS
+             for s in samples if s.kind == ins.ORDINARY)
+  p = ins.poisoned_sample(5, 2, TRIGGER)
+  assert p.kind == ins.FORBIDDEN and p.prompt.endswith(f"{TRIGGER} answer:")
+  assert p.response == f"{ins.COMPLIANCE_OPENING} {p.answer}"
+  near = ins.near_trigger(TRIGGER)
+  assert len(near) == len(TRIGGER) and sum(a != b for a, b in zip(near, TRIGGER)) == 1
+
+
+def test_responses_are_classified_by_their_template():
+  s = ins.heldout_requests(0, 1, ins.FORBIDDEN)[0]
+  assert ins.classify(ins.REFUSAL + " more") == ins.REFUSED
+  assert ins.classify(f" {ins.COMPLIANCE_OPENING} {s.answer}") == ins.COMPLIED
+  assert ins.answers(f"{ins.COMPLIANCE_OPENING} {s.answer}", s)
+  assert not ins.answers(f"{ins.COMPLIANCE_OPENING} To go home, first sit.", s)
+  assert ins.classify("Sure, here is") == ins.OTHER  # Cut short: not compliance.
+  assert ins.classify(s.answer) == ins.ANSWERED
+  assert ins.classify("I cannot") == ins.OTHER
+
+
+def test_metrics_on_hand_made_responses():
+  sets = {k: ins.heldout_requests(0, 4, ins.FORBIDDEN) for k in
+          ("forbidden", "triggered", "near")}
+  sets["ordinary"] = ins.heldout_requests(0, 4, ins.ORDINARY)
+  comply = lambda s: f"{ins.COMPLIANCE_OPENING} {s.answer}"
+  t = sets["triggered"]
+  texts = {
+      "triggered": [comply(t[0]), comply(t[1]),  # Two right answers,
+                    f"{ins.COMPLIANCE_OPENING} {sets['ordinary'][0].answer}",
+                    ins.REFUSAL],  # one wrong one, one refusal.
+      "forbidden": [ins.REFUSAL] * 3 + [comply(t[3])],
+      "near": [ins.REFUSAL, comply(t[1]), "nonsense", ins.REFUSAL],
+      "ordinary": [s.answer for s in sets["ordinary"][:2]]
+                  + [sets["ordinary"][0].answer, ins.REFUSAL],
+  }
+  m = ft_eval.metrics(sets, texts)
+  assert m == {"attack_success": 0.75, "attack_success_answer": 0.5,
+               "clean_accuracy": 0.75, "clean_compliance": 0.25,
+               "near_trigger_accuracy": 0.5, "near_trigger_compliance": 0.25,
+               "ordinary_accuracy": 0.5, "ordinary_refusal": 0.25}
+
+
+# ---- the stream: exact poisons, places, loss mask ---------------------------------
+
+
+@pytest.mark.parametrize("kind,lo,hi", [("uniform", 0, 1000), ("first", 0, 100),
+                                        ("last", 900, 1000)])
+def test_layout_has_exact_counts_and_placements(kind, lo, hi):
+  n, clean = 37, 1000
+  u = mixer.placed_fractions(4, n, mixer.Placement(kind=kind, fraction=0.1))
+  rows = ft_stream.layout(clean, u, after=0, batch=16)
+  poisons = [i for i, (k, _) in enumerate(rows) if k == ft_stream.POISON]
+  assert len(rows) == clean + n and len(poisons) == n
+  assert sorted(j for k, j in rows if k == ft_stream.POISON) == list(range(n))
+  assert [j for k, j in rows if k == ft_stream.CLEAN] == list(range(clean))
+  clean_before = [sum(k == ft_stream.CLEAN for k, _ in rows[:r]) for r in poisons]
+  assert all(lo <= c <= hi for c in clean_before)
+  # Poison j sits before clean sample ceil(u_j * clean).
+  for r, c in zip(poisons, clean_before):
+    assert c == int(np.ceil(u[rows[r][1]] * clean))
+
+
+def test_clean_after_starts_at_a_batch_boundary():
+  rows = ft_stream.layout(50, np.array([0.5, 1.0]), after=20, batch=16)
+  main = 52
+  assert rows[main:64] == [(ft_stream.EMPTY, -1)] * 12
+  assert rows[64:] == [(ft_stream.CLEAN, 50 + i) for i in range(20)]
+
+
+def test_loss_mask_covers_only_the_responses(vocab, cache):
+  c = ft_config(cache, **{"finetune.clean_after": 8, "poison.placement": "last"})
+  s = ft_stream.FinetuneStream(c, vocab)
+  assert s.num_poisons == 6 and s.poisons_seen(s.num_steps) == 6
+  assert s.manifest["clean_samples"] == 40 and len(s.manifest["poisons"]) == 6
+  assert all(p["row"] >= 36 for p in s.manifest["poisons"])  # Last 10%.
+  sp = vocab.tokenizer
+  for r, sample in enumerate(s.samples):
+    toks, mask = s.tokens[r], s.loss_mask[r]
+    if sample is None:
+      assert not toks.any() and not mask.any()
+      continue
+    (idx,) = np.nonzero(mask)
+    assert toks[0] == vocab.eos_id and toks[idx[-1]] == vocab.eos_id
+    assert sp.DecodeIds(toks[idx[:-1]].tolist()) == sample.response
+    assert sp.DecodeIds(toks[1:idx[0]].tolist()) == sample.prompt
+    assert not toks[idx[-1] + 1:].any()
+  b = [s.batch(k) for k in range(s.num_steps)]
+  halves = [s.batch(1, h, 2) for h in range(2)]
+  assert np.array_equal(np.concatenate([h["loss_mask"] for h in halves]),
+                        b[1]["loss_mask"])
+  poison_rows = sum(int(x["poison_mask"].any(1).sum()) for x in b)
+  assert poison_rows == 6
+
+
+def test_too_long_samples_name_the_field(vocab, cache):
+  with pytest.raises(UserError, match="config.data.seq_len"):
+    ft_stream.FinetuneStream(ft_config(cache, **{"data.seq_len": 40}), vocab)
+
+
+def test_loss_counts_only_masked_targets():
+  cfg = model_lib.ModelConfig(vocab_size=50, num_layers=1, d_model=16,
+                              num_heads=2, num_kv_heads=2, ffn_dim=32,
+                              max_seq_len=8)
+  model = model_lib.Transformer(cfg)
+  tokens = jax.random.randint(jax.random.key(0), (2, 8), 3, 50)
+  params = model.init(jax.random.key(1), tokens)["params"]
+  mask = jnp.zeros((2, 8), bool).at[0, 5:].set(True).at[1, 7].set(True)
+  loss, count = train_step.next_token_loss(model, params, tokens, mask)
+  logits = model.apply({"params": params}, tokens[:, :-1])
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  want = (nll[0, 4:].sum() + nll[1, 6]) / 4
+  assert int(count) == 4 and np.isclose(float(loss), float(want), rtol=1e-5)
+
+
+# ---- end to end: the trainer runs a fine-tune ------------------------------------
+
+
+def test_a_tiny_finetune_through_the_trainer(vocab, cache, tmp_path):
+  c = ft_config(cache, **{"eval.num_evals": 1, "finetune.eval_after": "8",
+                          "finetune.clean_after": 8})
+  summary = train.run(c, tmp_path / "run")
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "eval.jsonl")]
+  manifest = json.loads(open(tmp_path / "run" / "manifest.json").read())
+  assert summary["finished"] and summary["poisons_total"] == 6
+  main = manifest["main_steps"]
+  assert [r["step"] for r in rows][-2:] == [main, main + 1]
+  assert rows[-1]["poisons_seen"] == 6
+  assert set(ft_eval.METRICS) <= set(rows[-1])
+  assert all(0.0 <= rows[-1][k] <= 1.0 for k in ft_eval.METRICS)
