@@ -7,22 +7,30 @@ as the target, so every array comes back already laid out on the mesh.
 
 Restoring never throws work away on a guess. A checkpoint is set aside (to
 WORKDIR/damaged_checkpoints) only when it is verifiably incomplete or
-corrupt: orbax's commit record or array metadata missing or unreadable, or
-its files no longer the ones this class saw saved (WORKDIR/checkpoint_digests
-holds each file's size, and a hash of the small ones, taken once the save
-was durable). Anything else stops with one line and moves nothing: a state
-that does not fit the config (shapes from orbax's metadata), I/O errors that
-persist after a few retries, or a failure the files cannot explain.
+corrupt: orbax's commit record or array metadata missing or unreadable, its
+files no longer the ones this class saw saved (WORKDIR/checkpoint_digests
+holds each file's size and crc32c, every byte, computed in the background
+once the save is durable; on gs:// the objects' own crc32c, nothing
+re-read), or a restored state holding a NaN/Inf (training never saves one:
+a non-finite step stops or is skipped). Anything else stops with one line
+and moves nothing: a state that does not fit the config (shapes from
+orbax's metadata), I/O errors that persist after a few retries, or a
+failure the files cannot explain. Readers (restore.py) apply the same
+checks and move nothing.
 """
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import hashlib
 import json
 import sys
 import time
 
+import google_crc32c
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils.epath import Path
@@ -34,7 +42,7 @@ DIGEST_DIR = "checkpoint_digests"
 DAMAGED_DIR = "damaged_checkpoints"
 RETRIES = 3  # Tries of a read that fails with OSError...
 BACKOFF_S = 1.0  # ...waiting 1 s, 2 s, ... in between.
-_HASHED_MAX_BYTES = 1 << 20  # Metadata/manifests are hashed, data sized.
+_BLOCK = 16 << 20  # Bytes per read when computing a crc32c.
 
 _CPU_HANDLER_SET = False
 
@@ -79,6 +87,9 @@ class Checkpoints:
         self.directory, options=options,
         item_handlers=ocp.StandardCheckpointHandler())
     self._unsealed: set[int] = set()  # Saved this session, no digest yet.
+    self._sealer = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix="checkpoint-digest")
+    self._sealing: list[concurrent.futures.Future] = []
 
   # -- Saving ----------------------------------------------------------------
 
@@ -87,17 +98,27 @@ class Checkpoints:
     if step in self.manager.all_steps():
       return
     self.wait()  # Orbax would wait for the previous save anyway.
+    if jax.process_index() == 0:  # A digest left by an earlier save of it.
+      (self.workdir / DIGEST_DIR / f"{step}.json").unlink(missing_ok=True)
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
     self._unsealed.add(step)
 
   def wait(self) -> None:
-    """Blocks until every started save is durable, then records digests."""
+    """Blocks until every started save is durable; their digests are then
+    computed in the background (close() waits for them)."""
     self.manager.wait_until_finished()
-    self._seal()
+    if self._unsealed and jax.process_index() == 0:
+      kept = set(self.manager.all_steps())
+      self._sealing.append(self._sealer.submit(
+          _seal, self.workdir, self.directory, sorted(self._unsealed & kept), kept))
+    self._unsealed.clear()
 
   def close(self) -> None:
     self.wait()
     self.manager.close()
+    for future in self._sealing:
+      future.result()
+    self._sealer.shutdown()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -106,29 +127,32 @@ class Checkpoints:
     """The multi-host preemption sync point (False on a single process)."""
     return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
-  def _seal(self) -> None:
-    if jax.process_index() == 0:
-      digests = self.workdir / DIGEST_DIR
-      kept = set(self.manager.all_steps())
-      for step in sorted(self._unsealed & kept):
-        files.write_json(digests / f"{step}.json", digest(self.step_dir(step)))
-      for old in digests.glob("*.json") if digests.exists() else ():
-        if old.stem.isdigit() and int(old.stem) not in kept:
-          old.unlink(missing_ok=True)  # Deleted by max_to_keep.
-    self._unsealed.clear()
-
   # -- Restoring -------------------------------------------------------------
 
   def step_dir(self, step: int) -> Path:
     return self.directory / str(step)
 
   def restore_newest(self, abstract_state):
-    """(state, step) from the newest sound checkpoint, or (None, 0)."""
-    step = self._agreed_step(abstract_state)
-    if step is None:
-      return None, 0
+    """(state, step) from the newest sound checkpoint, or (None, 0).
+
+    A restored state holding a NaN/Inf is damage too: set aside, and the
+    previous checkpoint tried.
+    """
+    while True:
+      step = self._agreed_step(abstract_state)
+      if step is None:
+        return None, 0
+      state = self._restore(step, abstract_state)
+      bad = nonfinite_leaves(state)
+      if not bad:
+        return state, step
+      del state
+      if jax.process_index() == 0:  # The others wait in _agreed_step.
+        self._set_aside_with_warning(step, describe_nonfinite(bad))
+
+  def _restore(self, step: int, abstract_state):
     try:
-      state = _retry(lambda: self.manager.restore(
+      return _retry(lambda: self.manager.restore(
           step, args=ocp.args.StandardRestore(abstract_state)),
           f"checkpoint step {step}")
     except UserError:
@@ -139,7 +163,6 @@ class Checkpoints:
           f"({type(e).__name__}: {_first_line(e)}) though its files look "
           "complete; nothing was moved; if it is damaged, move it out of "
           "checkpoints/ and rerun") from e
-    return state, step
 
   def _agreed_step(self, abstract_state) -> int | None:
     """Process 0 picks the step (setting damaged ones aside); all agree."""
@@ -174,26 +197,12 @@ class Checkpoints:
         _retry(lambda: self.check_fits(step, abstract_state),
                f"checkpoint step {step}")
         return step
-      dest = self._set_aside(step)
-      print(f"poisonjax: warning: checkpoint step {step} is damaged ({reason});"
-            f" moved to {dest}; falling back to the previous one",
-            file=sys.stderr, flush=True)
+      self._set_aside_with_warning(step, reason)
     return None
 
   def damage(self, step: int) -> str | None:
     """Why checkpoint `step` is verifiably incomplete or corrupt, or None."""
-    d = self.step_dir(step)
-    record = _json_or_none(d / "_CHECKPOINT_METADATA")
-    if not record or not record.get("commit_timestamp_nsecs"):
-      return "no readable orbax commit record (_CHECKPOINT_METADATA)"
-    if _json_or_none(d / "default" / "_METADATA") is None:
-      return "no readable array metadata (default/_METADATA)"
-    saved = self.workdir / DIGEST_DIR / f"{step}.json"
-    if saved.exists():
-      differs = compare_digest(files.read_json(saved), digest(d))
-      if differs:
-        return f"files differ from the saved ones: {differs}"
-    return None
+    return step_damage(self.workdir, step)
 
   def check_fits(self, step: int, abstract_state) -> None:
     """UserError (one line) if the saved arrays are not `abstract_state`'s."""
@@ -208,6 +217,12 @@ class Checkpoints:
           f"config ({'; '.join(diffs[:3])}{more}); nothing was moved; resume "
           "with the config the run was trained with, or use a new --workdir")
 
+  def _set_aside_with_warning(self, step: int, reason: str) -> None:
+    dest = self._set_aside(step)
+    print(f"poisonjax: warning: checkpoint step {step} is damaged ({reason});"
+          f" moved to {dest}; falling back to the previous one",
+          file=sys.stderr, flush=True)
+
   def _set_aside(self, step: int) -> Path:
     dest = self.workdir / DAMAGED_DIR / str(step)
     n = 1
@@ -218,6 +233,74 @@ class Checkpoints:
     (self.workdir / DIGEST_DIR / f"{step}.json").unlink(missing_ok=True)
     self.manager.reload()
     return dest
+
+
+def _seal(workdir: Path, directory: Path, steps: list[int], kept: set) -> None:
+  """Writes the digests of `steps`; drops those of steps no longer kept.
+
+  Runs in the background: a step pruned (max_to_keep) while it is read
+  gets no digest.
+  """
+  digests = workdir / DIGEST_DIR
+  for step in steps:
+    try:
+      files.write_json(digests / f"{step}.json", digest(directory / str(step)))
+    except FileNotFoundError:
+      continue
+  for old in digests.glob("*.json") if digests.exists() else ():
+    if old.stem.isdigit() and int(old.stem) not in kept:
+      old.unlink(missing_ok=True)  # Deleted by max_to_keep.
+
+
+def step_damage(workdir, step: int) -> str | None:
+  """Why WORKDIR/checkpoints/STEP is verifiably incomplete or corrupt, or None.
+
+  Orbax's commit record and array metadata must be readable, and every
+  file must still match the digest recorded once the save was durable.
+  """
+  workdir = files.as_path(workdir)
+  d = workdir / "checkpoints" / str(step)
+  record = _json_or_none(d / "_CHECKPOINT_METADATA")
+  if not isinstance(record, dict) or not record.get("commit_timestamp_nsecs"):
+    return "no readable orbax commit record (_CHECKPOINT_METADATA)"
+  if _json_or_none(d / "default" / "_METADATA") is None:
+    return "no readable array metadata (default/_METADATA)"
+  saved = workdir / DIGEST_DIR / f"{step}.json"
+  if saved.exists():
+    want = _json_or_none(saved)
+    if not isinstance(want, dict):
+      return None  # A digest cut short is no evidence against the step.
+    differs = compare_digest(want, digest(d, like=want))
+    if differs:
+      return f"files differ from the saved ones: {differs}"
+  return None
+
+
+def nonfinite_leaves(tree) -> list[str]:
+  """The names ('params/embed/embedding') of float arrays holding a NaN/Inf.
+
+  One jitted reduction over the (possibly sharded) arrays: every process
+  gets the same answer.
+  """
+  named = [(_leaf_name(path), leaf)
+           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+           if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  if not named:
+    return []
+  finite = _all_finite([leaf for _, leaf in named])
+  return [name for (name, _), ok in zip(named, np.asarray(jax.device_get(finite)))
+          if not ok]
+
+
+@jax.jit
+def _all_finite(leaves):
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def describe_nonfinite(names: list[str]) -> str:
+  """The reason a damage warning gives for non-finite arrays."""
+  more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+  return f"non-finite values (NaN/Inf) in {', '.join(names[:3])}{more}"
 
 
 def _retry(fn, what: str):
@@ -235,15 +318,56 @@ def _retry(fn, what: str):
   raise AssertionError("unreachable")
 
 
-def digest(step_dir: Path) -> dict[str, list]:
-  """{relative path: [size, sha256 of a small file or None]} of a step."""
-  out = {}
+def digest(step_dir, like: dict | None = None) -> dict[str, list]:
+  """{relative path: [size, "crc32c:<8 hex>"]} of every file of a step.
+
+  Local files are read whole; objects on gs:// give the crc32c their store
+  keeps (one listing, nothing re-read). With `like` (a digest saved by an
+  older version: [size, sha256 of a small file or None]) each file is
+  hashed as `like` records it, so old digests still verify.
+  """
   step_dir = files.as_path(step_dir)
+  kinds = {name: entry[1] for name, entry in (like or {}).items()}
+  if not files.is_local(step_dir) and all(
+      str(k).startswith("crc32c:") for k in kinds.values()):
+    return _object_digest(step_dir)
+  out = {}
   for path in files.list_files(step_dir):
-    size = path.stat().length
-    sha = (hashlib.sha256(path.read_bytes()).hexdigest()
-           if size <= _HASHED_MAX_BYTES else None)
-    out[str(path.relative_to(step_dir))] = [size, sha]
+    name = str(path.relative_to(step_dir))
+    kind = kinds.get(name) if like else "crc32c:"  # Extra files: sized only.
+    out[name] = [path.stat().length, _file_hash(path, kind)]
+  return out
+
+
+def _file_hash(path: Path, kind: str | None) -> str | None:
+  """The hash `kind` names: crc32c ("crc32c:..."), sha256 (hex), None."""
+  if kind is None:
+    return None
+  if not str(kind).startswith("crc32c:"):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+  crc = 0
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(_BLOCK), b""):
+      crc = google_crc32c.extend(crc, block)
+  return f"crc32c:{crc:08x}"
+
+
+_STORAGE_CLIENT = []
+
+
+def _object_digest(step_dir: Path) -> dict[str, list]:
+  """A step on gs://: each object's size and stored crc32c, from one listing."""
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  if not _STORAGE_CLIENT:
+    _STORAGE_CLIENT.append(storage.Client())
+  bucket, _, prefix = str(step_dir).split("://", 1)[1].partition("/")
+  prefix = prefix.rstrip("/") + "/"
+  out = {}
+  for blob in _STORAGE_CLIENT[0].list_blobs(bucket, prefix=prefix):
+    if blob.name.endswith("/"):  # A folder placeholder.
+      continue
+    crc = int.from_bytes(base64.b64decode(blob.crc32c), "big")
+    out[blob.name[len(prefix):]] = [int(blob.size), f"crc32c:{crc:08x}"]
   return out
 
 
@@ -256,18 +380,25 @@ def compare_digest(saved: dict, now: dict) -> str:
     elif name not in saved:
       continue  # Extra files (e.g. written by a newer orbax): harmless.
     elif list(saved[name]) != list(now[name]):
-      diffs.append(f"{name} changed (size {saved[name][0]} -> {now[name][0]})")
+      was, size = saved[name][0], now[name][0]
+      diffs.append(f"{name} changed (size {was} -> {size})" if was != size
+                   else f"{name} changed (same size {size}, other content)")
   return ", ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
 
 
-def _shapes(tree) -> dict[str, tuple]:
-  """{'a/b/0/c': (shape, dtype name)} for the array leaves of `tree`."""
+def _leaf_name(path) -> str:
+  """'params/embed/embedding' for a tree path."""
   def name(key) -> str:
     for attr in ("key", "idx", "name"):
       if hasattr(key, attr):
         return str(getattr(key, attr))
     return str(key)
-  return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+  return "/".join(name(k) for k in path)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{'a/b/0/c': (shape, dtype name)} for the array leaves of `tree`."""
+  return {_leaf_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 

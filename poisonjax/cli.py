@@ -33,6 +33,9 @@ def main(argv=None) -> int:
   if key is None:
     return _no_command(args)
   cmd, name, rest = commands.load(key), "poisonjax " + " ".join(key), args[len(key):]
+  if cmd.early_signals:
+    from poisonjax import preemption
+    preemption.install_early()
   if any(a in _HELP for a in rest):
     print(command_help(cmd))
     return 0

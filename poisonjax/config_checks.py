@@ -171,9 +171,10 @@ def check_train(t: ml_collections.ConfigDict) -> None:
     raise field_error("config.train.microbatches", t.microbatches,
                       f"must be >= 1 and divide batch_size {t.batch_size}",
                       "use a divisor of the batch size (1: no accumulation)")
-  if t.learning_rate < 0:
+  if not 0 < t.learning_rate < float("inf"):  # NaN fails too.
     raise field_error("config.train.learning_rate", t.learning_rate,
-                      "must be >= 0", "use a positive peak learning rate")
+                      "must be a finite number > 0 (at 0 nothing is learned)",
+                      "use a positive peak learning rate, e.g. 3e-4")
   for name in ("tokens_per_param", "data_multiplier"):
     if t[name] <= 0:
       raise field_error(f"config.train.{name}", t[name], "must be > 0",

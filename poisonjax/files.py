@@ -7,9 +7,15 @@ folder `gs:/b/x`). epath picks the cloud library: tf.io.gfile when
 TensorFlow is installed, fsspec/gcsfs with EPATH_USE_TF=false.
 
 Readers tolerate a half-written last line (a process killed mid-append
-leaves one). Whole files appear at once: locally a temporary file renamed
-into place; on an object store a single object write, which readers see
-whole or not at all (stores have no rename, and need none for that).
+leaves one); any other unreadable line is skipped with a warning naming the
+file. Whole files appear at once: locally a temporary file renamed into
+place; on an object store a single object write, which readers see whole
+or not at all (stores have no rename, and need none for that).
+
+A bucket is probed once per process before its first use by a command
+(`check_reachable`): without network or credentials the command stops
+within REACH_TIMEOUT_S with one line, instead of a client's minutes of
+retries and a traceback.
 """
 
 from __future__ import annotations
@@ -19,12 +25,20 @@ import json
 import os
 import re
 import shutil
+import sys
+import threading
 import uuid
 from typing import Any, Iterable
 
 from etils import epath
 
+from poisonjax.errors import UserError
+
 _CHUNK = 16 << 20  # Bytes per read when copying between stores.
+# Seconds a bucket may take to answer its first look-up ($POISONJAX_REACH_TIMEOUT_S).
+REACH_TIMEOUT_S = float(os.environ.get("POISONJAX_REACH_TIMEOUT_S", "15"))
+_REACHED: set[str] = set()  # Buckets that answered (this process).
+_WARNED: set[tuple] = set()  # (file, skipped lines) already warned about.
 
 
 def as_path(path) -> epath.Path:
@@ -46,30 +60,104 @@ def absolute(path) -> epath.Path:
   return path.absolute() if is_local(path) else path
 
 
+def bucket_of(path) -> str | None:
+  """'gs://bucket' of a cloud path; None for a local one."""
+  text = os.fspath(path)
+  if is_local(text):
+    return None
+  scheme, rest = text.split("://", 1)
+  return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def check_reachable(path, field: str) -> None:
+  """UserError (one line) if `path`'s bucket does not answer a look-up.
+
+  Local paths pass at once; a bucket that answered once is not asked
+  again. The look-up runs in a daemon thread so a client retrying for
+  minutes is abandoned after REACH_TIMEOUT_S.
+  """
+  bucket = bucket_of(path)
+  if bucket is None or bucket in _REACHED:
+    return
+  outcome: dict = {}
+
+  def look():
+    try:
+      outcome["exists"] = epath.Path(os.fspath(path)).exists()
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome["error"] = e
+
+  thread = threading.Thread(target=look, daemon=True, name="poisonjax-reach")
+  thread.start()
+  thread.join(REACH_TIMEOUT_S)
+  if "exists" in outcome:
+    _REACHED.add(bucket)
+    return
+  error = outcome.get("error")
+  what = (f"no answer within {REACH_TIMEOUT_S:g}s" if error is None else
+          f"{type(error).__name__}: {_first_line(error)}")
+  raise UserError(
+      f"{field}={os.fspath(path)}: cannot reach {bucket} ({what}); check the "
+      "network and the credentials (`gcloud auth application-default login`;"
+      f" `gcloud storage ls {bucket}` must work from this machine)")
+
+
+def make_dir(path, field: str) -> epath.Path:
+  """Creates the directory `path` (and parents); UserError if a file is in the way."""
+  path = as_path(path)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    raise UserError(f"{field}={os.fspath(path)}: it or a folder above it is a "
+                    "file, not a directory; pass a directory path") from None
+  return path
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 # ---------------------------------------------------------------------------
 # Small files: JSON and JSONL.
 # ---------------------------------------------------------------------------
 
 
-def read_jsonl(path) -> list[dict]:
+def read_jsonl(path, strict: bool = False) -> list[dict]:
   """The rows of a JSONL file ([] if absent); undecodable lines are skipped.
 
   A line cut short by a kill is the usual undecodable one: it is always the
-  last, and the next append starts on a fresh line (see append_jsonl).
+  last, and the next append starts on a fresh line (see append_jsonl); it
+  is skipped quietly. Any other line that is not a UTF-8 JSON object is
+  skipped with a warning on stderr naming the file and the line, or, with
+  `strict`, raises ValueError saying so.
   """
   path = as_path(path)
   if not path.exists():
     return []
-  rows = []
-  for line in path.read_text().splitlines():
-    if not line.strip():
+  lines = path.read_bytes().split(b"\n")
+  rows, bad = [], []
+  for number, raw in enumerate(lines, 1):
+    if not raw.strip():
       continue
     try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      continue
+      row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      row = None
     if isinstance(row, dict):
       rows.append(row)
+    elif number < len(lines):  # Not the unterminated last line.
+      bad.append(number)
+  if bad:
+    what = (f"{path}: line {bad[0]} is not a UTF-8 JSON object"
+            f"{f' (and {len(bad) - 1} more lines)' if len(bad) > 1 else ''}")
+    if strict:
+      raise ValueError(what)
+    if (str(path), tuple(bad)) not in _WARNED:
+      _WARNED.add((str(path), tuple(bad)))
+      print(f"poisonjax: warning: {what}; skipped (fix or delete "
+            f"{'them' if len(bad) > 1 else 'it'} to silence this)",
+            file=sys.stderr, flush=True)
   return rows
 
 
@@ -157,6 +245,7 @@ def glob(pattern) -> list[epath.Path]:
   if is_local(pattern):
     hits = glob_lib.glob(os.path.expanduser(pattern), recursive=True)
     return [as_path(h) for h in sorted(hits) if os.path.isfile(h)]
+  check_reachable(pattern.split("*")[0], "pattern")
   scheme, rest = pattern.split("://", 1)
   parts = rest.split("/")
   literal = next((i for i, p in enumerate(parts) if glob_lib.has_magic(p)),

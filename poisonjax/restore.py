@@ -7,30 +7,45 @@ problem a user can fix is one UserError line naming the flag or field.
 Layout read here: WORKDIR/config.json (the run's config) and
 WORKDIR/checkpoints/<step>/default (orbax's PyTree of the train state
 {step, params, opt_state}); only the params are read.
+
+A checkpoint is read only if training would restore it (the checks of
+checkpointing.step_damage, and finite params); a reader moves nothing: the
+newest sound one is taken, a damaged one skipped with a warning line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 
 import ml_collections
 
+from poisonjax import checkpointing
 from poisonjax import files
 from poisonjax import model as model_lib
+from poisonjax import run_history
 from poisonjax import sharding
 from poisonjax.errors import UserError
+
+_PICK_TRIES = 5  # Newest checkpoints pruned under a reader before it gives up.
+
+
+class _Damaged(Exception):
+  """A checkpoint training would set aside (the message says why)."""
+
+
+class _Vanished(Exception):
+  """A checkpoint deleted (pruned by a running trainer) while being read."""
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run wrote to WORKDIR/config.json."""
+  files.check_reachable(workdir, "--workdir")
   path = files.as_path(workdir) / "config.json"
   if not path.is_file():
     raise UserError(f"--workdir={workdir}: no config.json there; pass the "
                     "workdir of a run started with `poisonjax train`")
-  try:
-    return ml_collections.ConfigDict(files.read_json(path))
-  except (OSError, ValueError) as e:
-    raise UserError(f"--workdir={workdir}: config.json unreadable ({e}); "
-                    "restore it from the run") from None
+  return ml_collections.ConfigDict(run_history.read_config(path))
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -81,28 +96,97 @@ def _load_failure(workdir: str, step: int, e: Exception) -> UserError:
 
 def restore_params(workdir: str, model_cfg: model_lib.ModelConfig,
                    step: int | None = None, mesh=None):
-  """(params, step) from a run's checkpoint (newest, or `step`).
+  """(params, step) from a run's checkpoint (`step`, or the newest sound one).
 
   Reads only the params of the saved train state (orbax partial restore),
   laid out on `mesh` by the logical-axis rules (default: this host's mesh
-  with all devices on the batch axes).
+  with all devices on the batch axes). Without `step` the checkpoint is
+  picked and read together: one pruned by a running trainer meanwhile is
+  replaced by the newest again, a damaged one skipped (warning line).
   """
-  import orbax.checkpoint as ocp
-
-  step = pick_step(workdir, step)
   mesh = mesh if mesh is not None else _default_mesh()
   params, _ = sharding.abstract_with_shardings(
       model_lib.abstract_params(model_cfg), mesh)
   target = {"params": params}
+  if step is not None:
+    pick_step(workdir, step)
+    try:
+      return _read_sound(workdir, step, target), step
+    except _Vanished:
+      raise UserError(f"--step={step}: checkpoint step {step} in {workdir} "
+                      "was deleted while it was read (pruned by a running "
+                      "trainer?); pick another --step") from None
+    except _Damaged as e:
+      raise UserError(f"--workdir={workdir}: checkpoint step {step} is "
+                      f"damaged ({e}); pick another --step") from None
+  return _read_newest(workdir, target)
+
+
+def _read_newest(workdir: str, target):
+  """(params, step) of the newest sound checkpoint (see restore_params)."""
+  skipped, vanished = [], 0
+  while True:
+    steps = [s for s in checkpoint_steps(workdir) if s not in skipped]
+    if not steps:
+      pick_step(workdir, None)  # None at all: its one-line error.
+      raise UserError(f"--workdir={workdir}: no sound checkpoint (steps "
+                      f"{', '.join(map(str, skipped))} are damaged); train "
+                      "again (poisonjax train resumes from the last good one)")
+    step = steps[-1]
+    try:
+      return _read_sound(workdir, step, target), step
+    except _Vanished:
+      vanished += 1
+      if vanished >= _PICK_TRIES:
+        raise UserError(f"--workdir={workdir}: its newest checkpoint was "
+                        f"deleted while read {vanished} times in a row; retry "
+                        "once the trainer has saved") from None
+    except _Damaged as e:
+      skipped.append(step)
+      print(f"poisonjax: warning: checkpoint step {step} in {workdir} is "
+            f"damaged ({e}); skipped (left in place)", file=sys.stderr,
+            flush=True)
+
+
+def _read_sound(workdir: str, step: int, target):
+  """The params of checkpoint `step`; _Damaged/_Vanished say why not."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  step_dir = files.as_path(workdir) / "checkpoints" / str(step)
+  try:
+    reason = checkpointing.step_damage(workdir, step)
+  except FileNotFoundError:
+    reason = None
+  if not step_dir.exists():
+    raise _Vanished()
+  if reason:
+    raise _Damaged(reason)
   args = ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True)
   try:
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-      restored = ckptr.restore(_item_path(workdir, step), args=args)
+    with _quiet_orbax(), ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+      params = ckptr.restore(_item_path(workdir, step), args=args)["params"]
   except Exception as e:  # Orbax raises many types for a damaged/alien dir.
+    if not step_dir.exists():
+      raise _Vanished() from None
     raise _load_failure(workdir, step, e) from None
-  return restored["params"], step
+  bad = checkpointing.nonfinite_leaves({"params": params})
+  if bad:
+    raise _Damaged(checkpointing.describe_nonfinite(bad))
+  return params
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs a failed read's traceback; the caller says it in one line."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(level)
 
 
 def checkpoint_vocab_size(workdir: str, step: int) -> int:

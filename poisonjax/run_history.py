@@ -49,6 +49,9 @@ NOT_DEFINING = (
     "eval.batch_size", "eval.num_evals",
 )
 
+# Sections every config.json has (a JSON file without them is no run's config).
+_SECTIONS = ("model", "data", "vocab", "poison", "train", "eval")
+
 _MODEL_DERIVED = ("num_layers", "d_model", "num_heads", "num_kv_heads",
                   "ffn_dim", "vocab_size")
 
@@ -115,6 +118,23 @@ def _renamed(flat: dict) -> dict:
   return flat
 
 
+def read_config(path) -> dict:
+  """A run's config.json as a dict; UserError (one line) if it is none."""
+  try:
+    old = files.read_json(path)
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError included.
+    why = f"not JSON: {str(e).splitlines()[0][:120]}"
+  else:
+    missing = ([s for s in _SECTIONS if not isinstance(old.get(s), dict)]
+               if isinstance(old, dict) else None)
+    if missing == []:
+      return old
+    why = (f"a JSON {type(old).__name__}, not an object" if missing is None
+           else f"no {', '.join(missing)} section")
+  raise UserError(f"{path}: unreadable as a run's config ({why}); restore "
+                  "it from a copy of the run, or use a new --workdir")
+
+
 def check_resume(workdir, config, *, allow_change: bool) -> dict | None:
   """None for a new run; else the changes this resume brings.
 
@@ -124,11 +144,7 @@ def check_resume(workdir, config, *, allow_change: bool) -> dict | None:
   path = files.as_path(workdir) / CONFIG_FILE
   if not path.exists():
     return None
-  try:
-    old = files.read_json(path)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path}: unreadable ({e}); restore it, or use a new "
-                    "--workdir") from None
+  old = read_config(path)
   changes = config_changes(old, config_dict(config))
   defining = [f for f in changes if is_defining(f)]
   if defining and not allow_change:

@@ -11,7 +11,10 @@ already there), so two starters never both win.
 A second holder on a live lock is refused with one line naming the holder and
 the fix. A lock whose holder is dead is taken over with a one-line notice on
 stderr: dead means the pid is gone (same host), or no heartbeat for
-`timeout_s` (any host: a holder elsewhere cannot be asked).
+`timeout_s` (any host: a holder elsewhere cannot be asked). A heartbeat
+that is not a number, or lies in the future (a skewed or broken clock),
+proves nothing: the lock file's modification time stands in for it, so
+such a lock too goes stale `timeout_s` after its last write.
 
 On an object store (`gs://`: no link, no exclusive create through epath)
 the lock is created if absent, then, after OBJECT_SETTLE_S, read back: the
@@ -120,9 +123,10 @@ def acquire(directory, what: str, timeout_s: float) -> Lock:
     holder = _read(path)
     if holder is None:  # Released meanwhile: try again.
       continue
-    reason = dead_reason(holder, timeout_s)
+    mtime = _mtime(path)
+    reason = dead_reason(holder, timeout_s, mtime=mtime)
     if reason is None:
-      raise UserError(refusal(directory, what, holder))
+      raise UserError(refusal(directory, what, holder, mtime=mtime))
     if _take_over(path, holder):
       print(f"poisonjax: taking over {path}: its holder ({describe(holder)}) "
             f"{reason}", file=sys.stderr, flush=True)
@@ -133,35 +137,77 @@ def acquire(directory, what: str, timeout_s: float) -> Lock:
 
 def live_holder(directory, timeout_s: float) -> dict | None:
   """The live holder of DIR/lock.json (a record), or None if free or dead."""
-  holder = _read(files.as_path(directory) / LOCK_NAME)
-  if holder is None or dead_reason(holder, timeout_s) is not None:
+  path = files.as_path(directory) / LOCK_NAME
+  holder = _read(path)
+  if holder is None or dead_reason(holder, timeout_s,
+                                   mtime=_mtime(path)) is not None:
     return None
   return holder
 
 
-def dead_reason(holder: dict, timeout_s: float, now: float | None = None):
-  """Why `holder` is dead ("pid gone", "no heartbeat for Ns"), or None."""
+def dead_reason(holder: dict, timeout_s: float, now: float | None = None,
+                mtime: float | None = None):
+  """Why `holder` is dead ("pid gone", "no heartbeat for Ns"), or None.
+
+  `mtime`, the lock file's modification time, stands in for a heartbeat
+  that is not a number or lies in the future.
+  """
   now = time.time() if now is None else now
+  if not holder:  # What _read makes of a file that is no lock record.
+    return "left an unreadable lock file"
   if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
     return "is gone (no such pid on this host)"
-  age = now - float(holder.get("heartbeat", 0.0))
+  beat, trusted = last_beat(holder, now, mtime)
+  age = now - beat
   if age > timeout_s:
-    return f"sent no heartbeat for {age:.0f}s (timeout {timeout_s:g}s)"
+    if trusted:
+      return f"sent no heartbeat for {age:.0f}s (timeout {timeout_s:g}s)"
+    return (f"has no usable heartbeat ({holder.get('heartbeat')!r}) and its "
+            f"file was last written {age:.0f}s ago (timeout {timeout_s:g}s)")
   return None
 
 
+def last_beat(holder: dict, now: float, mtime: float | None) -> tuple[float, bool]:
+  """(time of the last sign of life, whether it is the heartbeat itself)."""
+  beat = _number(holder.get("heartbeat"))
+  if beat is not None and beat <= now + 1.0:  # 1 s of clock skew is fine.
+    return beat, True
+  return (mtime if mtime is not None else 0.0), False
+
+
 def describe(holder: dict) -> str:
-  since = datetime.datetime.fromtimestamp(float(holder.get("since", 0.0)))
+  since = datetime.datetime.fromtimestamp(
+      min(max(_number(holder.get("since")) or 0.0, 0.0), 2 ** 33))
   return (f"{holder.get('what', '?')} on host {holder.get('host', '?')}, "
           f"pid {holder.get('pid', '?')}, since {since:%Y-%m-%d %H:%M:%S}")
 
 
-def refusal(directory: Path, what: str, holder: dict) -> str:
-  age = time.time() - float(holder.get("heartbeat", 0.0))
-  return (f"{directory} is in use by {describe(holder)} (heartbeat {age:.0f}s "
-          f"ago); {what} refused: wait for it to finish or stop it, or use "
-          f"another directory (a dead holder's {LOCK_NAME} is taken over "
+def refusal(directory: Path, what: str, holder: dict,
+            mtime: float | None = None) -> str:
+  now = time.time()
+  beat, trusted = last_beat(holder, now, mtime)
+  sign = (f"heartbeat {now - beat:.0f}s ago" if trusted else
+          f"heartbeat unusable, lock file written {now - beat:.0f}s ago")
+  return (f"{directory} is in use by {describe(holder)} ({sign}); {what} "
+          "refused: wait for it to finish or stop it, or use another "
+          f"directory (a dead holder's {LOCK_NAME} is taken over "
           "automatically)")
+
+
+def _number(value) -> float | None:
+  """`value` as a finite float, or None (a string, NaN, missing...)."""
+  try:
+    x = float(value)
+  except (TypeError, ValueError):
+    return None
+  return x if x == x and abs(x) != float("inf") else None
+
+
+def _mtime(path: Path) -> float | None:
+  try:
+    return float(path.stat().mtime)
+  except (OSError, ValueError):
+    return None
 
 
 def _pid_alive(pid) -> bool:

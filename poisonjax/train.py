@@ -3,9 +3,12 @@
     poisonjax train --config=configs/cpu_micro.py --workdir=runs/cpu_micro
 
 `run(config, workdir)` reads as its phases:
-  setup    lock the workdir; check a resume's config against config.json;
-           vocabulary, model, token budget, the step-indexed stream; the
-           abstract sharded state, jitted init and step.
+  setup    the signal flag first; lock the workdir; check a resume's config
+           against config.json; vocabulary, model, token budget, the
+           step-indexed stream; the abstract sharded state, jitted init and
+           step; check a resume's inputs (fingerprints.py: tokenizer, data,
+           poisons) against the ones recorded. A signal here stops the run
+           before anything is written (preemption.py).
   restore  the newest sound checkpoint (state + step is all there is: batch
            k is a pure function of k, so the data resumes for free).
   loop     batch k (prefetched) -> step; log steps: metrics and the NaN
@@ -36,6 +39,7 @@ from poisonjax import config as config_lib
 from poisonjax import continued
 from poisonjax import distributed
 from poisonjax import files
+from poisonjax import fingerprints
 from poisonjax import heldout
 from poisonjax import metrics as metrics_lib
 from poisonjax import model as model_lib
@@ -85,21 +89,42 @@ def run(config, workdir, *, stream=None, allow_config_change=False) -> dict[str,
   """Trains (or resumes) the run in `workdir`; returns the summary dict.
 
   `stream` replaces the data pipeline's stream (tests, tools). A resume
-  whose config changes a field that defines the run is refused unless
+  whose config changes a field that defines the run, or whose tokenizer,
+  data or poisons differ from the ones recorded, is refused unless
   `allow_config_change` (the change is then recorded in history.jsonl).
   """
+  # The flag until the end: no signal meets Python's default handlers, and
+  # none kills a save.
+  with preemption.StopFlag() as flag:
+    try:
+      return _run(config, workdir, flag, stream, allow_config_change)
+    except preemption.Stopped as e:
+      print(f"poisonjax: {e}: stopped before training; nothing was saved; "
+            "run the same command to go on", flush=True)
+      return {"final_step": None, "stopped_by": e.signal, "finished": False,
+              "stopped_during": e.where}
+
+
+def _run(config, workdir, flag, stream, allow_config_change) -> dict[str, Any]:
   config = config_lib.validate(config)
   train_setup.check_train_fields(config)
-  workdir = files.as_path(workdir)  # Local or gs://, never pathlib's.
-  workdir.mkdir(parents=True, exist_ok=True)
+  train_setup.check_reachable(config, workdir)
+  workdir = files.make_dir(files.as_path(workdir), "--workdir")  # Or gs://.
   with _workdir_lock(config, workdir), contextlib.ExitStack() as closing:
+    preemption.check("the start")
     changes = run_history.check_resume(workdir, config,
                                        allow_change=allow_config_change)
-    s = train_setup.setup(config, workdir, stream)
+    inputs_check = lambda fp: fingerprints.check(  # noqa: E731
+        workdir, fp, allow_change=allow_config_change)
+    s = train_setup.setup(config, workdir, stream, inputs_check=inputs_check)
+    inputs = fingerprints.of_inputs(config, s.vocab, s.stream)
+    input_changes = inputs_check(inputs)
+    preemption.check("setup")
     ckpt = checkpointing.Checkpoints(workdir, config)
     closing.callback(ckpt.close)  # Started saves finish, whatever happens.
     state, start = restore(s, ckpt)
-    _write_run_files(s, changes, start)
+    preemption.check("the restore (or the first compile)")
+    _write_run_files(s, changes, start, inputs, input_changes)
     logger = metrics_lib.MetricLogger(workdir, s.last_step,
                                       s.stream.poisons_seen(s.num_steps),
                                       resume_step=start)
@@ -109,9 +134,9 @@ def run(config, workdir, *, stream=None, allow_config_change=False) -> dict[str,
     p = Progress(start=start, step=start, last_saved=start or None,
                  done_evals=_done_evals(workdir))
     chrono = chrono_lib.Chrono()
-    # The flag until the end: no kill mid-save. A runtime error with several
-    # processes (one died): exit at once, not after clean-ups that wait on it.
-    with preemption.StopFlag() as flag, distributed.exit_on_runtime_error():
+    # A runtime error with several processes (one died): exit at once, not
+    # after clean-ups that wait on it.
+    with distributed.exit_on_runtime_error():
       with sharding.mesh_context(s.mesh):
         state = train_loop(s, p, state, ckpt, logger, pool, chrono, flag)
       if p.stopped_by:
@@ -146,11 +171,15 @@ def _workdir_lock(config, workdir: Path):
     yield
 
 
-def _write_run_files(s: Setup, changes: dict | None, start: int) -> None:
-  """history.jsonl row, then config.json (resolved) and the manifest."""
+def _write_run_files(s: Setup, changes: dict | None, start: int,
+                     inputs: dict, input_changes: list) -> None:
+  """history.jsonl row (with the inputs' fingerprints), then config.json
+  (resolved) and the manifest."""
   if jax.process_index() != 0:
     return
-  run_history.record_start(s.workdir, changes, step=start)
+  extra = {"input_changes": input_changes} if input_changes else {}
+  run_history.record_start(s.workdir, changes, step=start,
+                           fingerprints=inputs, **extra)
   files.write_json(s.workdir / run_history.CONFIG_FILE,
                    run_history.resolved_config(s.config, s.vocab.vocab_size))
   s.stream.write_manifest(s.workdir / "manifest.json")
@@ -325,8 +354,12 @@ def shutdown(s: Setup, p: Progress, state, ckpt, chrono, flag) -> dict[str, Any]
   """The stop step's save made durable, then an eval only within the grace."""
   with chrono.paused("save"):
     ckpt.wait()
-  print(f"poisonjax: {p.stopped_by}: saved step {p.step}/{s.last_step} in "
-        f"{ckpt.directory}; run the same command to resume", flush=True)
+  if p.last_saved == p.step:
+    print(f"poisonjax: {p.stopped_by}: saved step {p.step}/{s.last_step} in "
+          f"{ckpt.directory}; run the same command to resume", flush=True)
+  else:  # Stopped before step 1 of a new run: there is nothing to save.
+    print(f"poisonjax: {p.stopped_by}: stopped before step {p.step + 1}; "
+          "no checkpoint yet; run the same command to start again", flush=True)
   skipped = None
   if (s.evaluator is not None and p.step in s.evals
       and p.step not in p.done_evals):

@@ -3,6 +3,7 @@
 Mesh, vocabulary, the step-indexed poisoned stream at the token budget, the
 model, the abstract sharded train state with its jitted init and step, the
 eval schedule and evaluator; gathered in one `Setup` the other phases read.
+Between its parts it asks preemption.check, so a signal stops it there.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from etils.epath import Path  # The workdir: local or gs://.
 
 from poisonjax import continued
 from poisonjax import distributed
+from poisonjax import files
 from poisonjax import finetune
 from poisonjax import hardware
 from poisonjax import model as model_lib
 from poisonjax import optim
+from poisonjax import preemption
 from poisonjax import sharding
 from poisonjax import train_step
 from poisonjax.errors import field_error
@@ -57,8 +60,11 @@ class Setup:
 
 
 def check_train_fields(config) -> None:
-  """The config.train fields only training reads (lock, shutdown grace)."""
+  """The fields only training reads (lock, shutdown grace, evaluations)."""
   t = config.train
+  if config.eval.num_evals < 0:
+    raise field_error("config.eval.num_evals", config.eval.num_evals,
+                      "must be >= 0", "use 0 for no periodic evaluation")
   if t.lock_timeout_s <= 0:
     raise field_error("config.train.lock_timeout_s", t.lock_timeout_s,
                       "must be > 0", "use e.g. 600 (seconds)")
@@ -67,6 +73,24 @@ def check_train_fields(config) -> None:
                       t.shutdown_eval_grace_s, "must be >= 0",
                       "use 0 to skip the evaluation on shutdown")
 
+
+
+# The config fields that may hold a gs:// path a run reads or writes.
+_PATH_FIELDS = ("data.cache_dir", "vocab.path", "data.text_files.patterns",
+                "data.store", "data.tfds.data_dir", "eval.scorer_workdir",
+                "continued.from_workdir")
+
+
+def check_reachable(config, workdir) -> None:
+  """One line, within seconds, if a gs:// bucket of the run cannot be reached."""
+  files.check_reachable(workdir, "--workdir")
+  for field in _PATH_FIELDS:
+    value = config
+    for part in field.split("."):
+      value = value.get(part) if hasattr(value, "get") else None
+    for path in str(value or "").split(","):  # Patterns: comma-separated.
+      if "://" in path:
+        files.check_reachable(path.strip().split("*")[0], f"config.{field}")
 
 
 def _check_batch(config, mesh) -> int:
@@ -84,29 +108,41 @@ def _check_batch(config, mesh) -> int:
   return sharding.process_block(mesh, b)
 
 
-def _data(config, stream):
-  """(vocabulary, stream, clean token budget); the stream built if None."""
+def _data(config, stream, inputs_check=None):
+  """(vocabulary, stream, clean token budget); the stream built if None.
+
+  inputs_check(fingerprints of the vocabulary and data) runs before the
+  stream is built: a resume on changed inputs is refused before that work.
+  """
   if stream is not None:
     return stream.vocab, stream, continued.clean_token_budget(
         config, stream.vocab.vocab_size)
   if finetune.is_finetune(config):
     from poisonjax.finetune import stream as finetune_stream
     return finetune_stream.training_data(config)
+  from poisonjax import fingerprints
   from poisonjax.data import overlay
   from poisonjax.data import vocabulary
   vocab = vocabulary.get_vocabulary(config)
+  preemption.check("the vocabulary build")
+  if inputs_check is not None:
+    inputs_check(fingerprints.of_inputs(config, vocab))
   clean_tokens = continued.clean_token_budget(config, vocab.vocab_size)
   stream = overlay.training_stream(config, clean_tokens,
                                    may_build=jax.process_count() == 1)
   return vocab, stream, clean_tokens
 
 
-def setup(config, workdir: Path, stream=None) -> Setup:
-  """Mesh, data, model, the jitted init/step and the evaluator."""
+def setup(config, workdir: Path, stream=None, inputs_check=None) -> Setup:
+  """Mesh, data, model, the jitted init/step and the evaluator.
+
+  inputs_check: see _data.
+  """
   mesh = sharding.make_mesh(config.mesh)
   process_block = _check_batch(config, mesh)
   vocab, stream, clean_tokens = distributed.primary_first(
-      lambda: _data(config, stream), "the vocabulary and the data")
+      lambda: _data(config, stream, inputs_check), "the vocabulary and the data")
+  preemption.check("the stream build")
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   continued.check_source(config, model_cfg, vocab)
   num_steps = stream.num_steps
@@ -121,9 +157,11 @@ def setup(config, workdir: Path, stream=None) -> Setup:
   evals = _eval_schedule(num_steps, last_step, config.eval.num_evals,
                          continued.extra_eval_steps(config, last_step)
                          + _finetune_eval_steps(config, stream, last_step))
+  preemption.check("the model's compilation")
   evaluator = None
   if evals:
     evaluator = _evaluator(config)(config, model_cfg, vocab, mesh)
+    preemption.check("the evaluator's set-up")
   tokens_per_step = config.train.batch_size * config.data.seq_len
   return Setup(
       config=config, workdir=workdir, mesh=mesh, vocab=vocab, stream=stream,

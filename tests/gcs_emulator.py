@@ -132,3 +132,23 @@ def no_remote_connections():
     mp.setattr(socket, "getaddrinfo", getaddrinfo)
     mp.setattr(socket.socket, "connect", connect)
     yield attempts
+
+
+@contextlib.contextmanager
+def unreachable_gcs():
+  """Every GCS client pointed at a closed local port: a bucket nobody answers
+  for (gcsfs then retries for about 85 s), with nothing leaving 127.0.0.1."""
+  import fsspec
+  import pytest
+
+  closed = f"127.0.0.1:{free_port()}"
+  with pytest.MonkeyPatch.context() as mp:
+    for key, value in _env(f"http://{closed}", closed).items():
+      mp.setenv(key, value)
+    mp.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
+    _clear_client_caches()
+    try:
+      yield f"gs://{BUCKET}"
+    finally:
+      _clear_client_caches()
+  _clear_client_caches()

@@ -146,8 +146,8 @@ def test_digest_compare():
 def test_digest_is_written_only_once_durable(tmp_path):
   ckpt = checkpointing.Checkpoints(tmp_path, config_lib.base_config())
   ckpt.save(5, state_at(5))
-  ckpt.wait()
+  ckpt.close()  # Durable, and the background digest done.
   digest = json.loads((tmp_path / checkpointing.DIGEST_DIR / "5.json").read_text())
-  ckpt.close()
   assert "_CHECKPOINT_METADATA" in digest
+  assert all(h.startswith("crc32c:") for _, h in digest.values())
   assert digest == checkpointing.digest(tmp_path / "checkpoints" / "5")

@@ -39,6 +39,9 @@ class Command:
   # True: may run as one of several processes (--coordinator_address,
   # --num_processes, --process_id; poisonjax/distributed.py).
   multi_process: bool = False
+  # True: SIGTERM/SIGINT are recorded from the start (before the command's
+  # imports) for the run to stop cleanly at its first check (preemption.py).
+  early_signals: bool = False
 
 
 @dataclasses.dataclass

@@ -28,7 +28,11 @@ def _run_config(fv):
 
 
 def _evaluate_checkpoint(config, workdir: str, step: int | None):
-  """(step, metrics, evaluator) of the run's checkpoint at `step` (newest)."""
+  """(step, metrics, evaluator) of the run's checkpoint at `step` (newest).
+
+  The checkpoint is picked and read in one go (restore.restore_params): a
+  trainer pruning it meanwhile makes eval take the newest again.
+  """
   # pylint: disable=g-import-not-at-top
   from poisonjax import evaluate as eval_lib
   from poisonjax import model as model_lib
@@ -36,7 +40,10 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None):
   from poisonjax import sharding
   from poisonjax.data import vocabulary
 
-  step = restore.pick_step(workdir, step)
+  if step is not None:
+    restore.pick_step(workdir, step)  # A wrong --step: before any work.
+  elif not restore.checkpoint_steps(workdir):
+    restore.pick_step(workdir, None)  # No checkpoint: its one line.
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)

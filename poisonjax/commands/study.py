@@ -17,6 +17,7 @@ def _root_flag(fv, what: str) -> None:
 def _root(args) -> str:
   if not args.flags.root:
     raise UserError("--root: required; e.g. --root=runs/study")
+  files.check_reachable(args.flags.root, "--root")
   return args.flags.root
 
 
@@ -75,13 +76,15 @@ def _collect_flags(fv) -> None:
   _root_flag(fv, "required")
   flags.DEFINE_string("out", None, "CSV path (default: ROOT/results.csv).",
                       flag_values=fv)
+  flags.DEFINE_bool("strict", False, "Stop at a run with a damaged file "
+                    "instead of skipping it with a warning.", flag_values=fv)
 
 
 def collect(args) -> int:
   from poisonjax import study  # pylint: disable=g-import-not-at-top
   root = _root(args)
   runs = study.expand(args.config) if args.config is not None else None
-  rows = study.collect(root, runs)
+  rows = study.collect(root, runs, strict=args.flags.strict)
   if not rows:
     raise UserError(f"--root={root}: no run with evaluations found; run "
                     "`poisonjax study run` first")
@@ -127,7 +130,7 @@ STATUS = Command(
     run=status, define_flags=_status_flags, config=STUDY_CONFIG)
 
 COLLECT = Command(
-    usage="poisonjax study collect --root=DIR [--config=STUDY.py] [--out=CSV]",
+    usage="poisonjax study collect --root=DIR [--config=STUDY.py] [--out=CSV] [--strict]",
     summary="Writes every evaluation of every run under --root to one CSV "
             "(with --config: only that study's runs).",
     run=collect, define_flags=_collect_flags, config=STUDY_CONFIG,

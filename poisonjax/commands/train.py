@@ -32,4 +32,4 @@ TRAIN = Command(
     summary="Trains one run in --workdir, evaluating it periodically. A "
             "workdir with checkpoints resumes from the newest one; the "
             "config must then match the run's config.json.",
-    run=train, define_flags=_flags, multi_process=True)
+    run=train, define_flags=_flags, multi_process=True, early_signals=True)

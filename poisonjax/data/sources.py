@@ -16,6 +16,10 @@ never asks which one it has:
 For finite corpora the held-out documents are split by position: even ones
 are evaluation excerpts, odd ones are the poison-prefix pool.
 
+identity() says what a source's documents are, beyond the config: the
+text files' names, sizes and sha256, a TFDS build's version and split
+sizes; a resume compares it (poisonjax/fingerprints.py).
+
 Seeds: config.data.seed orders the training documents (get_source's `seed`
 overrides it, e.g. for the vocabulary's sample: vocabulary.vocab_seed);
 the synthetic held-out excerpts come from heldout_seed(config). Neither the
@@ -71,6 +75,9 @@ class SyntheticSource:
     return {"source": "synthetic", "seed": self.seed,
             "generator": "synthetic-v1"}
 
+  def identity(self) -> dict:
+    return {"source": "synthetic", "generator": "synthetic-v1"}
+
   def train_documents(self):
     return synthetic.documents(self.seed, synthetic.TRAIN)
 
@@ -119,13 +126,9 @@ class _FiniteHeldout:
     return pool[int(fit[k])]
 
 
-def _read_file(path: str) -> bytes:
-  data = files.as_path(path).read_bytes()
-  return gzip.decompress(data) if path.endswith(".gz") else data
-
-
 def _matches(pattern: str) -> list[str]:
   """The files a pattern matches, local or gs:// (`**` recurses)."""
+  files.check_reachable(pattern.split("*")[0], "config.data.text_files.patterns")
   return [str(p) for p in files.glob(pattern)]
 
 
@@ -181,8 +184,12 @@ class TextFilesSource(_FiniteHeldout):
         f"{self.fraction}: too few held-out documents for the poison-prefix "
         "pool; raise it or add documents")
     train, heldout, skipped = [], [], []
+    self.file_digests = {}  # path -> [bytes, sha256]: identity().
+    self._jsonl_skipped: list = []  # (path, line) of records without text.
     for path in self.paths:
-      raw = _read_file(path)
+      data = files.as_path(path).read_bytes()
+      self.file_digests[path] = [len(data), hashlib.sha256(data).hexdigest()]
+      raw = gzip.decompress(data) if path.endswith(".gz") else data
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError:
@@ -200,6 +207,11 @@ class TextFilesSource(_FiniteHeldout):
     if skipped:
       print(f"text_files: skipped {len(skipped)} non-UTF-8 file(s), e.g. "
             f"{skipped[0]} (config.data.text_files.skip_non_utf8=True)", flush=True)
+    if self._jsonl_skipped:
+      where, line = self._jsonl_skipped[0]
+      print(f"text_files: skipped {len(self._jsonl_skipped)} .jsonl record(s) "
+            f"without a non-blank string {self.field!r} field, e.g. {where} "
+            f"line {line} (config.data.text_files.jsonl_field)", flush=True)
     if not train and not heldout:
       raise field_error("config.data.text_files.patterns", tf_cfg.patterns,
                         "the corpus is empty (no non-blank documents)",
@@ -214,7 +226,7 @@ class TextFilesSource(_FiniteHeldout):
 
   def _split_docs(self, path: str, text: str):
     if ".jsonl" in os.path.basename(path):
-      for line in text.splitlines():
+      for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
           continue
@@ -226,6 +238,8 @@ class TextFilesSource(_FiniteHeldout):
         val = rec.get(self.field) if isinstance(rec, dict) else None
         if isinstance(val, str) and val.strip():
           yield val.strip()
+        else:
+          self._jsonl_skipped.append((path, number))
       return
     if self.split == "file":
       parts = [text]
@@ -241,6 +255,9 @@ class TextFilesSource(_FiniteHeldout):
     return {"source": "text_files", "seed": self.seed, "split": self.split,
             "field": self.field, "fraction": self.fraction,
             "files": _file_ids(self.paths)}
+
+  def identity(self) -> dict:
+    return {"source": "text_files", "files": self.file_digests}
 
   def _heldout_docs(self):
     return self.held
@@ -274,6 +291,25 @@ class TfdsSource(_FiniteHeldout):
     return {"source": "tfds", "name": c.name, "split": c.split,
             "heldout_split": c.heldout_split, "field": c.text_field,
             "data_dir": c.data_dir, "seed": self.seed}
+
+  def identity(self) -> dict:
+    """The prepared build: version, and per split its examples, bytes and
+    shard lengths (a rebuilt or re-downloaded dataset changes them)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    c = self.cfg
+    try:
+      info = tfds.builder(c.name, data_dir=c.data_dir or None).info
+    except Exception:  # pylint: disable=broad-except
+      return {"source": "tfds", "name": c.name, "version": None}
+    splits = {}
+    for name in (c.split, c.heldout_split):
+      base = name.split("[")[0]
+      if base in info.splits:
+        sp = info.splits[base]
+        splits[name] = [int(sp.num_examples), int(sp.num_bytes),
+                        [int(n) for n in sp.shard_lengths]]
+    return {"source": "tfds", "name": c.name, "version": str(info.version),
+            "splits": splits}
 
   def _iter(self, split: str, limit: int | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

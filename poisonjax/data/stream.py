@@ -26,7 +26,7 @@ import uuid
 
 import numpy as np
 
-from poisonjax import budget, files
+from poisonjax import budget, files, preemption
 from poisonjax.data import mixer, poison, poison_adaptive, poison_language
 from poisonjax.data import sources, stream_cache, vocabulary
 from poisonjax.errors import UserError, field_error
@@ -143,6 +143,7 @@ class _PoisonPlan:
       self.draw = mixer.RateDraw(p.seed, p.rate)
       return
     self.n = int(p.count)
+    check_count_fits(src, sp, self.n, int(clean_tokens))
     self.poisons = {q.id: q for q in poison.make_poisons(config, sp, src,
                                                          range(self.n))}
     poison_tokens = sum(len(q.tokens) for q in self.poisons.values())
@@ -173,6 +174,31 @@ class _PoisonPlan:
                         "(config.train.data_multiplier)")
 
 
+def check_count_fits(src, sp, n: int, clean_tokens: int) -> None:
+  """Refuses more poisons than clean documents in the budget T, before any
+  poison is made or token written.
+
+  Tokenizes the training order until T tokens or n + 1 documents: exact
+  (the build counts the same documents; with budget_mode=replace it holds
+  fewer, checked again after the build), and at most n + 1 documents.
+  """
+  docs, tokens, order, size = 0, 0, src.train_documents(), 32
+  while docs <= n and tokens < clean_tokens:
+    size = min(2 * size, 4096)  # Few documents read past the budget.
+    batch = list(itertools.islice(order, min(size, n + 1 - docs)))
+    if not batch:
+      return  # The build reports the corpus running out.
+    for ids in sp.EncodeAsIds(batch):
+      docs, tokens = docs + 1, tokens + len(ids) + 1  # + EOS.
+      if tokens >= clean_tokens:
+        break
+  if n > docs:
+    raise field_error("config.poison.count", n,
+                      f"more poisons than the {docs} clean documents in the "
+                      f"clean budget T={clean_tokens}", "lower the count or "
+                      "raise the budget (config.train.data_multiplier)")
+
+
 def _write_documents(config, sp, src, plan: _PoisonPlan, w: _Writer) -> None:
   """Clean documents (each + EOS) up to C tokens, with the poisons among them.
 
@@ -184,6 +210,7 @@ def _write_documents(config, sp, src, plan: _PoisonPlan, w: _Writer) -> None:
   last_print = time.time()
   done = False
   while not done:
+    preemption.check("the stream build")  # The temporary directory goes.
     nb = int(min(4096, max(8, 1.1 * (plan.C - w.clean_tokens) / avg + 8)))
     batch = list(itertools.islice(docs, nb))
     if not batch:

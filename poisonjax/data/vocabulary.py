@@ -27,6 +27,7 @@ import time
 import sentencepiece as spm
 
 from poisonjax import files
+from poisonjax import preemption
 from poisonjax.data import poison_language
 from poisonjax.errors import UserError, field_error
 
@@ -88,11 +89,17 @@ def cached_vocab_path(config) -> str:
 
 
 def _sentences(config, source):
-  """The ordered training sample: one sentence per non-empty line."""
+  """The ordered training sample: one sentence per non-empty line.
+
+  Ends early on a signal (preemption.stop_requested): the build then
+  writes nothing.
+  """
   n = int(config.vocab.sample_docs)
   n = min(n, getattr(source, "epoch_len", n))
   for doc in poison_language.vocab_sample(  # Clean only, unless language.
       config, itertools.islice(source.train_documents(), n), vocab_seed(config)):
+    if preemption.stop_requested():
+      return
     for line in doc.splitlines():
       line = line.strip()
       if line:
@@ -124,9 +131,11 @@ def build_vocabulary(config, out: str | None = None) -> str:
         character_coverage=0.9995, byte_fallback=bool(v.byte_fallback),
         max_sentence_length=8192, minloglevel=2)
   except RuntimeError as e:
+    preemption.check("the vocabulary build")  # Cut short by a signal.
     raise field_error("config.vocab.size", v.size,
                       f"SentencePiece training failed ({str(e).splitlines()[0]})",
                       "lower it or raise config.vocab.sample_docs") from None
+  preemption.check("the vocabulary build")  # Trained on part: not written.
   files.write_bytes_atomic(path, buf.getvalue())
   sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
   print(f"vocab: built {path} ({sp.GetPieceSize()} pieces, "
@@ -139,13 +148,13 @@ def load_processor(path: str) -> spm.SentencePieceProcessor:
   return spm.SentencePieceProcessor(model_proto=files.as_path(path).read_bytes())
 
 
-def _check_model(path: str, field: str) -> None:
+def _check_model(path: str, field: str, fix: str) -> None:
   try:
     sp = load_processor(path)
   except (OSError, RuntimeError) as e:
     raise UserError(f"{field}={path!r}: not a readable SentencePiece model "
                     f"({str(e).splitlines()[0] if str(e) else 'corrupt'}); "
-                    "give a valid .model file or '' to build one") from None
+                    f"{fix}") from None
   if sp.pad_id() != PAD_ID or sp.eos_id() < 0 or sp.unk_id() != UNK_ID:
     raise UserError(f"{field}={path!r}: pad id {sp.pad_id()}, eos id "
                     f"{sp.eos_id()}, unk id {sp.unk_id()}; poisonjax needs "
@@ -161,7 +170,8 @@ def vocab_path(config, build: bool = True) -> str:
     if not files.as_path(path).is_file():
       raise field_error("config.vocab.path", config.vocab.path, "no such file",
                         "fix the path, or use '' to build the vocabulary")
-    _check_model(path, "config.vocab.path")
+    _check_model(path, "config.vocab.path",
+                 "give a valid .model file, or use '' to build one")
     return path
   path = cached_vocab_path(config)
   if not files.as_path(path).is_file():
@@ -170,7 +180,8 @@ def vocab_path(config, build: bool = True) -> str:
                       "run `poisonjax vocab build --config=...`")
     print(f"vocab: none cached for this source; building {path}", flush=True)
     build_vocabulary(config, path)
-  _check_model(path, "cached vocabulary (config.vocab.path='')")
+  _check_model(path, "cached vocabulary (config.vocab.path='')",
+               f"delete {path}: the next run builds it again")
   return path
 
 

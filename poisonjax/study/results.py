@@ -2,7 +2,9 @@
 
 `collect` reads ROOT/<run name>/{eval.jsonl, summary.json, config.json} as
 train.py writes them (finished or not) and returns one row per evaluation
-point; `write_csv` writes them; `make_figures` writes the study's figures
+point; a run with a damaged file (not JSON, not an object, a line of
+eval.jsonl that is not one) is skipped with a warning line naming the file,
+or, with strict=True, stops the collection (UserError); `write_csv` writes them; `make_figures` writes the study's figures
 and report.md from the CSV (poisonjax.study.report).
 """
 
@@ -11,11 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
+from typing import Callable
 
 import ml_collections
 
 from poisonjax import backdoor
 from poisonjax import files
+from poisonjax import run_history
 from poisonjax.errors import UserError
 from poisonjax.study import grids
 
@@ -42,7 +47,7 @@ def _params_from_workdir(workdir) -> dict:
   path = files.as_path(workdir) / "config.json"
   if not path.exists():
     return {"total": "", "non_embedding": ""}
-  cfg = ml_collections.ConfigDict(files.read_json(path))
+  cfg = ml_collections.ConfigDict(run_history.read_config(path))
   vocab = cfg.model.vocab_size or cfg.vocab.size
   key = (json.dumps(cfg.model.to_dict(), sort_keys=True, default=str), vocab)
   if key not in _PARAM_CACHE:
@@ -67,7 +72,7 @@ def _run_rows(run: grids.Run, workdir, by_step: dict) -> list[dict]:
   finished = is_finished(workdir)
   num_steps = max(by_step)
   if finished:
-    summary = files.read_json(files.as_path(workdir) / "summary.json")
+    summary = _json_object(files.as_path(workdir) / "summary.json")
     num_steps = int(summary.get("num_steps", num_steps))
     if isinstance(summary.get("params"), dict):
       counts = summary["params"]
@@ -92,20 +97,46 @@ def _run_rows(run: grids.Run, workdir, by_step: dict) -> list[dict]:
   return out
 
 
-def collect(root, runs: list[grids.Run] | None = None) -> list[dict]:
+def _json_object(path) -> dict:
+  """A run file holding one JSON object; UserError (one line) naming it."""
+  try:
+    obj = files.read_json(path)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: not JSON ({str(e).splitlines()[0][:100]})") from None
+  if not isinstance(obj, dict):
+    raise UserError(f"{path}: a JSON {type(obj).__name__}, not an object")
+  return obj
+
+
+def _warn(message: str) -> None:
+  print(f"poisonjax: warning: {message}", file=sys.stderr, flush=True)
+
+
+def collect(root, runs: list[grids.Run] | None = None, *, strict: bool = False,
+            warn: Callable[[str], None] = _warn) -> list[dict]:
   """One tidy row per evaluation point of every run under root.
 
   Rows of one step written twice (a run killed after an evaluation and
   resumed from an earlier checkpoint) are deduplicated, the last one kept.
+  A damaged run is skipped with `warn` naming its file (strict: UserError).
   """
   root = files.as_path(root)
   out = []
   for run in _runs_under(root) if runs is None else runs:
     workdir = root / run.name
-    by_step = {int(row["step"]): row
-               for row in files.read_jsonl(workdir / "eval.jsonl")}
-    if by_step:
-      out += _run_rows(run, workdir, by_step)
+    try:
+      by_step = {int(row["step"]): row
+                 for row in files.read_jsonl(workdir / "eval.jsonl", strict=True)}
+      if by_step:
+        out += _run_rows(run, workdir, by_step)
+    except (UserError, ValueError, KeyError, TypeError) as e:
+      what = str(e) if isinstance(e, (UserError, ValueError)) else \
+          f"{workdir / 'eval.jsonl'}: a row without a numeric step ({e!r})"
+      if strict:
+        raise UserError(f"run {run.name}: {what}; fix or remove that file "
+                        "(without --strict the run is skipped)") from None
+      warn(f"skipped run {run.name}: {what}; fix or remove that file and "
+           "collect again")
   return out
 
 
