@@ -80,14 +80,15 @@ def test_bounds_when_the_data_do_not_pin_n50_down():
 
 
 def _synthetic_runs(rng, driver: str, sizes=(1e5, 3e5, 1e6, 3e6),
-                    mults=(0.5, 1.0, 2.0, 4.0, 8.0)) -> analysis.Runs:
+                    mults=(0.5, 1.0, 2.0, 4.0, 8.0), n_seeds: int = 2) -> analysis.Runs:
   """Sizes x data amounts x counts x seeds; the log increase follows count or
-  share (the poison documents' share of the tokens seen) plus noise."""
+  share (the poison documents' share of the tokens seen) plus noise. The
+  bootstraps resample seeds, so an interval needs several of them."""
   rows = []
   for params in sizes:
     for mult in mults:
       for n in (5, 15, 50, 150):
-        for seed in range(2):
+        for seed in range(n_seeds):
           tokens = 20 * params * mult
           x = n if driver == "count" else n / tokens * 1e6
           inc = math.exp(1.2 * math.log(x) - (0.5 if driver == "count" else -1.0)
@@ -102,8 +103,9 @@ def _synthetic_runs(rng, driver: str, sizes=(1e5, 3e5, 1e6, 3e6),
 
 @pytest.mark.parametrize("driver", ["count", "share"])
 def test_model_comparison_picks_the_generating_predictor(driver):
-  runs = _synthetic_runs(np.random.default_rng(7), driver)
+  runs = _synthetic_runs(np.random.default_rng(7), driver, n_seeds=8)
   c = analysis_compare.compare(runs, threshold=50.0, n_boot=100, seed=0)
+  assert c["n_clusters"] == 8
   assert c["fitted"] and c["contrast_sd"] > 0.5
   for resp in analysis_compare.RESPONSES:
     r = c["responses"][resp]

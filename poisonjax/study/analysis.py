@@ -1,20 +1,29 @@
-"""The poison threshold N50 with its bootstrap interval, from a study's runs.
+"""The poison threshold N50 with its intervals, from a study's runs.
 
 For each model size and data amount, P(success | N) = expit(b0 + b1 log N)
-is fitted by maximum likelihood over every finished run and seed (success:
-final increase > SUCCESS_INCREASE), and N50 = exp(-b0 / b1) is the count at
-50% success. Where the data do not pin N50 down, the answer is a bound, not
-a number: no success -> "> max N"; every run a success, or a fit crossing
-50% below the smallest count -> "< min N"; crossing above the largest ->
-"> max N"; failures and successes separated perfectly (the likelihood rises
-without end as the slope grows) -> "between the largest failing and the
-smallest succeeding count".
+is fitted over every finished run and seed (success: final increase >
+SUCCESS_INCREASE), and N50 = exp(-b0 / b1) is the count at 50% success.
 
-The 95% interval resamples runs with replacement within the group (seeded),
-refits, and takes the 2.5% quantile of the resamples' lower ends and the
-97.5% quantile of their upper ends (a resample whose answer is a bound
-contributes the bound's ends), so bounds widen the interval instead of
-being replaced by a made-up number. Count vs share is in analysis_compare.
+Two estimates, side by side:
+  bracket  maximum likelihood. Where the data do not pin N50 down the answer
+           is a bound, not a number: no success -> "> max N"; every run a
+           success, or a fit crossing 50% below the smallest count -> "< min
+           N"; crossing above the largest -> "> max N"; failures and
+           successes separated (the likelihood rises without end as the
+           slope grows) -> "between the largest failing and the smallest
+           succeeding count".
+  Firth    the penalised fit (analysis_firth), finite even under
+           separation, with its profile penalised-likelihood 95% interval
+           for log N50 (the constraint b0 = -b1 log N50, b1 profiled out).
+
+The bracket's 95% interval is a bootstrap that resamples SEEDS as clusters
+(cluster_resample: a seed fixes the poison contents and places and the data
+order in every cell, so its runs are not independent draws), refits, and
+takes the 2.5% quantile of the resamples' lower ends and the 97.5% quantile
+of their upper ends (a resample whose answer is a bound contributes the
+bound's ends), so bounds widen the interval instead of being replaced by a
+made-up number. Count vs share is in analysis_compare; the size exponent of
+N50 in analysis_size.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import math
 
 import numpy as np
 from scipy import optimize, special
+
+from poisonjax.study import analysis_firth as firth
 
 SUCCESS_INCREASE = 50.0  # Success: final perplexity increase above this.
 BOOTSTRAP_SAMPLES = 2000
@@ -223,22 +234,81 @@ def n50(n: np.ndarray, y: np.ndarray) -> N50:
   return N50(est, est, "fit", float(b1))
 
 
-def bootstrap_n50(n, y, n_boot: int, rng: np.random.Generator) -> dict:
-  """95% interval of N50 over resamples of the runs (see module docstring)."""
+def cluster_resample(seeds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Indices of a resample of whole seeds: as many seeds as there are,
+  drawn with replacement, each bringing all of its runs (a seed drawn
+  twice brings them twice). Every bootstrap of the study resamples this way."""
+  seeds = np.asarray(seeds)
+  unique = np.unique(seeds)
+  drawn = rng.choice(unique, len(unique))
+  return np.concatenate([np.flatnonzero(seeds == s) for s in drawn])
+
+
+def distinct_resamples(n_clusters: int) -> int:
+  """How many different resamples k clusters allow (multisets of size k):
+  10 for 3 seeds, 126 for 5. Few clusters make a percentile interval
+  coarse and too narrow (Cameron, Gelbach & Miller 2008)."""
+  return math.comb(2 * n_clusters - 1, n_clusters)
+
+
+def bootstrap_n50(n, y, n_boot: int, rng: np.random.Generator, seeds=None) -> dict:
+  """95% interval of N50 over resamples of the seeds (see module docstring);
+  seeds None: every run its own cluster."""
+  seeds = np.arange(len(y)) if seeds is None else np.asarray(seeds)
   los, his, kinds = np.empty(n_boot), np.empty(n_boot), collections.Counter()
   for b in range(n_boot):
-    idx = rng.integers(0, len(y), len(y))
+    idx = cluster_resample(seeds, rng)
     est = n50(n[idx], y[idx])
     los[b], his[b] = est.lo, est.hi
     kinds[est.kind] += 1
   return {"lo": float(np.quantile(los, 0.025, method="lower")),
           "hi": float(np.quantile(his, 0.975, method="higher")),
-          "n_boot": n_boot, "kinds": dict(kinds)}
+          "n_boot": n_boot, "kinds": dict(kinds),
+          "n_clusters": len(np.unique(seeds))}
+
+
+@dataclasses.dataclass(frozen=True)
+class FirthN50:
+  """The penalised fit's N50 and its profile-likelihood 95% interval
+  (lo = 0 / hi = inf: the data do not bound that side)."""
+  n50: float
+  lo: float
+  hi: float
+  slope: float  # b1 of the penalised fit (per unit log N)
+
+
+def firth_n50(n: np.ndarray, y: np.ndarray) -> FirthN50 | None:
+  """Firth N50 of one group (None: fewer than two distinct counts).
+
+  The profile deviance of log N50 = t is twice the penalised log-likelihood
+  lost by the constraint b0 = -b1 t (b1 free, searched on both signs); the
+  interval is where it stays below chi2(1) 95%, searched up to a factor
+  e^4 beyond the counts tested. A falling fit (b1 <= 0) has no N50: nan.
+  """
+  log_n = np.log(np.asarray(n, float))
+  if len(np.unique(log_n)) < 2:
+    return None
+  X = np.c_[np.ones_like(log_n), log_n]
+  full = firth.fit(X, y)
+  b0, b1 = full.theta
+  if b1 <= 0:
+    return FirthN50(math.nan, 0.0, math.inf, float(b1))
+  t_hat, sd = -b0 / b1, log_n.std()
+
+  def deviance(t):
+    prof = firth.fit(X, y, np.array([[-t], [1.0]]), starts=[[1 / sd], [-1 / sd]])
+    return 2 * (full.loglik - prof.loglik)
+
+  lo, hi = firth.profile_interval(deviance, t_hat, min(t_hat, log_n.min()) - 4,
+                                  max(t_hat, log_n.max()) + 4)
+  return FirthN50(float(np.exp(t_hat)), float(np.exp(lo)), float(np.exp(hi)),
+                  float(b1))
 
 
 def thresholds(runs: Runs, threshold: float = SUCCESS_INCREASE,
                n_boot: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> list[dict]:
-  """Per (size, data multiplier): N50, its 95% interval and the data behind it."""
+  """Per (size, data multiplier): N50 (bracket and Firth), their 95%
+  intervals (seed-clustered bootstrap, profile likelihood) and the data."""
   rng = np.random.default_rng(seed)
   y_all = runs.success(threshold)
   out = []
@@ -249,9 +319,10 @@ def thresholds(runs: Runs, threshold: float = SUCCESS_INCREASE,
            "n_success": int(y.sum()), "counts": sorted({int(v) for v in runs.poisons[idx]}),
            "seeds": sorted({int(v) for v in runs.seed[idx]})}
     if len(idx) < _MIN_RUNS:
-      row.update(estimate=None, interval=None)
+      row.update(estimate=None, interval=None, firth=None)
     else:
-      row.update(estimate=n50(n, y), interval=bootstrap_n50(n, y, n_boot, rng))
+      row.update(estimate=n50(n, y), firth=firth_n50(n, y),
+                 interval=bootstrap_n50(n, y, n_boot, rng, runs.seed[idx]))
     out.append(row)
   return out
 

@@ -13,8 +13,8 @@ Both models of a response have the same number of parameters, so their AIC
 difference is twice their log-likelihood difference; dAIC = AIC(share) -
 AIC(count) > 0 favours count. How sure: the Akaike weight of count,
 exp(-AIC_c/2) / (exp(-AIC_c/2) + exp(-AIC_s/2)), and the share of bootstrap
-resamples (runs resampled within each size x data group, seeded) in which
-count has the lower AIC. The slope on log(size) has a Wald 95% interval
+resamples (seeds resampled as clusters, analysis.cluster_resample; seeded)
+in which count has the lower AIC. The slope on log(size) has a Wald 95% interval
 (inverse observed information) and a bootstrap percentile 95% interval.
 A logistic model whose predictors separate successes from failures
 (analysis.separates) has no maximum-likelihood fit: it is flagged
@@ -24,7 +24,10 @@ not identified, so the report gives no slope for it.
 With log size in the model, log share = log count - log tokens differs from
 log count only through the tokens per parameter (data amounts, poison tokens
 on top); `contrast_sd` measures that difference: when it is near zero the
-two models cannot be told apart by these runs.
+two models cannot be told apart by these runs. At one data amount (tokens
+proportional to parameters) it is near zero, so `arms` also compares them on
+the runs where they differ: the sizes run at several data amounts (a single
+size's runs have no log size column).
 """
 
 from __future__ import annotations
@@ -43,9 +46,13 @@ _Z95 = float(stats.norm.ppf(0.975))
 
 
 def design(runs: analysis.Runs, predictor: str) -> np.ndarray:
-  """Columns: intercept, log(predictor), log(parameters)."""
+  """Columns: intercept, log(predictor), log(parameters) (the last only
+  where the runs have more than one size)."""
   x = runs.poisons if predictor == "count" else runs.poisons / runs.tokens
-  return np.c_[np.ones(len(runs)), np.log(x), np.log(runs.params)]
+  cols = [np.ones(len(runs)), np.log(x)]
+  if len(np.unique(runs.params)) > 1:
+    cols.append(np.log(runs.params))
+  return np.stack(cols, axis=1)
 
 
 def response(runs: analysis.Runs, name: str, threshold: float) -> np.ndarray:
@@ -79,6 +86,8 @@ def fit_model(runs, resp: str, predictor: str, threshold: float) -> dict:
 
 
 def _size_slope(fit: dict) -> tuple[float, float, float]:
+  if len(fit["beta"]) < 3:
+    return math.nan, math.nan, math.nan
   b = float(fit["beta"][2])
   if fit["cov"] is None or not fit["cov"][2, 2] >= 0:
     return b, math.nan, math.nan
@@ -92,9 +101,8 @@ def _fits(runs, threshold) -> dict:
 
 
 def _resample(runs: analysis.Runs, rng) -> analysis.Runs:
-  """Runs drawn with replacement within each size x data group."""
-  idx = [rng.choice(g, len(g)) for g in runs.groups().values()]
-  return runs.take(np.concatenate(idx))
+  """Seeds drawn with replacement, each with all of its runs."""
+  return runs.take(analysis.cluster_resample(runs.seed, rng))
 
 
 def contrast_sd(runs: analysis.Runs) -> float:
@@ -123,14 +131,16 @@ def compare(runs: analysis.Runs, threshold: float = analysis.SUCCESS_INCREASE,
     for r in RESPONSES:
       boot_daic[r][b] = bf[(r, "share")]["aic"] - bf[(r, "count")]["aic"]
     for k in fits:
-      boot_slope[k][b] = bf[k]["beta"][2]
+      boot_slope[k][b] = _size_slope(bf[k])[0]
   out = {"fitted": True, "n_runs": len(runs), "n_success": int(y.sum()),
-         "n_boot": n_boot, "seed": seed, "contrast_sd": contrast_sd(runs),
+         "n_boot": n_boot, "seed": seed,
+         "n_clusters": len(np.unique(runs.seed)), "contrast_sd": contrast_sd(runs),
          "floored": int(np.sum(runs.increase < INCREASE_FLOOR)), "models": {},
          "responses": {}}
   for (r, p), f in fits.items():
     b, lo, hi = _size_slope(f)
-    blo, bhi = np.quantile(boot_slope[(r, p)], [0.025, 0.975])
+    blo, bhi = np.quantile(boot_slope[(r, p)], [0.025, 0.975]) if math.isfinite(b) else (
+        math.nan, math.nan)
     out["models"][f"{r}/{p}"] = {
         "response": r, "predictor": p, "loglik": f["loglik"], "k": f["k"],
         "separated": f["separated"],
@@ -146,3 +156,33 @@ def compare(runs: analysis.Runs, threshold: float = analysis.SUCCESS_INCREASE,
         "boot_count_better": float(np.mean(boot_daic[r] > 0)),
         "boot_delta_aic": [float(v) for v in np.quantile(boot_daic[r], [0.025, 0.975])]}
   return out
+
+
+def arm_runs(runs: analysis.Runs) -> analysis.Runs:
+  """The runs of the sizes run at more than one data amount: there count
+  and share differ (tokens per parameter vary)."""
+  sizes = [s for s in np.unique(runs.size)
+           if len(np.unique(runs.data_multiplier[runs.size == s])) > 1]
+  return runs.take(np.flatnonzero(np.isin(runs.size, sizes)))
+
+
+def arms(runs: analysis.Runs, threshold: float = analysis.SUCCESS_INCREASE,
+         n_boot: int = analysis.BOOTSTRAP_SAMPLES,
+         seed: int = analysis.BOOTSTRAP_SEED) -> dict:
+  """Where count and share coincide, and the comparison where they differ.
+
+  one_amount: each data amount's runs alone (with log size in the model,
+  log share there is log count shifted): how many runs and the residual SD
+  of log share given log count and log size (near 0: no information).
+  data_arm: compare() on arm_runs (None when no size has several amounts).
+  """
+  one = {}
+  for m in np.unique(runs.data_multiplier):
+    sub = runs.take(np.flatnonzero(runs.data_multiplier == m))
+    if len(np.unique(sub.params)) > 1:
+      one[float(m)] = {"n_runs": len(sub), "contrast_sd": contrast_sd(sub)}
+  arm = arm_runs(runs)
+  return {"one_amount": one,
+          "data_arm": compare(arm, threshold, n_boot, seed) if len(arm) else None,
+          "arm_sizes": sorted({str(s) for s in arm.size}),
+          "arm_amounts": sorted({float(m) for m in arm.data_multiplier})}

@@ -1,12 +1,15 @@
 """A study's report.md, figures and tables, from its results.csv alone.
 
 `generate` reads the collected CSV, draws the descriptive figures
-(poisonjax.plots) and the fits' figures (poisonjax.plots_fits), fits N50
-per size and data amount (analysis) and count versus share (analysis_compare),
-writes their numbers as n50.csv and count_vs_share.json, and writes
-report.md from those same numbers: regime, provenance (lines the caller
-passes), N50, the model comparison, the final-results table, the figures
-with their computed sentences, and the caveats. A study with variants
+(poisonjax.plots) and the fits' figures (poisonjax.plots_fits), fits the
+size exponent beta of N50 (analysis_size), N50 per size under a common
+slope (analysis_parallel), N50 per size and data amount (analysis) and count
+versus share (analysis_compare), writes their numbers
+as size_exponent.json, n50.csv and count_vs_share.json, and writes report.md
+from those same numbers: beta, N50 per size and the targets first
+(report_size), then regime, provenance (lines the caller passes), N50, the
+model comparison, the final-results table, the figures with their computed
+sentences, and the caveats. A study with variants
 (study.variants) gets those sections for its first variant and a 'By
 variant' comparison of all (report_variants). Nothing needs the runs'
 directories, so a committed results.csv regenerates its report.
@@ -22,12 +25,17 @@ from poisonjax import plots
 from poisonjax import plots_fits
 from poisonjax.study import analysis
 from poisonjax.study import analysis_compare
+from poisonjax.study import analysis_parallel
+from poisonjax.study import analysis_size
+from poisonjax.study import report_arms
 from poisonjax.study import report_sections as sections
+from poisonjax.study import report_size
 from poisonjax.study import report_variants
 
 _N50_COLS = ["size", "data_multiplier", "params", "n_runs", "n_success",
              "counts", "seeds", "kind", "n50_lo", "n50_hi", "n50", "slope",
-             "ci_lo", "ci_hi", "n_boot"]
+             "ci_lo", "ci_hi", "n_boot", "firth_n50", "firth_lo", "firth_hi",
+             "firth_slope"]
 
 
 def study_regime(study, last_rows: list[dict]) -> dict:
@@ -60,7 +68,7 @@ def study_regime(study, last_rows: list[dict]) -> dict:
 def _n50_table(rows: list[dict]) -> list[dict]:
   out = []
   for r in rows:
-    est, ci = r["estimate"], r["interval"] or {}
+    est, ci, f = r["estimate"], r["interval"] or {}, r.get("firth")
     out.append({**{k: r[k] for k in ("size", "data_multiplier", "params",
                                       "n_runs", "n_success")},
                 "counts": " ".join(map(str, r["counts"])),
@@ -69,7 +77,9 @@ def _n50_table(rows: list[dict]) -> list[dict]:
                 "n50_lo": est.lo if est else "", "n50_hi": est.hi if est else "",
                 "n50": est.point if est and est.point is not None else "",
                 "slope": est.slope if est else "", "ci_lo": ci.get("lo", ""),
-                "ci_hi": ci.get("hi", ""), "n_boot": ci.get("n_boot", "")})
+                "ci_hi": ci.get("hi", ""), "n_boot": ci.get("n_boot", ""),
+                "firth_n50": f.n50 if f else "", "firth_lo": f.lo if f else "",
+                "firth_hi": f.hi if f else "", "firth_slope": f.slope if f else ""})
   return out
 
 
@@ -104,6 +114,8 @@ def _fits(rows, threshold, n_boot, seed):
   comp = (analysis_compare.compare(runs, threshold, n_boot, seed) if len(runs)
           else {"fitted": False, "reason": "no finished run with poisons",
                 "n_runs": 0, "n_success": 0})
+  if len(runs):
+    comp["arms"] = analysis_compare.arms(runs, threshold, n_boot, seed)
   return runs, dropped, th, comp
 
 
@@ -130,17 +142,24 @@ def generate(csv_path: str, out_dir: str, *,
                                   "csv": str(out / "count_vs_share.json")}}
   plots.write_table(_n50_table(th), fit_paths["n50"]["csv"], _N50_COLS)
   files.write_json(fit_paths["count_vs_share"]["csv"], as_json(comp))
+  size = analysis_size.size_exponent(runs, threshold, n_boot, seed)
+  parallel = analysis_parallel.per_size(runs, threshold, n_boot, seed)
+  targets = analysis_size.targets(size, parallel, th)
+  files.write_json(str(out / "size_exponent.json"), as_json(
+      {**size, "common_slope": parallel, "targets": targets}))
   fitted = [r for r in th if r["estimate"] is not None]
   plots_fits.n50_figure(runs, fitted, threshold, fit_paths["n50"]["png"])
   plots_fits.compare_figure(runs, comp, fit_paths["count_vs_share"]["png"])
   reg = study_regime(study, plots.final_rows(rows))
   name = title or (f"Poisoning study {ml_collections.ConfigDict(study).name}"
                    if study is not None else "Poisoning study")
-  lines = [f"# {name}: results", "",
-           f"Success: final perplexity increase > {threshold:g}. Every number "
-           "below is computed from results.csv by poisonjax/study/report.py "
-           "(fits: poisonjax/study/analysis.py and analysis_compare.py); "
-           "nothing is written by hand.", ""]
+  lines = [f"# {name}: results", ""] + report_size.opening(size, parallel, th, targets)
+  lines += [f"Success: final perplexity increase > {threshold:g}. Every number "
+            "in this report is computed from results.csv by "
+            "poisonjax/study/report.py (fits: poisonjax/study/analysis.py, "
+            "analysis_size.py, analysis_parallel.py, analysis_firth.py and "
+            "analysis_compare.py); "
+            "nothing is written by hand.", ""]
   if report_variants.has_variants(by_variant):
     lines += [f"This study has {len(by_variant)} variants ({', '.join(by_variant)}): "
               f"the sections up to 'By variant' are variant `{reference}`'s "
@@ -150,7 +169,7 @@ def generate(csv_path: str, out_dir: str, *,
     lines += ["## How this was made", ""] + list(provenance) + [""]
   lines += sections.thresholds(th, threshold)
   lines += ["![n50](n50.png)", ""]
-  lines += sections.comparison(comp, threshold)
+  lines += sections.comparison(comp, threshold) + report_arms.section(comp.get("arms"))
   lines += ["![count_vs_share](count_vs_share.png)", ""]
   lines += _final_results(finals) + _figures(paths, sentences)
   if report_variants.has_variants(by_variant):
@@ -163,7 +182,8 @@ def generate(csv_path: str, out_dir: str, *,
     lines += sections.caveats(runs, dropped, th, comp, reg, finals)
   files.write_text_atomic(out / "report.md", "\n".join(lines))
   return {"figures": {**paths, **fit_paths}, "report": str(out / "report.md"),
-          "thresholds": th, "comparison": comp, "regime": reg}
+          "thresholds": th, "comparison": comp, "regime": reg,
+          "size_exponent": size, "common_slope": parallel, "targets": targets}
 
 
 def _previous(out, threshold, n_boot, seed, study, th, comp, reg) -> list[str]:

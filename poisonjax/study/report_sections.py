@@ -66,6 +66,14 @@ def _fit_words(row: dict) -> str:
           "falling": "success does not rise with N"}[est.kind]
 
 
+def _firth_cells(row: dict) -> str:
+  f = row.get("firth")
+  if f is None or math.isnan(f.n50):
+    return "n/a | n/a"
+  return (f"{f.n50:.3g} | "
+          f"{analysis.format_interval({'lo': f.lo, 'hi': f.hi}, row['counts'])}")
+
+
 def thresholds(rows: list[dict], threshold: float) -> list[str]:
   """The N50 table: estimate (or bound) and the bootstrap 95% interval."""
   n_boot = next((r["interval"]["n_boot"] for r in rows if r["interval"]), 0)
@@ -73,13 +81,17 @@ def thresholds(rows: list[dict], threshold: float) -> list[str]:
       "## Poison threshold N50", "",
       f"P(final increase > {threshold:g} | N) fitted per size and data amount "
       "by a logistic model in log N over all runs and seeds; N50 is the count "
-      f"at 50% success. 95% interval: {n_boot} bootstrap resamples of the "
-      "runs (seeded), 2.5% quantile of the resamples' lower ends to 97.5% of "
-      "their upper ends (a resample whose answer is a bound counts with the "
-      "bound's ends). '< x' / '> x': below / above the counts tested.", "",
-      "| data | size | params | runs (successes) | counts | N50 | 95% interval "
-      "| fit | resamples by outcome |",
-      "|---|---|---|---|---|---|---|---|---|"]
+      "at 50% success. N50 (ML): the maximum-likelihood answer, a range where "
+      "the runs are separated. Its 95% interval: "
+      f"{n_boot} bootstrap resamples of the seeds (all runs of a seed "
+      "together; seeded), 2.5% quantile of the resamples' lower ends to 97.5% "
+      "of their upper ends (a resample whose answer is a bound counts with the "
+      "bound's ends). Firth N50: the penalised fit, finite under separation, "
+      "with its profile penalised-likelihood 95% interval (runs independent). "
+      "'< x' / '> x': below / above the counts tested.", "",
+      "| data | size | params | runs (successes) | counts | N50 (ML) | seed "
+      "bootstrap 95% | Firth N50 | profile 95% | fit | resamples by outcome |",
+      "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in (r for r in rows if r["estimate"] is not None):
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["interval"]["kinds"].items()))
     lines.append(
@@ -87,7 +99,7 @@ def thresholds(rows: list[dict], threshold: float) -> list[str]:
         f"{r['n_runs']} ({r['n_success']}) | {_names(r['counts'])} | "
         f"{analysis.format_n50(r['estimate'])} | "
         f"{analysis.format_interval(r['interval'], r['counts'])} | "
-        f"{_fit_words(r)} | {kinds} |")
+        f"{_firth_cells(r)} | {_fit_words(r)} | {kinds} |")
   lines += [""] + [overlap(rows, m) for m in sorted({r["data_multiplier"] for r in rows})
                    if sum(1 for r in rows if r["data_multiplier"] == m
                           and r["estimate"] is not None) > 1]
@@ -114,9 +126,10 @@ def overlap(rows: list[dict], mult: float) -> str:
 
 def _model_row(name: str, m: dict) -> str:
   w, b = m["size_slope_wald"], m["size_slope_boot"]
-  slope = (f"{m['size_slope']:.3f} | [{w[0]:.3f}, {w[1]:.3f}] | "
-           f"[{b[0]:.3f}, {b[1]:.3f}]" if not m.get("separated") else
-           "not identified (separated) | - | -")
+  slope = ("not identified (separated) | - | -" if m.get("separated") else
+           "no size term (one size) | - | -" if math.isnan(m["size_slope"]) else
+           f"{m['size_slope']:.3f} | [{w[0]:.3f}, {w[1]:.3f}] | "
+           f"[{b[0]:.3f}, {b[1]:.3f}]")
   return (f"| {m['response'].replace('_', ' ')} | {m['predictor']} | "
           f"{m['loglik']:.2f} | {m['k']} | {m['aic']:.2f} | {slope} |")
 
@@ -160,8 +173,9 @@ def verdict(resp: str, r: dict, n_boot: int) -> str:
           f"Evidence: {sure}.")
 
 
-def size_effect(resp: str, r: dict, models: dict) -> str:
-  """The better model's slope on log size, and whether its interval holds 0."""
+def size_effect(resp: str, r: dict, models: dict, n_clusters: int = 0) -> str:
+  """The better model's slope on log size, and whether its interval holds 0
+  (flagged as unreliable with fewer than five seeds to resample)."""
   m = models[f"{resp}/{r['better']}"]
   if m.get("separated"):
     return (f"- {resp.replace('_', ' ').capitalize()}, {r['better']} model: "
@@ -171,7 +185,26 @@ def size_effect(resp: str, r: dict, models: dict) -> str:
            "excludes 0: size matters")
   return (f"- {resp.replace('_', ' ').capitalize()}, {r['better']} model: slope "
           f"on log size {m['size_slope']:.3f}, bootstrap 95% [{lo:.3f}, {hi:.3f}] "
-          f"{where} at a fixed {r['better']}.")
+          f"{where} at a fixed {r['better']}"
+          + (f" (only {n_clusters} seeds to resample: unreliable, see Caveats)."
+             if 0 < n_clusters < 5 else "."))
+
+
+def model_table(c: dict) -> list[str]:
+  """The four models' fits, one row each (a table with its header)."""
+  return (["| response | predictor | log-likelihood | parameters | AIC | slope on "
+           "log size | Wald 95% | bootstrap 95% |", "|---|---|---|---|---|---|---|---|"]
+          + [_model_row(k, m) for k, m in c["models"].items()])
+
+
+def verdict_lines(c: dict) -> list[str]:
+  """Per response: the separation note where there is one, and the verdict."""
+  lines = []
+  for k, r in c["responses"].items():
+    sep = _separated_line(k, c["models"])
+    lines += ([sep] if sep else []) + ([] if _both_separated(k, c["models"]) else
+                                       [verdict(k, r, c["n_boot"])])
+  return lines
 
 
 def comparison(c: dict, threshold: float) -> list[str]:
@@ -186,19 +219,15 @@ def comparison(c: dict, threshold: float) -> list[str]:
       "**count** and against log(poisons seen / tokens seen) = **share**, "
       "each with log(parameters) as a covariate. Slope on log size: Wald 95% "
       "interval (inverse observed information) and bootstrap percentile 95% "
-      f"interval ({c['n_boot']} resamples of the runs within each size x data "
-      f"group, seed {c['seed']}).", "",
-      "| response | predictor | log-likelihood | parameters | AIC | slope on "
-      "log size | Wald 95% | bootstrap 95% |", "|---|---|---|---|---|---|---|---|"]
-  lines += [_model_row(k, m) for k, m in c["models"].items()]
+      f"interval ({c['n_boot']} resamples of the {c['n_clusters']} seeds as "
+      f"clusters, seed {c['seed']}).", "",
+  ] + model_table(c)
   lines += ["", "Evidence: decisive where |dAIC| > 10 and >= 95% of resamples "
             "agree; clear but not decisive where |dAIC| > 2 and >= 80% agree; "
             "weak otherwise.", ""]
-  for k, r in c["responses"].items():
-    sep = _separated_line(k, c["models"])
-    lines += ([sep] if sep else []) + ([] if _both_separated(k, c["models"]) else
-                                       [verdict(k, r, c["n_boot"])])
-  lines += [size_effect(k, r, c["models"]) for k, r in c["responses"].items()
+  lines += verdict_lines(c)
+  lines += [size_effect(k, r, c["models"], c["n_clusters"])
+            for k, r in c["responses"].items()
             if not _both_separated(k, c["models"])]
   lines += [f"- With log size in both models, log share differs from log count "
             f"only through tokens per parameter (data amounts, poison tokens): "
@@ -239,7 +268,12 @@ def caveats(runs, dropped, th_rows, comp, reg, finals) -> list[str]:
   if comp.get("fitted"):
     out.append(f"{comp['floored']} run(s) with a final increase below "
                f"{analysis_compare.INCREASE_FLOOR:g} are floored at it on the log "
-               "scale; the bootstrap treats seeds as independent draws.")
+               "scale.")
+    k = comp["n_clusters"]
+    out.append(f"Every bootstrap resamples the {k} seeds as clusters "
+               f"({analysis.distinct_resamples(k)} distinct resamples)"
+               + ("; with so few clusters its percentile intervals are coarse "
+                  "and tend to be too narrow." if k < 5 else "."))
   if reg.get("num_excerpts"):
     out.append(f"Success is a fixed cut on the mean increase over "
                f"{reg['num_excerpts']} prompts per evaluation.")
