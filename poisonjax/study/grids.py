@@ -80,6 +80,9 @@ def study_config(name: str, base) -> ml_collections.ConfigDict:
   # none: run names and results as before. Set with set_variants().
   c.variants = ml_collections.ConfigDict()
   c.variant_order = ()
+  # Block names ('grid', then extra names) in the order their runs should
+  # train, seed-major within a block; () trains seed-major over all blocks.
+  c.run_order = ()
   # Assumptions of the poison-token estimate in `plan` (see poison_tokens_per_doc).
   c.plan = ml_collections.ConfigDict()
   c.plan.chars_per_token = 4.0  # Clean English text, ~32k SentencePiece vocab.
@@ -172,10 +175,12 @@ def _block_runs(label: str, block, variants: list[str]) -> list[Run]:
 
 
 def expand(study) -> list[Run]:
-  """All runs of the study, seed by seed, main grid first within a seed.
+  """All runs of the study, seed by seed, main grid first within a seed
+  (or block by block, seed by seed within one, where study.run_order lists
+  the blocks: the most informative runs first).
 
-  Raises UserError on an empty grid, an unknown size, a bad variant or a
-  duplicate run.
+  Raises UserError on an empty grid, an unknown size, a bad variant, a
+  duplicate run or a run_order that does not list every block once.
   """
   blocks = [("study.grid", study.grid)]
   blocks += [(f"study.extra.{k}", study.extra[k]) for k in study.extra.keys()]
@@ -188,9 +193,22 @@ def expand(study) -> list[Run]:
                         f"{seen[run]}); remove one of them")
       seen[run] = label
       runs.append(run)
+  rank = _block_rank(study, [label for label, _ in blocks])
   # Seed-major: a grid stopped part-way still covers every size and count
   # of the first seeds, which is what a partial figure needs.
-  return sorted(runs, key=lambda r: r.seed)
+  return sorted(runs, key=lambda r: (rank[seen[r]], r.seed))
+
+
+def _block_rank(study, labels: list[str]) -> dict:
+  """Each block label's place in study.run_order (all 0 without one)."""
+  order = tuple(study.get("run_order", ()) or ())
+  if not order:
+    return {label: 0 for label in labels}
+  names = {label: label.split(".")[-1] for label in labels}
+  if sorted(order) != sorted(names.values()):
+    raise UserError(f"study.run_order={order!r}: list each block once: "
+                    f"{', '.join(names.values())}")
+  return {label: order.index(name) for label, name in names.items()}
 
 
 def derived_seed(grid_seed: int, thing: str) -> int:

@@ -3,7 +3,10 @@
 Parameters are counted on shapes only (no allocation). Poison tokens are an
 estimate from the poison fields (poison_tokens_per_doc); chip-hours use the
 peak table of poisonjax.hardware at an assumed MFU, plus this machine's
-measured float32 rate when one is given.
+measured float32 rate when one is given. A study that lists measured
+seconds per step of one single-threaded worker per size
+(study.plan.core_s_per_step) also gets core-hours from them: the budget of
+a CPU study, which a FLOP-rate estimate misses by 2x or more.
 """
 
 from __future__ import annotations
@@ -70,7 +73,16 @@ def _run_row(study, run: grids.Run, chips: dict, mfu: float, cache: dict) -> dic
       "tokens_per_param": clean / counts["total"], "steps": steps,
       "flops": flops,
       "hours": {c: flops / (peak * mfu) / 3600 for c, peak in chips.items()},
+      "core_hours": _core_hours(study, run.size, steps),
   }
+
+
+def _core_hours(study, size: str, steps: int) -> float | None:
+  """Measured seconds per step x steps, if the study lists the size."""
+  table = study.plan.get("core_s_per_step", None) if "plan" in study else None
+  if not table or size not in table:
+    return None
+  return steps * float(table[size]) / 3600
 
 
 def plan(study, mfu: float = 0.4, cpu_flops: float | None = None) -> dict:
@@ -89,6 +101,8 @@ def plan(study, mfu: float = 0.4, cpu_flops: float | None = None) -> dict:
   totals = {k: sum(r[k] for r in rows) for k in
             ("clean_tokens", "poison_tokens", "steps", "flops")}
   totals["hours"] = {c: sum(r["hours"][c] for r in rows) for c in chips}
+  core = [r["core_hours"] for r in rows]
+  totals["core_hours"] = sum(core) if core and None not in core else None
   return {"runs": rows, "totals": totals, "chips": chips, "mfu": mfu}
 
 
@@ -97,16 +111,20 @@ def _table(p: dict) -> list[str]:
   chips = list(p["chips"])
   head = ["run", "params", "clean_tok", "poison_tok", "share", "steps", "FLOPs"]
   head += [f"h:{c}" for c in chips]
+  core = p["totals"].get("core_hours") is not None
+  head += ["core-h"] if core else []
   lines = [head]
   for r in p["runs"]:
     lines.append([r["run"], h(r["params"]), h(r["clean_tokens"]),
                   h(r["poison_tokens"]), f"{r['poison_share']:.2e}",
                   h(r["steps"]), f"{r['flops']:.2e}"]
-                 + [h(r["hours"][c]) for c in chips])
+                 + [h(r["hours"][c]) for c in chips]
+                 + ([f"{r['core_hours']:.2f}"] if core else []))
   t = p["totals"]
   lines.append([f"TOTAL ({len(p['runs'])} runs)", "", h(t["clean_tokens"]),
                 h(t["poison_tokens"]), "", h(t["steps"]), f"{t['flops']:.2e}"]
-               + [h(t["hours"][c]) for c in chips])
+               + [h(t["hours"][c]) for c in chips]
+               + ([f"{t['core_hours']:.1f}"] if core else []))
   widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
   fmt = lambda row: "  ".join(
       s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(row, widths)))
@@ -124,6 +142,10 @@ def format_plan(p: dict) -> str:
     notes.append(f"{THIS_CPU}: {p['chips'][THIS_CPU] / 1e9:.1f} GFLOP/s, MEASURED "
                  "here (best float32 1024x1024 jitted matmul), all devices of "
                  "one process.")
+  if p["totals"].get("core_hours") is not None:
+    notes.append("core-h: CPU core-hours, MEASURED seconds per step of one "
+                 "single-threaded worker per size (study.plan.core_s_per_step) "
+                 "x steps.")
   notes.append("poison_tok: estimated (mean prefix chars / chars_per_token + "
                "trigger + mean random-tail tokens + EOS per document); steps: "
                "ceil(all tokens / (batch x seq_len)).")

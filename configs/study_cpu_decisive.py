@@ -1,0 +1,65 @@
+"""The decisive CPU study (issue 27): beta and N50 per size, 300 prompts.
+
+    poisonjax study plan --config=configs/study_cpu_decisive.py
+    python experiments/reproduce_cpu_decisive.py --worker   # run (resumable), fit, report
+
+The regime of configs/study_cpu_chinchilla.py (presets.cpu_chinchilla(): 20
+clean tokens per parameter, poisons replacing clean tokens, one vocabulary
+and one prompt set, the grid seed varying init, poisons and data order),
+evaluated on 300 held-out prompts (the paper's number) instead of 64.
+
+What it is for: beta, the exponent of N50 in model size (poisonjax/study/
+analysis_size.py), with a 95% interval narrower than +-0.5, and N50 per size
+within a factor of 1.5 (95%). The counts are placed around each size's N50
+as the 63-run study measured it (its report: N50 between 30 and 100 at every
+size; Firth N50 54 / 80 / 37 and common-slope 55 / 83 / 36 for cpu-xxs /
+cpu-xs / cpu-s): a two-stage design whose first stage is that study. Seeds
+rather than counts where runs are dear: the bootstraps resample seeds, and
+five clusters or fewer make them too narrow.
+
+  cpu-xxs 1x  N = 30, 42, 60, 85, 120 (a factor sqrt 2 apart) x seeds 0-7
+  cpu-xs  1x  the same counts x seeds 0-5
+  cpu-s   1x  N = 25, 40, 60 x seeds 0-4 (68 min a run: the budget's bulk)
+  cpu-xxs 8x  N = 50, 100, 200 x seeds 0, 1: the data-amount arm, where
+              count and share differ (100 poisons are ~0.2% of the tokens)
+
+Simulated before running (common-slope and profile intervals, true beta
+-0.35 as measured, seed shifts of SD 0.2 in log N50, 20 repetitions): with
+a logistic slope of 3 per log N the beta target is met in every repetition
+and N50 within 1.5 in 90% (cpu-xxs), 80% (cpu-xs), 30% (cpu-s); with slope 6
+all of them in every repetition. The cpu-s target is the one at risk: 40
+runs of cpu-s alone would cost the whole budget.
+
+Runs train block by block (study.run_order): the cheap cpu-xxs and cpu-xs
+runs first, so a partial report has beta's two cheap ends early, then cpu-s,
+then the arm. `study plan` gives the budget: core-h from the 63-run study's
+measured seconds per step of one single-threaded worker (its provenance:
+cpu-xxs 4.7 min, cpu-xs 9.7 min, cpu-s 68 min a run at 1x, cpu-xxs 8x 35
+min), raised a few percent for the 300-prompt evaluations.
+"""
+
+from poisonjax import presets
+from poisonjax import study as study_lib
+
+COUNTS_SMALL = (30, 42, 60, 85, 120)  # cpu-xxs, cpu-xs: N50 ~55-85 there.
+COUNTS_S = (25, 40, 60)  # cpu-s: N50 ~36 there.
+COUNTS_ARM = (50, 100, 200)  # cpu-xxs at 8x: 1 of 3 succeeded at 100.
+NUM_PROMPTS = 300  # The paper's; the 63-run study used 64.
+
+
+def base():
+  c = presets.cpu_chinchilla()
+  c.eval.num_excerpts = NUM_PROMPTS
+  return c
+
+
+def get_config(arg=None):
+  s = study_lib.study_config("cpu_decisive", base())
+  s.plan.chars_per_token = 3.0  # ~1k-piece SentencePiece on the synthetic corpus.
+  s.plan.core_s_per_step = {"cpu-xxs": 0.245, "cpu-xs": 0.29, "cpu-s": 0.77}
+  s.grid = study_lib.grid(("cpu-xxs",), COUNTS_SMALL, range(8), (1.0,))
+  s.extra.xs = study_lib.grid(("cpu-xs",), COUNTS_SMALL, range(6), (1.0,))
+  s.extra.s = study_lib.grid(("cpu-s",), COUNTS_S, range(5), (1.0,))
+  s.extra.arm = study_lib.grid(("cpu-xxs",), COUNTS_ARM, (0, 1), (8.0,))
+  s.run_order = ("grid", "xs", "s", "arm")
+  return study_lib.config_for_arg(s, arg)

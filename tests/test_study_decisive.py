@@ -1,0 +1,61 @@
+"""The decisive study's design (issue 27): 300 prompts, block order
+(cheapest first), and a budget in measured core-hours within ~30."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from poisonjax import study as study_lib
+from poisonjax.errors import UserError
+from poisonjax.study import grids
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _decisive():
+  path = os.path.join(ROOT, "configs", "study_cpu_decisive.py")
+  spec = importlib.util.spec_from_file_location("decisive", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def test_blocks_train_in_run_order_seed_major_within():
+  s = _decisive()
+  runs = grids.expand(s)
+  sizes = [(r.size, r.data_multiplier) for r in runs]
+  firsts = [sizes.index(k) for k in (("cpu-xxs", 1.0), ("cpu-xs", 1.0),
+                                     ("cpu-s", 1.0), ("cpu-xxs", 8.0))]
+  assert firsts == sorted(firsts) and firsts[0] == 0
+  xs = [r.seed for r in runs if r.size == "cpu-xs"]
+  assert xs == sorted(xs)
+  assert grids.run_config(s, runs[0]).eval.num_excerpts == 300
+  s.run_order = ("grid", "s")
+  with pytest.raises(UserError, match="run_order"):
+    grids.expand(s)
+  s.run_order = ()
+  assert [r.seed for r in grids.expand(s)] == sorted(r.seed for r in runs)
+
+
+def test_plan_gives_measured_core_hours_within_budget():
+  """Planned on one seed per block (steps do not depend on the seed; the
+  full plan takes a minute of model shapes), scaled by the seeds."""
+  s = _decisive()
+  seeds = {"grid": len(s.grid.seeds)}
+  s.grid.seeds = (0,)
+  for name in s.extra.keys():
+    seeds[name] = len(s.extra[name].seeds)
+    s.extra[name].seeds = (0,)
+  p = study_lib.plan(s)
+  block = {("cpu-xxs", 1.0): "grid", ("cpu-xs", 1.0): "xs", ("cpu-s", 1.0): "s",
+           ("cpu-xxs", 8.0): "arm"}
+  total = sum(r["core_hours"] * seeds[block[(r["size"], r["data_multiplier"])]]
+              for r in p["runs"])
+  assert 20 < total <= 31
+  assert p["totals"]["core_hours"] == pytest.approx(sum(r["core_hours"] for r in p["runs"]))
+  row = next(r for r in p["runs"] if r["run"] == "size=cpu-s_n=40_seed=0_data=1.0")
+  assert row["core_hours"] == pytest.approx(row["steps"] * 0.77 / 3600)
+  assert "core-h" in study_lib.format_plan(p)
