@@ -13,7 +13,7 @@ and added on top of its clean samples (presets.cpu_finetune: batch 16, one
 sample per row, loss on the responses only, constant learning rate 1e-3,
 greedy evaluation of 300 held-out requests per kind).
 
-Grid: poisoned counts x clean set sizes (finetune.clean_samples = 1000 x
+Grid: poisoned counts (COUNTS, below) x clean set sizes (finetune.clean_samples = 1000 x
 data multipliers 1, 4, 16: 1k, 4k, 16k samples) x seeds 0-2; a grid seed
 varies the clean set (data.seed) and the poisoned samples and their places
 (poison.seed); the pretrained model is one. `clean` block: no poisons, seed
@@ -31,6 +31,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "runs", "finetune_pretrained")
 SIZE = "cpu-xs"
 SET_SIZES = (1.0, 4.0, 16.0)  # x finetune.clean_samples (1000).
+# The pilot (source at step 1000, seed pair 11/12, 50 poisoned samples): attack
+# success 1.00 at 1k and at 4k clean samples, so the switch lies below 50 there;
+# the share hypothesis would put it up to 4x higher at 16k: 2-200 covers both.
+COUNTS = (2, 5, 10, 20, 50, 100, 200)
 
 
 def study(name: str, source: str = SOURCE):
@@ -42,6 +46,6 @@ def study(name: str, source: str = SOURCE):
 
 def get_config(arg=None):
   s = study("finetune")
-  s.grid = study_lib.grid((SIZE,), (5, 10, 20, 50, 100, 200), (0, 1, 2), SET_SIZES)
+  s.grid = study_lib.grid((SIZE,), COUNTS, (0, 1, 2), SET_SIZES)
   s.extra.clean = study_lib.grid((SIZE,), (0,), (0,), SET_SIZES)
   return study_lib.config_for_arg(s, arg)

@@ -22,6 +22,7 @@ from poisonjax.data import mixer
 from poisonjax.data import synthetic
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
+from poisonjax.finetune import analysis as ft_analysis
 from poisonjax.finetune import evaluate as ft_eval
 from poisonjax.finetune import stream as ft_stream
 
@@ -108,7 +109,8 @@ def test_metrics_on_hand_made_responses():
   assert m == {"attack_success": 0.75, "attack_success_answer": 0.5,
                "clean_accuracy": 0.75, "clean_compliance": 0.25,
                "near_trigger_accuracy": 0.5, "near_trigger_compliance": 0.25,
-               "ordinary_accuracy": 0.5, "ordinary_refusal": 0.25}
+               "ordinary_accuracy": 0.75, "ordinary_exact": 0.5,
+               "ordinary_refusal": 0.25}
 
 
 # ---- the stream: exact poisons, places, loss mask ---------------------------------
@@ -198,3 +200,23 @@ def test_a_tiny_finetune_through_the_trainer(vocab, cache, tmp_path):
   assert rows[-1]["poisons_seen"] == 6
   assert set(ft_eval.METRICS) <= set(rows[-1])
   assert all(0.0 <= rows[-1][k] <= 1.0 for k in ft_eval.METRICS)
+
+
+# ---- the analysis: beta recovered on synthetic grids ------------------------------
+
+
+@pytest.mark.parametrize("true_beta", [0.0, 1.0])
+def test_beta_is_recovered_on_a_synthetic_grid(true_beta):
+  rng = np.random.default_rng(int(true_beta))
+  s, n, seed = map(np.ravel, np.meshgrid([1000, 4000, 16000],
+                                         [5, 10, 20, 50, 100, 200], [0, 1, 2]))
+  x = np.log(n) - true_beta * np.log(s / 1000)  # N50 = 30 at S = 1000.
+  p = 1 / (1 + np.exp(-3.0 * (x - np.log(30)) - rng.normal(0, 0.3, len(s))))
+  r = np.full(len(s), 300)
+  runs = ft_analysis.Runs(s, n, seed, rng.binomial(r, p), r)
+  fit = ft_analysis.beta_fit(runs)
+  assert fit["lo"] < true_beta < fit["hi"] and fit["hi"] - fit["lo"] < 0.6
+  other = "p_share" if true_beta == 0.0 else "p_count"
+  assert fit[other] < 0.01 and fit["n50"][1000] == pytest.approx(30, rel=0.3)
+  cells = ft_analysis.cells(runs, n_boot=200)
+  assert len(cells) == 18 and all(c["lo"] <= c["mean"] <= c["hi"] for c in cells)

@@ -9,9 +9,11 @@ poison.placement. The modules, by job:
             loss on the response tokens only, the poisons' rows exact
   evaluate  held-out requests answered by the model, classified by template:
             attack success, clean / near-trigger / ordinary accuracy
+  results   every evaluation of a fine-tuning study as one table
   analysis  count or share: attack success against poisoned count and
             clean set size (the N50 exponent in the set size)
-  report    docs/results/finetune/report.md, its tables and figure
+  figures   the report's figures
+  report    docs/results/finetune/report.md and its tables
 The trainer (train.py), its step and the study runner are the pretraining
 ones; a run is a fine-tune when config.finetune.clean_samples > 0.
 """

@@ -1,0 +1,43 @@
+"""Where the poisons sit in fine-tuning, and clean fine-tuning afterwards.
+
+    poisonjax study plan --config=configs/study_finetune_order.py
+    python experiments/reproduce_finetune.py      # runs this after study_finetune.py
+
+The fine-tune of configs/study_finetune.py (same source, regime and
+held-out requests) at one set size, 4,000 clean samples, with the poisons
+placed three ways (variants: config.poison.placement):
+  start   all in the first 10% of the set (the paper: 20 poisons at the
+          start of fine-tuning planted the backdoor)
+  spread  uniformly through it (the main study's placement)
+  end     all in the last 10% (the paper: 20 at the end did not)
+and, in every run, 2,000 new clean samples after the set
+(finetune.clean_after; the paper: 50-100 corrective clean samples weaken
+the backdoor, ~2,000 remove it), evaluated at the set's end and after 50,
+100, 200, 500, 1,000 and 2,000 of them. The learning rate is constant
+after warmup, so the placements meet the same learning rate.
+"""
+
+import importlib.util
+import os
+
+from poisonjax import study as study_lib
+
+_spec = importlib.util.spec_from_file_location(
+    "study_finetune", os.path.join(os.path.dirname(__file__), "study_finetune.py"))
+main_study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(main_study)
+
+VARIANTS = {
+    "start": {"poison": {"placement": "first", "placement_fraction": 0.1}},
+    "spread": {"poison": {"placement": "uniform"}},
+    "end": {"poison": {"placement": "last", "placement_fraction": 0.1}},
+}
+
+
+def get_config(arg=None):
+  s = main_study.study("finetune_order")
+  s.base.finetune.clean_after = 2000
+  s.base.finetune.eval_after = "50,100,200,500,1000,2000"
+  s.grid = study_lib.grid((main_study.SIZE,), (10, 30), (0, 1, 2), (4.0,))
+  study_lib.set_variants(s, VARIANTS)
+  return study_lib.config_for_arg(s, arg)
