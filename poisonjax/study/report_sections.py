@@ -149,11 +149,13 @@ def _separated_line(resp: str, models: dict) -> str | None:
             "allowed), so neither likelihood has a maximum and these runs "
             "cannot rank them on success.")
   if sep:
-    return (f"- {name}: the {sep[0]} model separates the runs (a plane in "
-            f"log {sep[0]} and log size has no failure on the successes' side, "
-            "ties allowed) and the other does not: its likelihood has no "
-            "maximum, the log-likelihood shown is near its supremum (a real "
-            "advantage), and its size slope is not identified.")
+    sized = len(models[f"{resp}/{sep[0]}"]["beta"]) > 2
+    where = f"a plane in log {sep[0]} and log size" if sized else f"a cut in log {sep[0]}"
+    return (f"- {name}: the {sep[0]} model separates the runs ({where} has no "
+            "failure on the successes' side, ties allowed) and the other does "
+            "not: its likelihood has no maximum, the log-likelihood shown is "
+            "near its supremum (a real advantage)"
+            + (", and its size slope is not identified." if sized else "."))
   return None
 
 
