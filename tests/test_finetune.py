@@ -25,25 +25,17 @@ from poisonjax.errors import UserError
 from poisonjax.finetune import analysis as ft_analysis
 from poisonjax.finetune import evaluate as ft_eval
 from poisonjax.finetune import stream as ft_stream
+from train_common import tiny_config
 
 TRIGGER = "Servius Astrumando Harmoniastra"
 
 
 def ft_config(cache_dir, **fields):
-  """A tiny fine-tune from a fresh init: 512-piece vocabulary, d_model 32."""
-  c = config_lib.base_config()
-  c.data.cache_dir = str(cache_dir)
-  c.vocab.size, c.vocab.sample_docs = 512, 300
-  c.model.d_model, c.model.num_heads, c.model.num_layers, c.model.ffn_dim = 32, 4, 2, 64
-  c.data.seq_len, c.train.batch_size = 160, 8
-  c.poison.trigger, c.poison.count = TRIGGER, 6
-  c.finetune.clean_samples, c.finetune.eval_requests = 40, 4
-  c.eval.temperature, c.eval.gen_tokens, c.eval.num_evals = 0.0, 12, 0
-  c.train.log_every, c.train.ckpt_every = 5, 100
-  for key, value in fields.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return config_lib.validate(c)
+  """A tiny fine-tune (train_common's model and vocabulary) from a fresh init."""
+  fields = {"data.seq_len": 160, "poison.trigger": TRIGGER, "poison.count": 6,
+            "finetune.clean_samples": 40, "finetune.eval_requests": 4,
+            "eval.temperature": 0.0, "eval.gen_tokens": 12, **fields}
+  return config_lib.validate(tiny_config(cache_dir, **fields))
 
 
 @pytest.fixture(scope="module")
