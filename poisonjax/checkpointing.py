@@ -279,20 +279,22 @@ def step_damage(workdir, step: int) -> str | None:
 def nonfinite_leaves(tree) -> list[str]:
   """The names ('params/embed/embedding') of float arrays holding a NaN/Inf.
 
-  One jitted reduction over the (possibly sharded) arrays: every process
-  gets the same answer.
+  One jitted reduction over the (possibly sharded, multi-process) arrays
+  into a replicated vector: every process reads the same answer locally.
   """
   named = [(_leaf_name(path), leaf)
            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
   if not named:
     return []
-  finite = _all_finite([leaf for _, leaf in named])
-  return [name for (name, _), ok in zip(named, np.asarray(jax.device_get(finite)))
-          if not ok]
+  mesh = getattr(getattr(named[0][1], "sharding", None), "mesh", None)
+  replicated = (None if mesh is None else
+                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  finite = jax.jit(_all_finite, out_shardings=replicated)([l for _, l in named])
+  ok = np.asarray(finite.addressable_data(0))
+  return [name for (name, _), good in zip(named, ok) if not good]
 
 
-@jax.jit
 def _all_finite(leaves):
   return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
 
