@@ -179,14 +179,34 @@ def _read_sound(workdir: str, step: int, target):
 
 @contextlib.contextmanager
 def _quiet_orbax():
-  """Orbax logs a failed read's traceback; the caller says it in one line."""
+  """A failed read is said in one line: orbax's logged traceback is muted,
+  and so are the tracebacks its abandoned reads raise later, when their
+  callbacks find orbax's event loop closed (sys.unraisablehook)."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   level = logging.get_verbosity()
   logging.set_verbosity(logging.FATAL)
   try:
     yield
+  except Exception:
+    _mute_closed_loop_callbacks()
+    raise
   finally:
     logging.set_verbosity(level)
+
+
+def _mute_closed_loop_callbacks() -> None:
+  """Drops "Event loop is closed" from late callbacks; others pass on."""
+  previous = sys.unraisablehook
+  if getattr(previous, "poisonjax_mute", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.poisonjax_mute = True
+  sys.unraisablehook = hook
 
 
 def checkpoint_vocab_size(workdir: str, step: int) -> int:
