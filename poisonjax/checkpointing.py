@@ -239,7 +239,8 @@ def _seal(workdir: Path, directory: Path, steps: list[int], kept: set) -> None:
   """Writes the digests of `steps`; drops those of steps no longer kept.
 
   Runs in the background: a step pruned (max_to_keep) while it is read
-  gets no digest.
+  gets no digest; one that cannot be read is said in a warning line (its
+  restore then checks its structure only).
   """
   digests = workdir / DIGEST_DIR
   for step in steps:
@@ -247,6 +248,10 @@ def _seal(workdir: Path, directory: Path, steps: list[int], kept: set) -> None:
       files.write_json(digests / f"{step}.json", digest(directory / str(step)))
     except FileNotFoundError:
       continue
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"poisonjax: warning: no digest recorded for checkpoint step "
+            f"{step} ({type(e).__name__}: {_first_line(e)}); a restore checks "
+            "its structure only", file=sys.stderr, flush=True)
   for old in digests.glob("*.json") if digests.exists() else ():
     if old.stem.isdigit() and int(old.stem) not in kept:
       old.unlink(missing_ok=True)  # Deleted by max_to_keep.

@@ -177,7 +177,7 @@ def run_demo(config, workdir: str, log=print) -> dict:
       log(f"demo: reusing the finished run in {run_dir}")
     else:
       log(f"demo: training {label} in {run_dir}")
-      train.run(cfg, run_dir)
+      train.run_or_exit(cfg, run_dir)  # A signal ends the demo, resumable.
     rows_by_run[label] = files.read_jsonl(files.as_path(run_dir) / "eval.jsonl")
   # One more evaluation of each final checkpoint, for its generations (the
   # sampler is deterministic, so the metrics equal the run's last eval row).
