@@ -99,6 +99,16 @@ def preempt(state_dir, name: str) -> None:
   _write(state_dir, name, dict(record, state="PREEMPTED"))
 
 
+def shutdown(state_dir) -> None:
+  """Kills every worker of every slice (the end of a rehearsal)."""
+  for name in os.listdir(str(state_dir)):
+    if not os.path.isdir(_slice_dir(state_dir, name)):
+      continue
+    record = _read(state_dir, name)
+    if record is not None:
+      _kill_workers(state_dir, name, record)
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -66,6 +66,25 @@ def _clear_client_caches() -> None:
   gcs_utils.get_bucket.cache_clear()
 
 
+def _download_with_generation(download):
+  """The emulator's media download, plus the x-goog-generation header real
+  GCS sends: tensorstore reads an object's generation from it, and without
+  it a conditional rewrite of an OCDBT manifest it has read fails with
+  "Malformed StorageGeneration"."""
+
+  def handler(request, response, storage, *args, **kwargs):
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"],
+                                 request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+    except Exception:  # pylint: disable=broad-except
+      pass  # Absent: the download answers 404 itself.
+    return download(request, response, storage, *args, **kwargs)
+
+  return handler
+
+
 @contextlib.contextmanager
 def emulated_gcs():
   """Yields "gs://BUCKET" served by a fresh in-memory emulator."""
@@ -78,7 +97,14 @@ def emulated_gcs():
   url = f"http://127.0.0.1:{port}"
   server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
   server.start()
+  from gcp_storage_emulator import server as emulator_server
+  from gcp_storage_emulator.handlers import objects
+
   with pytest.MonkeyPatch.context() as mp:
+    for _, methods in emulator_server.HANDLERS:
+      for method, handler in list(methods.items()):
+        if handler is objects.download:
+          mp.setitem(methods, method, _download_with_generation(handler))
     for key, value in _env(url, f"127.0.0.1:{free_port()}").items():
       mp.setenv(key, value)
     mp.setitem(fsspec.config.conf, "gcs", {"token": "anon"})

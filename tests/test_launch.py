@@ -15,7 +15,9 @@ from poisonjax.launch import babysit, tpu, workload
 
 RUN = "size=600m_n=250_seed=0_data=1.0"
 GIT = "https://github.com/example/poisonjax@abc123"
-PIP_TPU = "python3 -m pip install -U '\"'\"'jax[tpu]'\"'\"'"
+JAX = tpu.local_jax()
+BOOT = tpu.BOOTSTRAP_PATH
+DETACHED = ".poisonjax/venv/bin/python -m poisonjax.launch.detached start"
 
 
 def _dry(capsys, *args) -> list[str]:
@@ -28,66 +30,87 @@ def test_dry_run_single_slice(capsys):
              "--accelerator=v5p-64", f"--git={GIT}",
              f"--config=configs/study_paper.py:run={RUN}",
              f"--workdir=gs://bkt/study/{RUN}")
+  where = "--zone=us-east5-a"
+  logs = f"gs://bkt/study/{RUN}/logs"
   assert out == [
-      "# slice pj: TPU VM v5p-64 (8 hosts), runtime v2-alpha-tpuv5",
+      "# slice pj: TPU VM v5p-64 (8 hosts), runtime v2-alpha-tpuv5 "
+      "(Ubuntu 22.04, Python 3.10)",
       "# create it (skipped when describe finds it READY: it is reused)",
-      "gcloud compute tpus tpu-vm create pj --zone=us-east5-a "
-      "--accelerator-type=v5p-64 --version=v2-alpha-tpuv5",
-      "# copy study_paper.py to every worker",
-      "gcloud compute tpus tpu-vm scp configs/study_paper.py 'pj:~/' "
-      "--zone=us-east5-a --worker=all",
-      "# install jax[tpu] and poisonjax on every worker",
-      "gcloud compute tpus tpu-vm ssh pj --zone=us-east5-a --worker=all "
-      f"'--command={PIP_TPU} && python3 -m pip install -U git+{GIT}'",
-      "# run on every worker (resumes from the newest checkpoint)",
-      "gcloud compute tpus tpu-vm ssh pj --zone=us-east5-a --worker=all "
-      f"'--command=python3 -m poisonjax.cli train --config=study_paper.py:run={RUN} "
-      f"--workdir=gs://bkt/study/{RUN}'"]
+      f"gcloud compute tpus tpu-vm create pj {where} "
+      "--accelerator-type=v5p-64 --version=v2-alpha-tpuv5 --async",
+      "# copy study_paper.py, poisonjax_bootstrap.sh to every worker",
+      f"gcloud compute tpus tpu-vm scp configs/study_paper.py {BOOT} 'pj:~/' "
+      f"{where} --worker=all",
+      "# bootstrap every worker: ~/.poisonjax/venv with Python 3.11 (uv), "
+      "jax[tpu] and poisonjax; seconds when already there",
+      f"gcloud compute tpus tpu-vm ssh pj {where} --worker=all "
+      f"'--command=bash poisonjax_bootstrap.sh .poisonjax/venv 3.11 "
+      f"'\"'\"'{JAX}'\"'\"' git+{GIT}'",
+      f"# start the run detached on every worker (log: {logs}/host-K.log; "
+      "resumes from the newest checkpoint; nothing if running)",
+      f"gcloud compute tpus tpu-vm ssh pj {where} --worker=all "
+      f"'--command={DETACHED} --log_dir={logs} --heartbeat_s=60 -- -m "
+      f"poisonjax.cli train --config=study_paper.py:run={RUN} "
+      f"--workdir=gs://bkt/study/{RUN}'",
+      f"# watch: every 60 s, until gs://bkt/study/{RUN}/summary.json exists; "
+      "the run's heartbeat is read from its log folder and lock.json",
+      f"gcloud compute tpus tpu-vm describe pj {where} '--format=value(state)'"]
 
 
 def test_dry_run_queued_spot_slice_with_a_queued_grid(capsys):
-  out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-central2-b",
+  out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-central1-a",
              "--accelerator=v5litepod-16", "--spot", "--project=my-proj",
              "--wheel=gs://bkt/poisonjax-0.1-py3-none-any.whl", "--one_slice",
+             "--python=3.12", "--jax=jax[tpu]==0.10.2",
              "--config=configs/study_paper.py", "--root=gs://bkt/study",
              "--only=size=600m_n=250_seed=0")
-  where = "--zone=us-central2-b --project=my-proj"
+  where = "--zone=us-central1-a --project=my-proj"
   whl = "poisonjax-0.1-py3-none-any.whl"
-  assert out == [
+  assert out[:8] == [
       "# slice pj: queued spot resource v5litepod-16 (4 hosts), runtime "
-      "v2-alpha-tpuv5-lite",
+      "v2-alpha-tpuv5-lite (Ubuntu 22.04, Python 3.10)",
       "# create it (skipped when describe finds it READY: it is reused)",
       f"gcloud compute tpus queued-resources create pj --node-id=pj {where} "
-      "--accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite --spot",
-      "# copy study_paper.py to every worker",
-      f"gcloud compute tpus tpu-vm scp configs/study_paper.py 'pj:~/' {where} "
-      "--worker=all",
-      "# install jax[tpu] and poisonjax on every worker",
+      "--accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite "
+      "--spot --async",
+      "# copy study_paper.py, poisonjax_bootstrap.sh to every worker",
+      f"gcloud compute tpus tpu-vm scp configs/study_paper.py {BOOT} 'pj:~/' "
+      f"{where} --worker=all",
+      "# bootstrap every worker: ~/.poisonjax/venv with Python 3.12 (uv), "
+      "jax[tpu] and poisonjax; seconds when already there",
       f"gcloud compute tpus tpu-vm ssh pj {where} --worker=all "
-      f"'--command={PIP_TPU} && gcloud storage cp gs://bkt/{whl} ./{whl} && "
-      f"python3 -m pip install -U ./{whl}'",
-      "# run on every worker (resumes from the newest checkpoint)",
+      f"'--command=gcloud storage cp gs://bkt/{whl} ./{whl} && bash "
+      "poisonjax_bootstrap.sh .poisonjax/venv 3.12 "
+      f"'\"'\"'jax[tpu]==0.10.2'\"'\"' ./{whl}'",
+      "# start the run detached on every worker (log: gs://bkt/study/logs/"
+      "host-K.log; resumes from the newest checkpoint; nothing if running)"]
+  assert out[8] == (
       f"gcloud compute tpus tpu-vm ssh pj {where} --worker=all '--command="
-      "python3 -m poisonjax.cli study run --config=study_paper.py "
-      "--root=gs://bkt/study --only=size=600m_n=250_seed=0'"]
+      f"{DETACHED} --log_dir=gs://bkt/study/logs --heartbeat_s=60 -- -m "
+      "poisonjax.cli study run --config=study_paper.py --root=gs://bkt/study "
+      "--only=size=600m_n=250_seed=0'")
+  assert out[-1] == (f"gcloud compute tpus queued-resources describe pj {where} "
+                     "'--format=value(state.state)'")
 
 
 def test_dry_run_babysat_run(capsys):
-  out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-a",
+  out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-b",
              "--accelerator=v6e-8", f"--git={GIT}", "--babysit", "--poll_s=30",
              f"--config=configs/study_paper.py:run={RUN}",
              f"--workdir=gs://bkt/study/{RUN}")
-  assert out[0] == "# slice pj: TPU VM v6e-8 (1 host), runtime v2-alpha-tpuv6e"
-  create = ("gcloud compute tpus tpu-vm create pj --zone=us-east5-a "
-            "--accelerator-type=v6e-8 --version=v2-alpha-tpuv6e")
+  assert out[0] == ("# slice pj: TPU VM v6e-8 (1 host), runtime v2-alpha-tpuv6e "
+                    "(Ubuntu 22.04, Python 3.10)")
+  create = ("gcloud compute tpus tpu-vm create pj --zone=us-east5-b "
+            "--accelerator-type=v6e-8 --version=v2-alpha-tpuv6e --async")
   assert out[2] == create
   assert out[-5:] == [
-      f"# babysit: every 30 s, until every gs://bkt/study/{RUN}/summary.json exists",
-      "gcloud compute tpus tpu-vm describe pj --zone=us-east5-a "
+      f"# watch: every 30 s, until gs://bkt/study/{RUN}/summary.json exists; "
+      "the run's heartbeat is read from its log folder and lock.json",
+      "gcloud compute tpus tpu-vm describe pj --zone=us-east5-b "
       "'--format=value(state)'",
-      "# when preempted or gone: delete, create, then copy, install and run "
-      "again as above",
-      "gcloud compute tpus tpu-vm delete pj --zone=us-east5-a --quiet",
+      "# when preempted, failed or gone: delete, create, then copy, bootstrap "
+      "and start again as above",
+      "gcloud compute tpus tpu-vm delete pj --zone=us-east5-b --quiet --async",
       create]
 
 
@@ -138,20 +161,27 @@ def test_injection_is_quoted(workdir, capsys, tmp_path):
   gpu_lines = _dry(capsys, "launch", "gpu", "--hosts=a,b",
                    f"--remote_dir={tmp_path}", "--config=configs/cpu_micro.py",
                    f"--workdir={workdir}")
-  fake = tmp_path / "python3"
-  fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                  "open('argv.json', 'w').write(json.dumps(sys.argv[1:]))\n")
-  fake.chmod(0o755)
+  record = (f"#!{sys.executable}\nimport json, sys\n"
+            "open('argv.json', 'w').write(json.dumps(sys.argv[1:]))\n")
+  venv_python = tmp_path / ".poisonjax" / "venv" / "bin" / "python"
+  venv_python.parent.mkdir(parents=True)
+  for fake in (tmp_path / "python3", venv_python):  # GPU hosts; TPU workers.
+    fake.write_text(record)
+    fake.chmod(0o755)
   env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
-  for line in [tpu_lines[-1], gpu_lines[0]]:
+  (tpu_run,) = [l for l in tpu_lines if "poisonjax.launch.detached" in l]
+  for line in [tpu_run, gpu_lines[0]]:
     remote = _remote_of(line)
     if remote.startswith("cd "):
       remote = remote.split(" && ", 1)[1]
     subprocess.run(["sh", "-c", remote], cwd=tmp_path, env=env, check=True)
     argv = json.loads((tmp_path / "argv.json").read_text())
     assert f"--workdir={workdir}" in argv
-    if line is tpu_lines[-1]:
+    if line is tpu_run:
       assert argv[-1] == f"--config.data.tfds.data_dir={workdir}"
+      assert argv[:5] == ["-m", "poisonjax.launch.detached", "start",
+                          f"--log_dir={workdir}/logs", "--heartbeat_s=60"]
+      argv = argv[argv.index("--") + 1:]
     assert argv[:3] == ["-m", "poisonjax.cli", "train"]
     assert not (tmp_path / "PWNED").exists()
 
@@ -179,14 +209,22 @@ def test_slurm_template_passes_each_value_as_one_argument(tmp_path):
   assert not (tmp_path / "PWNED").exists()
 
 
+TPU = ["launch", "tpu", "--name=pj", "--zone=us-east5-a", f"--git={GIT}",
+       "--config=configs/cpu_micro.py"]
+
+
 @pytest.mark.parametrize("args,needle", [
-    (["launch", "tpu", "--name=pj;id", "--zone=z1", f"--git={GIT}",
+    (["launch", "tpu", "--name=pj;id", "--zone=us-east5-a", f"--git={GIT}",
       "--config=configs/cpu_micro.py", "--workdir=gs://b/x"], "--name="),
-    (["launch", "tpu", "--name=pj", "--zone=z1", f"--git={GIT}",
-      "--config=configs/cpu_micro.py", "--workdir=gs://b/x\nid"], "newline"),
-    (["launch", "tpu", "--name=pj", "--zone=z1", f"--git={GIT}",
-      "--accelerator=v5p-64", "--config=configs/cpu_micro.py",
-      "--workdir=runs/x"], "not on gs://"),
+    (TPU + ["--workdir=gs://b/x\nid"], "newline"),
+    (TPU + ["--accelerator=v5p-64", "--workdir=runs/x"],
+     "not on gs:// (v5p-64 has 8 hosts)"),
+    (TPU + ["--accelerator=v5litepod-16", "--workdir=gs://b/x"],
+     "--zone=us-east5-a: does not offer v5litepod TPUs"),
+    (TPU + ["--max_parallel=0", "--workdir=gs://b/x"], "--max_parallel=0"),
+    (TPU + ["--max_creates=0", "--workdir=gs://b/x"], "--max_creates=0"),
+    (TPU + ["--python=3.10", "--workdir=gs://b/x"], "--python='3.10'"),
+    (TPU + ["--heartbeat_s=0", "--workdir=gs://b/x"], "--heartbeat_s=0"),
     (["launch", "gpu", "--hosts=-oProxyCommand=id,b",
       "--config=configs/cpu_micro.py", "--workdir=x"], "not a host name"),
     (["launch", "gpu", "--config=configs/cpu_micro.py",
@@ -199,107 +237,3 @@ def test_bad_values_are_refused_in_one_line(args, needle, capsys):
   assert len(err.splitlines()) == 1
 
 
-FAKE_GCLOUD = """#!{python}
-import json, os, sys, time
-d = os.environ["FAKE_GCLOUD_DIR"]
-args = sys.argv[1:]
-with open(os.path.join(d, "calls.jsonl"), "a") as f:
-  f.write(json.dumps(args) + "\\n")
-states = open(os.path.join(d, "states")).read().split()
-ptr_file = os.path.join(d, "ptr")
-def ptr():
-  return int(open(ptr_file).read()) if os.path.exists(ptr_file) else 0
-def last_state():  # The state the latest describe answered.
-  return states[min(ptr(), len(states)) - 1]
-if "describe" in args:
-  state = states[min(ptr(), len(states) - 1)]
-  n = ptr() + 1
-  with open(ptr_file + ".tmp", "w") as f:
-    f.write(str(n))
-  os.replace(ptr_file + ".tmp", ptr_file)  # The waiting run reads it whole.
-  if state == "NOT_FOUND":
-    sys.exit("ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: pj")
-  print(state)
-elif any("poisonjax.cli" in a for a in args):
-  runs = sum("poisonjax.cli" in l for l in open(os.path.join(d, "calls.jsonl")))
-  if runs == 1:  # The first run lasts until the slice is preempted.
-    deadline = time.time() + 20
-    while last_state() == "READY" and time.time() < deadline:
-      time.sleep(0.01)
-    sys.exit(255)
-  open(os.path.join(d, "finished"), "w").write("done")
-"""
-
-
-def test_babysitter_recreates_and_resumes_once_per_preemption(tmp_path, monkeypatch):
-  (tmp_path / "states").write_text(
-      "NOT_FOUND CREATING READY READY PREEMPTED CREATING READY")
-  gcloud = tmp_path / "gcloud"
-  gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
-  gcloud.chmod(0o755)
-  monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-  monkeypatch.setenv("FAKE_GCLOUD_DIR", str(tmp_path))
-  s = tpu.Slice("pj", "us-east5-a", "v5p-8")
-  w = workload.single("study_paper.py:run=" + RUN, f"gs://bkt/{RUN}")
-  asked = []
-
-  def read_summary(workdirs):  # Stands in for summary.json on gs://.
-    asked.append(workdirs)
-    return (tmp_path / "finished").exists()
-
-  sitter = babysit.Sitter(
-      s, tpu.setup_steps(s, tpu.Install(git=GIT), "configs/study_paper.py"),
-      tpu.run_step(s, w), w.workdirs, is_finished=read_summary, log=lambda _: None)
-  assert babysit.sit([sitter], poll_s=0.01, max_polls=60) == 0
-  calls = [json.loads(l) for l in (tmp_path / "calls.jsonl").read_text().splitlines()]
-  def verb(c):  # c: gcloud's arguments, ["compute", "tpus", "tpu-vm", VERB, ...].
-    if c[3] == "ssh":
-      return "run" if "poisonjax.cli" in c[-1] else "install"
-    return c[3]
-
-  acts = [verb(c) for c in calls if verb(c) != "describe"]
-  assert acts == ["create", "scp", "install", "run",
-                  "delete", "create", "scp", "install", "run"]
-  assert sitter.creations == 2 and sitter.runs == 2
-  runs = [c for c in calls if "poisonjax.cli" in c[-1]]
-  assert runs[0] == runs[1]  # The same command: train resumes the workdir.
-  assert asked and set(asked) == {(f"gs://bkt/{RUN}",)}
-
-
-def test_babysitter_gives_up_on_a_run_that_keeps_failing(tmp_path, monkeypatch):
-  calls = []
-
-  class Done:
-    returncode = 1
-    def poll(self):
-      return 1
-
-  def call(argv):
-    calls.append(argv)
-    out = "READY\n" if "describe" in argv else ""
-    return subprocess.CompletedProcess(argv, 0, out, "")
-
-  s = tpu.Slice("pj", "us-east5-a", "v5p-8")
-  w = workload.single("c.py", "gs://bkt/x")
-  sitter = babysit.Sitter(s, [], tpu.run_step(s, w), w.workdirs,
-                          is_finished=lambda _: False, call=call,
-                          start=lambda argv: Done(), log=lambda _: None,
-                          max_failures=2)
-  with pytest.raises(Exception, match="ended without finishing 3 times"):
-    babysit.sit([sitter], poll_s=0, max_polls=50)
-  assert sitter.runs == 3 and sitter.creations == 0
-
-
-def test_babysitter_stops_at_once_when_gcloud_is_not_set_up():
-  def call(argv):
-    return subprocess.CompletedProcess(argv, 1, "", (
-        "ERROR: (gcloud.compute.tpus.tpu-vm.describe) The required property "
-        "[project] is not currently set.\nIt can be set in these ways:"))
-
-  s = tpu.Slice("pj", "us-east5-a", "v5p-8")
-  w = workload.single("c.py", "gs://bkt/x")
-  sitter = babysit.Sitter(s, [], tpu.run_step(s, w), w.workdirs,
-                          is_finished=lambda _: False, call=call,
-                          log=lambda _: None)
-  with pytest.raises(Exception, match=r"describe` failed: ERROR.*\[project\]"):
-    babysit.sit([sitter], poll_s=0, max_polls=5)

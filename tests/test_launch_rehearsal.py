@@ -12,6 +12,7 @@ Then the launcher itself is killed (SIGKILL) and started again: it finds
 the slices and the runs as they are and starts nothing twice.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import time
 import pytest
 
 import fake_cloud_tpu
-from gcs_emulator import emulated_gcs
+from gcs_emulator import BUCKET, emulated_gcs
 from poisonjax import files
 from train_common import ROOT, run_cli, train_cache  # noqa: F401
 
@@ -71,25 +72,38 @@ def _wait(what, predicate, deadline, procs=()):
     time.sleep(0.5)
 
 
-def _checkpoint_steps(workdir) -> list[int]:
-  path = files.as_path(workdir) / "checkpoints"
-  if not path.exists():
-    return []
-  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+def _objects(prefix: str) -> dict:
+  """{name under prefix: bytes} of the bucket, listed fresh (gcsfs, behind
+  files.as_path, caches listings)."""
+  from google.cloud import storage
+  bucket = storage.Client().bucket(BUCKET)
+  return {b.name[len(prefix):]: b for b in bucket.list_blobs(prefix=prefix)}
 
 
-def _state_digest(workdir, step: int) -> dict:
-  """sha256 of every array file of a checkpoint step (not orbax's metadata,
-  which carries the time of the save)."""
-  import hashlib
-  step_dir = files.as_path(workdir) / "checkpoints" / str(step)
-  out = {}
-  for path in files.list_files(step_dir):
-    rel = str(path.relative_to(step_dir))
-    if "metadata" in rel.lower():
-      continue
-    out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-  return out
+def _checkpoint_steps(run: str) -> list[int]:
+  names = _objects(f"rehearsal/{run}/checkpoints/")
+  return sorted({int(n.split("/")[0]) for n in names if n.split("/")[0].isdigit()})
+
+
+def _state_digest(run: str, step: int, local) -> dict:
+  """sha256 of every array of a checkpoint step, restored from a local copy
+  (the files' bytes differ between runs: OCDBT names its data files at
+  random; tensorstore's own reads of the emulator are what is flaky)."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+  for name, blob in _objects(f"rehearsal/{run}/checkpoints/{step}/").items():
+    target = local / run / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(blob.download_as_bytes())
+  checkpointer, path = ocp.PyTreeCheckpointer(), local / run / "default"
+  meta = checkpointer.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  as_numpy = jax.tree_util.tree_map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), getattr(meta, "tree", meta))
+  tree = checkpointer.restore(path, restore_args=as_numpy)
+  return {jax.tree_util.keystr(k): hashlib.sha256(np.asarray(v).tobytes()).hexdigest()
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _starts(state_dir, slice_name: str) -> int:
@@ -117,7 +131,7 @@ def test_preempted_slice_is_recreated_and_its_run_resumes_exactly(
     deadline = time.monotonic() + TIMEOUT_S
     launcher = _launcher(study_file, root, env, log_path)
     try:
-      _wait("a checkpoint of run a", lambda: _checkpoint_steps(f"{root}/{run_a}"),
+      _wait("a checkpoint of run a", lambda: _checkpoint_steps(run_a),
             deadline, [launcher])
       fake_cloud_tpu.preempt(state_dir, "rh-cpu-xxs-n5-s0-d1p0-a")
       _wait("the run a restart", lambda: _starts(state_dir, "rh-cpu-xxs-n5-s0-d1p0-a") >= 2,
@@ -129,6 +143,7 @@ def test_preempted_slice_is_recreated_and_its_run_resumes_exactly(
     finally:
       if launcher.poll() is None:
         launcher.kill()
+      fake_cloud_tpu.shutdown(state_dir)
     log = log_path.read_text()
     assert launcher.returncode == 0, log[-3000:]
     slices = {"a": "rh-cpu-xxs-n5-s0-d1p0-a", "b": "rh-cpu-xxs-n5-s0-d1p0-b"}
@@ -137,11 +152,11 @@ def test_preempted_slice_is_recreated_and_its_run_resumes_exactly(
     for run in (run_a, run_b):
       assert (files.as_path(f"{root}/{run}") / "summary.json").exists()
       assert (files.as_path(f"{root}/{run}") / "logs" / "host-0.log").exists()
-    last_a, last_b = _checkpoint_steps(f"{root}/{run_a}")[-1], \
-        _checkpoint_steps(f"{root}/{run_b}")[-1]
+    last_a, last_b = _checkpoint_steps(run_a)[-1], _checkpoint_steps(run_b)[-1]
     assert last_a == last_b
-    digest_a = _state_digest(f"{root}/{run_a}", last_a)
-    assert digest_a and digest_a == _state_digest(f"{root}/{run_b}", last_b)
+    digest_a = _state_digest(run_a, last_a, tmp_path / "restored")
+    assert len(digest_a) > 3
+    assert digest_a == _state_digest(run_b, last_b, tmp_path / "restored")
     # Both slices were deleted once their runs finished.
     assert not os.path.exists(os.path.join(state_dir, slices["a"], "state.json")) or \
         json.load(open(os.path.join(state_dir, slices["a"], "state.json")))["state"] == "DELETING"

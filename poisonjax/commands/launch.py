@@ -149,8 +149,8 @@ def launch_tpu(args) -> int:
     setup = tpu.setup_steps(s, install, fv.config.partition(":")[0])
     run = tpu.run_step(s, w, fv.heartbeat_s)
     lines += tpu.dry_run(s, setup, run, w.workdirs, fv.babysit, fv.poll_s)
-    sitters.append(babysit.Sitter(s, setup, run, w, watch.Watch(w, stale_s),
-                                  limits))
+    sitters.append(babysit.Sitter(s, setup, run, w,
+                                  watch.Watch(w, s.hosts, stale_s), limits))
   if fv["dry-run"].value:
     print("\n".join(lines))
     return 0

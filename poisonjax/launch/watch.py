@@ -22,8 +22,9 @@ from typing import Callable
 from poisonjax.launch.workload import Workload, join
 
 
-def read_store(workload: Workload) -> tuple[dict, ...]:
-  """Each host's status record, and the first unfinished run's lock."""
+def read_store(workload: Workload, hosts: int) -> tuple[dict, ...]:
+  """Each host's status record, and the first unfinished run's lock (by
+  name: a listing can be cached by the file system client)."""
   from poisonjax import files  # pylint: disable=g-import-not-at-top
 
   def load(path) -> dict:
@@ -33,13 +34,13 @@ def read_store(workload: Workload) -> tuple[dict, ...]:
       return {}
 
   log_dir = files.as_path(workload.log_dir)
-  records = [load(p) for p in sorted(log_dir.glob("host-*.json"))] \
-      if log_dir.exists() else []
+  records = [load(log_dir / f"host-{k}.json") for k in range(hosts)]
+  records = [r for r in records if r]
   for workdir in workload.workdirs:
     if not files.as_path(join(workdir, "summary.json")).exists():
-      lock = files.as_path(join(workdir, "lock.json"))
-      if lock.exists():
-        records.append({"lock": load(lock).get("heartbeat")})
+      lock = load(files.as_path(join(workdir, "lock.json")))
+      if lock:
+        records.append({"lock": lock.get("heartbeat")})
       break
   return tuple(records)
 
@@ -47,16 +48,16 @@ def read_store(workload: Workload) -> tuple[dict, ...]:
 class Watch:
   """Liveness of one workload's run, by change over the launcher's clock."""
 
-  def __init__(self, workload: Workload, stale_s: float,
-               read: Callable[[Workload], tuple] = read_store,
+  def __init__(self, workload: Workload, hosts: int, stale_s: float,
+               read: Callable[[Workload, int], tuple] = read_store,
                clock: Callable[[], float] = time.monotonic):
-    self.workload, self.stale_s = workload, stale_s
+    self.workload, self.hosts, self.stale_s = workload, hosts, stale_s
     self.read, self.clock = read, clock
     self.seen, self.changed_at = None, clock()
     self.at_start = None
 
   def _look_at_store(self) -> tuple:
-    seen = self.read(self.workload)
+    seen = self.read(self.workload, self.hosts)
     if seen != self.seen:
       self.seen, self.changed_at = seen, self.clock()
     return seen
