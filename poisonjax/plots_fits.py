@@ -7,6 +7,9 @@
   count_vs_share  final increase (log) against poisons seen and against the
                   poisons' share of tokens seen, colour per size, marker per
                   data amount, the fitted line per size; AIC in the titles.
+  n50_vs_size     N50 per size at 1x data (common-slope estimate, profile
+                  95% bars) against parameters, log-log, with the pooled
+                  power law N50 ~ size^beta and the lines beta = 0 and 1.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from poisonjax import plots
 from poisonjax.study import analysis
 from poisonjax.study import analysis_compare
 
-FIGURES = ("n50", "count_vs_share")
+FIGURES = ("n50", "count_vs_share", "n50_vs_size")
 _MARKERS = "os^Dv<>ph"
 
 
@@ -138,6 +141,44 @@ def compare_figure(runs: analysis.Runs, comparison: dict, path: str):
     axes[1].legend(fontsize=7)
   axes[0].set_ylabel(f"final increase (floored at {analysis_compare.INCREASE_FLOOR:g})")
   fig.suptitle("Count vs share: final increase and the fitted lines per size")
+  fig.tight_layout()
+  plots.save_png(fig, path, dpi=110)
+  plt.close(fig)
+
+
+def size_figure(size: dict, parallel: dict, path: str):
+  """N50 against size: the data for beta (see the module docstring)."""
+  plt = plots._plt()  # pylint: disable=protected-access
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  pooled = {r["size"]: r for r in size.get("by_size", [])}
+  rows = [r for r in parallel.get("rows", []) if r["size"] in pooled]
+  if not (size.get("fitted") and rows):
+    ax.text(0.5, 0.5, "beta not estimated: " + str(size.get("reason", "no fit")),
+            ha="center", va="center", transform=ax.transAxes)
+  else:
+    p = np.array([pooled[r["size"]]["params"] for r in rows], float)
+    n = np.array([r["n50"] for r in rows])
+    lo = np.array([min(r["profile"][0], v) for r, v in zip(rows, n)])
+    hi = np.array([r["profile"][1] if math.isfinite(r["profile"][1]) else 10 * v
+                   for r, v in zip(rows, n)])
+    ax.errorbar(p, n, yerr=[n - lo, hi - n], fmt="o", capsize=3,
+                label="common-slope N50, profile 95%")
+    grid = np.geomspace(p.min() / 1.3, p.max() * 1.3, 50)
+    a, b, c = size["theta"]
+    ax.plot(grid, np.exp(-(a + c * np.log(grid)) / b), "k-",
+            label=f"power law: beta {size['beta']:.2f}")
+    ref = math.exp(np.mean(np.log(n)))
+    mid = math.exp(np.mean(np.log(p)))
+    ax.plot(grid, np.full_like(grid, ref), ":", color="grey", label="beta = 0 (count)")
+    ax.plot(grid, ref * grid / mid, "--", color="grey", label="beta = 1 (share)")
+    for r, x, y in zip(rows, p, n):
+      ax.annotate(r["size"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+  ax.set_xlabel("parameters")
+  ax.set_ylabel("N50 (poisons for 50% success)")
+  ax.set_title("N50 against model size at 1x data", fontsize=10)
   fig.tight_layout()
   plots.save_png(fig, path, dpi=110)
   plt.close(fig)

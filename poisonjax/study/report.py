@@ -147,6 +147,9 @@ def generate(csv_path: str, out_dir: str, *,
   targets = analysis_size.targets(size, parallel, th)
   files.write_json(str(out / "size_exponent.json"), as_json(
       {**size, "common_slope": parallel, "targets": targets}))
+  fit_paths["n50_vs_size"] = {"png": str(out / "n50_vs_size.png"),
+                              "csv": str(out / "size_exponent.json")}
+  plots_fits.size_figure(size, parallel, fit_paths["n50_vs_size"]["png"])
   fitted = [r for r in th if r["estimate"] is not None]
   plots_fits.n50_figure(runs, fitted, threshold, fit_paths["n50"]["png"])
   plots_fits.compare_figure(runs, comp, fit_paths["count_vs_share"]["png"])
@@ -154,6 +157,7 @@ def generate(csv_path: str, out_dir: str, *,
   name = title or (f"Poisoning study {ml_collections.ConfigDict(study).name}"
                    if study is not None else "Poisoning study")
   lines = [f"# {name}: results", ""] + report_size.opening(size, parallel, th, targets)
+  lines += ["![n50_vs_size](n50_vs_size.png)", ""]
   lines += [f"Success: final perplexity increase > {threshold:g}. Every number "
             "in this report is computed from results.csv by "
             "poisonjax/study/report.py (fits: poisonjax/study/analysis.py, "

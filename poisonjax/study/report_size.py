@@ -140,7 +140,10 @@ def target_lines(tg: dict) -> list[str]:
 
 
 def opening(size: dict, parallel: dict, th_rows: list[dict], tg: dict) -> list[str]:
-  return (headline(size) + ["N50 per size at 1x data (the count at 50% success; "
-                            "intervals 95%):", ""]
-          + n50_table(size, parallel, th_rows) + models_note(parallel)
-          + target_lines(tg))
+  table = n50_table(size, parallel, th_rows)
+  if len(table) > 3:  # Header, rule, a row at least, blank.
+    table = (["N50 per size at 1x data (the count at 50% success; intervals "
+              "95%):", ""] + table + models_note(parallel))
+  else:
+    table = ["N50 per size at 1x data: no size has two runs with poisons yet.", ""]
+  return headline(size) + table + target_lines(tg)
