@@ -190,7 +190,8 @@ def test_slurm_template_passes_each_value_as_one_argument(tmp_path):
   """launch/slurm.sbatch under a fake srun/scontrol: the train argv, exactly."""
   fakes = {
       "scontrol": "#!/bin/sh\nprintf 'node-a\\nnode-b\\n'\n",
-      "srun": "#!/bin/sh\nwhile [ \"${1#--}\" != \"$1\" ]; do shift; done\n"
+      "srun": "#!/bin/sh\necho \"$@\" > srun_args.txt\n"
+              "while [ \"${1#--}\" != \"$1\" ]; do shift; done\n"
               "SLURM_NTASKS=2 SLURM_PROCID=1 exec \"$@\"\n",
       "python3": f"#!{sys.executable}\nimport json, sys\n"
                  "open('argv.json', 'w').write(json.dumps(sys.argv[1:]))\n"}
@@ -199,7 +200,8 @@ def test_slurm_template_passes_each_value_as_one_argument(tmp_path):
     (tmp_path / name).chmod(0o755)
   workdir = "/shared/runs/a b; touch PWNED"
   env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CONFIG": "configs/x.py:run=r",
-         "WORKDIR": workdir, "SLURM_JOB_NODELIST": "node-[a-b]"}
+         "WORKDIR": workdir, "SLURM_JOB_NODELIST": "node-[a-b]",
+         "SLURM_CPUS_PER_TASK": "32"}
   template = os.path.join(os.path.dirname(__file__), "..", "launch", "slurm.sbatch")
   subprocess.run(["bash", template], cwd=tmp_path, env=env, check=True)
   argv = json.loads((tmp_path / "argv.json").read_text())
@@ -207,6 +209,8 @@ def test_slurm_template_passes_each_value_as_one_argument(tmp_path):
                   f"--workdir={workdir}", "--coordinator_address=node-a:8476",
                   "--num_processes=2", "--process_id=1"]
   assert not (tmp_path / "PWNED").exists()
+  # Slurm >= 22.05: srun does not inherit --cpus-per-task from sbatch.
+  assert "--cpus-per-task=32" in (tmp_path / "srun_args.txt").read_text().split()
 
 
 TPU = ["launch", "tpu", "--name=pj", "--zone=us-east5-a", f"--git={GIT}",
@@ -237,3 +241,21 @@ def test_bad_values_are_refused_in_one_line(args, needle, capsys):
   assert len(err.splitlines()) == 1
 
 
+
+
+def test_tpu_help_lists_the_bootstrap_and_babysitter_flags(capsys):
+  assert cli.main(["poisonjax", "launch", "tpu", "--help"]) == 0
+  out = capsys.readouterr().out
+  for flag in ("--python=", "--jax=", "--wheel=", "--git=", "--max_parallel=",
+               "--heartbeat_s=", "--max_creates=", "--backoff_s=", "--stuck_s=",
+               "--[no]any_zone", "--[no]keep_slices"):
+    assert flag in out, flag
+  assert "uv" in out and "detached" in out
+
+
+def test_any_zone_skips_the_zone_table(capsys):
+  out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-a",
+             "--accelerator=v5litepod-8", "--any_zone", f"--git={GIT}",
+             f"--config=configs/study_paper.py:run={RUN}",
+             f"--workdir=gs://bkt/study/{RUN}")
+  assert "--accelerator-type=v5litepod-8" in out[2]
