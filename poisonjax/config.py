@@ -217,6 +217,9 @@ def _train_fields(c: ml_collections.ConfigDict) -> None:
   c.train.keep_checkpoints = 2  # The newest K are kept...
   c.train.keep_period = 0  # ...plus every M-th step for good (0: none).
   c.train.skip_nonfinite = False  # NaN/Inf loss: skip the step, not stop.
+  # TensorBoard event files in the workdir (through TensorFlow's file
+  # system, which has no endpoint setting: off where gs:// is an emulator).
+  c.train.tensorboard = True
   # Peak FLOP/s per device for MFU. 0: the chip table (poisonjax/hardware.py);
   # on CPU, a float32 matmul measured once at start-up, split over the devices.
   c.train.peak_flops = 0.0
