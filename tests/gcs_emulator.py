@@ -163,15 +163,23 @@ def no_remote_connections():
 @contextlib.contextmanager
 def unreachable_gcs():
   """Every GCS client pointed at a closed local port: a bucket nobody answers
-  for (gcsfs then retries for about 85 s), with nothing leaving 127.0.0.1."""
+  for (gcsfs then retries for about 85 s), with nothing leaving 127.0.0.1.
+
+  The gcsfs client also gets the port as its fixed endpoint: a look-up
+  abandoned by the code under test and still retrying after this context
+  keeps knocking on 127.0.0.1, not on storage.googleapis.com; its last
+  words ("out of retries", half a minute later) are not logged.
+  """
   import fsspec
   import pytest
 
+  logging.getLogger("gcsfs").setLevel(logging.CRITICAL)  # For good: see above.
   closed = f"127.0.0.1:{free_port()}"
   with pytest.MonkeyPatch.context() as mp:
     for key, value in _env(f"http://{closed}", closed).items():
       mp.setenv(key, value)
-    mp.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
+    mp.setitem(fsspec.config.conf, "gcs",
+               {"token": "anon", "endpoint_url": f"http://{closed}"})
     _clear_client_caches()
     try:
       yield f"gs://{BUCKET}"
