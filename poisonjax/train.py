@@ -106,6 +106,7 @@ def run(config, workdir, *, stream=None, allow_config_change=False) -> dict[str,
 
 
 def _run(config, workdir, flag, stream, allow_config_change) -> dict[str, Any]:
+  """The phases (module docstring), under `flag`; Stopped from setup."""
   config = config_lib.validate(config)
   train_setup.check_train_fields(config)
   train_setup.check_reachable(config, workdir)
@@ -127,8 +128,7 @@ def _run(config, workdir, flag, stream, allow_config_change) -> dict[str, Any]:
     _write_run_files(s, changes, start, inputs, input_changes)
     logger = metrics_lib.MetricLogger(workdir, s.last_step,
                                       s.stream.poisons_seen(s.num_steps),
-                                      resume_step=start,
-                                      tensorboard=config.train.tensorboard)
+                                      resume_step=start)
     closing.callback(logger.close)
     pool = concurrent.futures.ThreadPoolExecutor(1)
     closing.callback(pool.shutdown, wait=True, cancel_futures=True)
