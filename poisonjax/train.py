@@ -128,7 +128,8 @@ def _run(config, workdir, flag, stream, allow_config_change) -> dict[str, Any]:
     _write_run_files(s, changes, start, inputs, input_changes)
     logger = metrics_lib.MetricLogger(workdir, s.last_step,
                                       s.stream.poisons_seen(s.num_steps),
-                                      resume_step=start)
+                                      resume_step=start,
+                                      tensorboard=config.train.tensorboard)
     closing.callback(logger.close)
     pool = concurrent.futures.ThreadPoolExecutor(1)
     closing.callback(pool.shutdown, wait=True, cancel_futures=True)
