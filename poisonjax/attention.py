@@ -1,4 +1,16 @@
-"""Causal attention with a memory-lean backward pass (flash-style, unblocked).
+"""Causal attention: one XLA path for every backend, and a kernel per backend.
+
+`attend()` picks the implementation (config.model.attention):
+  xla     `causal_attention` below: any mask, any backend (CPU's choice)
+  splash  the Pallas TPU kernel that ships with JAX (splash attention),
+          under shard_map over the mesh; off TPU it runs in Pallas
+          interpret mode (slow: for tests)
+  cudnn   jax.nn.dot_product_attention(implementation="cudnn"), bf16 on GPU
+  auto    splash on TPU, cudnn on GPU in bfloat16, else xla
+The kernels take only the plain causal mask (training and scoring from
+position 0); decoding with a cache and padded prompts take the XLA path.
+
+The XLA path, with a memory-lean backward pass (flash-style, unblocked):
 
 XLA's automatic gradient of softmax attention keeps every layer's [B, H, T, S]
 probabilities (and the mask) alive for the backward pass; on CPU, and at
@@ -18,6 +30,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from poisonjax.errors import UserError
+
+IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")
 
 _MASKED = -1e30  # Finite: a fully masked row gives uniform weights, not NaN.
 
@@ -67,3 +84,77 @@ def _bwd(res, do):
 
 
 causal_attention.defvjp(_fwd, _bwd)
+
+
+def resolve(implementation: str, platform: str, dtype) -> str:
+  """The implementation `auto` means on `platform` (jax.default_backend())."""
+  if implementation not in IMPLEMENTATIONS:
+    raise UserError(f"config.model.attention={implementation!r}: unknown; use "
+                    f"one of {', '.join(IMPLEMENTATIONS)}")
+  if implementation == "cudnn" and jnp.dtype(dtype) not in (
+      jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    raise UserError("config.model.attention='cudnn': needs model.dtype="
+                    "'bfloat16' (cuDNN's flash attention has no float32)")
+  if implementation != "auto":
+    return implementation
+  if platform == "tpu":
+    return "splash"
+  if platform == "gpu" and jnp.dtype(dtype) == jnp.dtype(jnp.bfloat16):
+    return "cudnn"
+  return "xla"
+
+
+def attend(q, k, v, visible, implementation: str, plain_causal: bool):
+  """Attention by `implementation` (resolved); the kernels only where the
+  mask is the plain causal one (`plain_causal`), else the XLA path."""
+  if implementation == "xla" or not plain_causal:
+    return causal_attention(q, k, v, visible)
+  if implementation == "splash":
+    return splash_attention(q, k, v)
+  return cudnn_attention(q, k, v)
+
+
+def _block(t: int) -> int:
+  for size in (512, 256, 128):
+    if t % size == 0:
+      return size
+  raise UserError(f"config.data.seq_len={t}: splash attention needs a multiple "
+                  "of 128; set model.attention='xla' or change seq_len")
+
+
+def _splash_kernel(groups: int, t: int, interpret: bool):
+  """The MQA kernel for `groups` query heads sharing one key head (made per
+  trace: its mask tables become constants of that trace)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+      splash_attention_kernel as kernel_lib, splash_attention_mask as mask_lib)
+  b = _block(t)
+  sizes = kernel_lib.BlockSizes(block_q=b, block_kv=b, block_q_dkv=b,
+                                block_kv_dkv=b, block_q_dq=b, block_kv_dq=b)
+  mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((t, t))] * groups)
+  return kernel_lib.make_splash_mqa(mask, block_sizes=sizes, head_shards=1,
+                                    q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q, k, v):
+  """Splash attention per (batch row, key head): q [B, K, G, T, D] (scaled),
+  k, v [B, K, T, D]; sharded like the activations when a mesh is set."""
+  kernel = _splash_kernel(q.shape[2], q.shape[3], jax.default_backend() != "tpu")
+  local = jax.vmap(jax.vmap(kernel))
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return local(q, k, v)
+  heads = "tensor" if q.shape[1] % mesh.shape["tensor"] == 0 else None
+  qo = P(("data", "fsdp"), heads, None, None, None)
+  kv = P(("data", "fsdp"), heads, None, None)
+  return jax.shard_map(local, in_specs=(qo, kv, kv), out_specs=qo,
+                       check_vma=False)(q, k, v)
+
+
+def cudnn_attention(q, k, v):
+  """cuDNN flash attention: q [B, K, G, T, D] (scaled) -> the same layout."""
+  b, kv, g, t, d = q.shape
+  query = q.reshape(b, kv * g, t, d).transpose(0, 2, 1, 3)  # [B, T, N, D].
+  out = jax.nn.dot_product_attention(
+      query, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), scale=1.0,
+      is_causal=True, implementation="cudnn")
+  return out.transpose(0, 2, 1, 3).reshape(b, kv, g, t, d)

@@ -189,6 +189,10 @@ def _model_fields(c: ml_collections.ConfigDict) -> None:
   c.model.scan_layers = True  # nn.scan over layers (fast compile).
   c.model.tie_embeddings = False
   c.model.rope_theta = 10000.0
+  # Attention: auto (splash kernel on TPU, cuDNN on GPU in bfloat16, XLA on
+  # CPU) | xla | splash | cudnn. Kernels take the plain causal mask only
+  # (training); decoding uses XLA. poisonjax/attention.py.
+  c.model.attention = "auto"
 
 
 def _train_fields(c: ml_collections.ConfigDict) -> None:
@@ -326,6 +330,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.data.seq_len < 2:
     raise field_error("config.data.seq_len", c.data.seq_len,
                       "must be >= 2", "set --config.data.seq_len to 2 or more")
+  if c.model.get("attention", "auto") not in ("auto", "xla", "splash", "cudnn"):
+    raise field_error("config.model.attention", c.model.attention,
+                      "unknown implementation", "use auto, xla, splash or cudnn")
   if c.poison.count < 0:
     raise field_error("config.poison.count", c.poison.count, "must be >= 0",
                       "use 0 for a clean run")

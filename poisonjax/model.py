@@ -44,6 +44,7 @@ class ModelConfig:
   scan_layers: bool = True
   tie_embeddings: bool = False
   rope_theta: float = 10000.0
+  attention: str = "auto"  # attention.IMPLEMENTATIONS.
 
   @property
   def head_dim(self) -> int:
@@ -73,7 +74,7 @@ class ModelConfig:
         max_seq_len=config.data.seq_len, dtype=_DTYPES[m.dtype],
         param_dtype=_DTYPES[m.param_dtype], remat=m.remat,
         scan_layers=m.scan_layers, tie_embeddings=m.tie_embeddings,
-        rope_theta=m.rope_theta)
+        rope_theta=m.rope_theta, attention=m.get("attention", "auto"))
 
 
 _REMAT_POLICIES = {
@@ -136,6 +137,7 @@ class Proj(nn.Module):
 
 class Attention(nn.Module):
   cfg: ModelConfig
+  plain_causal: bool = False  # Positions 0..T-1, no cache: kernels apply.
 
   @nn.compact
   def __call__(self, x, positions, decode: bool):
@@ -158,7 +160,10 @@ class Attention(nn.Module):
     # Key j is visible to query i iff 0 <= pos_j <= pos_i.
     visible = (key_pos[:, None, :] <= positions[:, :, None]) & (key_pos[:, None, :] >= 0)
     b, _, t, _ = q.shape
-    out = attention.causal_attention(q.reshape(b, kv, h // kv, t, d), k, v, visible)
+    implementation = attention.resolve(cfg.attention, jax.default_backend(),
+                                       cfg.dtype)
+    out = attention.attend(q.reshape(b, kv, h // kv, t, d), k, v, visible,
+                           implementation, self.plain_causal and not decode)
     out = nn.with_logical_constraint(
         out.reshape(b, h, t, d),
         ("activation_batch", "activation_heads", "activation_length", None))
@@ -215,10 +220,11 @@ class Block(nn.Module):
   """Pre-norm block; signature (carry, _) -> (carry, None) for nn.scan."""
   cfg: ModelConfig
   decode: bool = False
+  plain_causal: bool = False
 
   @nn.compact
   def __call__(self, x, positions):
-    h = x + Attention(self.cfg, name="attn")(
+    h = x + Attention(self.cfg, self.plain_causal, name="attn")(
         RMSNorm(self.cfg, name="attn_norm")(x), positions, self.decode)
     out = h + Mlp(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(h))
     out = nn.with_logical_constraint(
@@ -233,6 +239,7 @@ class Transformer(nn.Module):
   def __call__(self, tokens, positions=None, decode: bool = False):
     """tokens [B, T] int -> logits [B, T, V] float32."""
     cfg = self.cfg
+    plain_causal = positions is None and not decode
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     embed = nn.Embed(
@@ -254,10 +261,10 @@ class Transformer(nn.Module):
           split_rngs={"params": True}, in_axes=nn.broadcast,
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
-      )(cfg, decode, name="layers")(x, positions)
+      )(cfg, decode, plain_causal, name="layers")(x, positions)
     else:
       for i in range(cfg.num_layers):
-        x, _ = block(cfg, decode, name=f"layer_{i}")(x, positions)
+        x, _ = block(cfg, decode, plain_causal, name=f"layer_{i}")(x, positions)
 
     x = RMSNorm(cfg, name="final_norm")(x)
     if cfg.tie_embeddings:

@@ -49,3 +49,97 @@ def test_bfloat16_gradients_keep_the_dtype_and_track_float32():
   for g, w in zip(got, want):
     assert g.dtype == jnp.bfloat16
     np.testing.assert_allclose(g.astype(jnp.float32), w, rtol=0.1, atol=0.1)
+
+
+# ---------------------------------------------------------------------------
+# Per-backend kernels: splash (Pallas, interpret mode off TPU) and cuDNN.
+# ---------------------------------------------------------------------------
+
+
+def _causal_inputs(b, kv_heads, groups, t, d, seed=2):
+  ks = jax.random.split(jax.random.key(seed), 4)
+  q = jax.random.normal(ks[0], (b, kv_heads, groups, t, d)) * d ** -0.5
+  k = jax.random.normal(ks[1], (b, kv_heads, t, d))
+  v = jax.random.normal(ks[2], (b, kv_heads, t, d))
+  visible = jnp.tril(jnp.ones((t, t), bool))[None].repeat(b, 0)
+  return q, k, v, visible, jax.random.normal(ks[3], q.shape)
+
+
+def _values_and_grads(fn, q, k, v, cot):
+  out, pull = jax.vjp(fn, q, k, v)
+  return out, pull(cot)
+
+
+@pytest.mark.parametrize("kv_heads,groups", [(2, 1), (2, 2)])  # MHA, GQA.
+def test_splash_equals_the_xla_path_in_values_and_gradients(kv_heads, groups):
+  q, k, v, visible, cot = _causal_inputs(2, kv_heads, groups, 128, 32)
+  got = _values_and_grads(attention.splash_attention, q, k, v, cot)
+  want = _values_and_grads(
+      lambda *x: attention.causal_attention(*x, visible), q, k, v, cot)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+  for g, w in zip(got[1], want[1]):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_splash_under_a_mesh_is_shard_mapped_and_equal():
+  """On 8 CPU devices (data 2, fsdp 2, tensor 2): batch and key heads split."""
+  from poisonjax import sharding
+  q, k, v, visible, cot = _causal_inputs(4, 2, 2, 128, 32, seed=3)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2),
+                           sharding.MESH_AXES)  # Auto axes, as make_mesh builds.
+  with jax.set_mesh(mesh):
+    got = jax.jit(lambda *x: _values_and_grads(attention.splash_attention,
+                                               *x, cot))(q, k, v)
+    text = jax.jit(attention.splash_attention).lower(q, k, v).as_text()
+  assert "shard_map" in text or "sdy.manual_computation" in text
+  want = _values_and_grads(
+      lambda *x: attention.causal_attention(*x, visible), q, k, v, cot)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+  for g, w in zip(got[1], want[1]):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_a_kernel_per_backend():
+  assert attention.resolve("auto", "tpu", jnp.float32) == "splash"
+  assert attention.resolve("auto", "gpu", jnp.bfloat16) == "cudnn"
+  assert attention.resolve("auto", "gpu", jnp.float32) == "xla"
+  assert attention.resolve("auto", "cpu", jnp.bfloat16) == "xla"
+  assert attention.resolve("splash", "cpu", jnp.float32) == "splash"
+  with pytest.raises(Exception, match="model.dtype='bfloat16'"):
+    attention.resolve("cudnn", "gpu", jnp.float32)
+  with pytest.raises(Exception, match="config.model.attention='flash'"):
+    attention.resolve("flash", "gpu", jnp.float32)
+
+
+def test_the_model_trains_the_same_with_splash_as_with_xla():
+  """A 1-layer model's loss and gradients: splash (interpret) vs the XLA path."""
+  from poisonjax import model as model_lib
+  cfg = model_lib.ModelConfig(vocab_size=64, num_layers=1, d_model=32,
+                              num_heads=4, num_kv_heads=2, ffn_dim=64,
+                              max_seq_len=128)
+  tokens = jax.random.randint(jax.random.key(4), (2, 128), 0, 64)
+  params = model_lib.Transformer(cfg).init(jax.random.key(5), tokens)
+
+  def loss(params, implementation):
+    import dataclasses
+    m = model_lib.Transformer(dataclasses.replace(cfg, attention=implementation))
+    logits = m.apply(params, tokens)
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  (a, ga), (b, gb) = (jax.value_and_grad(loss)(params, i) for i in ("splash", "xla"))
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu",
+                    reason="cuDNN attention needs an NVIDIA GPU (none here)")
+def test_cudnn_equals_the_xla_path_in_bfloat16():
+  q, k, v, visible, cot = _causal_inputs(2, 2, 2, 128, 64)
+  q, k, v, cot = (x.astype(jnp.bfloat16) for x in (q, k, v, cot))
+  got = _values_and_grads(attention.cudnn_attention, q, k, v, cot)
+  want = _values_and_grads(
+      lambda *x: attention.causal_attention(*x, visible), q, k, v, cot)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g.astype(jnp.float32), w.astype(jnp.float32),
+                               rtol=0.05, atol=0.05)
