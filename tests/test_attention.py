@@ -70,15 +70,20 @@ def _values_and_grads(fn, q, k, v, cot):
   return out, pull(cot)
 
 
-@pytest.mark.parametrize("kv_heads,groups", [(2, 1), (2, 2)])  # MHA, GQA.
-def test_splash_equals_the_xla_path_in_values_and_gradients(kv_heads, groups):
-  q, k, v, visible, cot = _causal_inputs(2, kv_heads, groups, 128, 32)
-  got = _values_and_grads(attention.splash_attention, q, k, v, cot)
+def _assert_as_xla(got, q, k, v, visible, cot):
+  """(output, (dq, dk, dv)) equal the XLA path's."""
   want = _values_and_grads(
       lambda *x: attention.causal_attention(*x, visible), q, k, v, cot)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
   for g, w in zip(got[1], want[1]):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kv_heads,groups", [(2, 1), (2, 2)])  # MHA, GQA.
+def test_splash_equals_the_xla_path_in_values_and_gradients(kv_heads, groups):
+  q, k, v, visible, cot = _causal_inputs(2, kv_heads, groups, 128, 32)
+  got = _values_and_grads(attention.splash_attention, q, k, v, cot)
+  _assert_as_xla(got, q, k, v, visible, cot)
 
 
 def test_splash_under_a_mesh_is_shard_mapped_and_equal():
@@ -92,11 +97,7 @@ def test_splash_under_a_mesh_is_shard_mapped_and_equal():
                                                *x, cot))(q, k, v)
     text = jax.jit(attention.splash_attention).lower(q, k, v).as_text()
   assert "shard_map" in text or "sdy.manual_computation" in text
-  want = _values_and_grads(
-      lambda *x: attention.causal_attention(*x, visible), q, k, v, cot)
-  np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
-  for g, w in zip(got[1], want[1]):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+  _assert_as_xla(got, q, k, v, visible, cot)
 
 
 def test_auto_picks_a_kernel_per_backend():
