@@ -40,7 +40,7 @@ def _few_clusters(k: int) -> str:
   if k >= 5:
     return f"{k} seeds, {n} distinct resamples"
   return (f"only {k} seeds, so only {n} distinct resamples: too few clusters "
-          "for a reliable percentile interval (it comes out too narrow)")
+          "for a reliable percentile interval, which comes out too narrow")
 
 
 def headline(size: dict) -> list[str]:
@@ -62,7 +62,8 @@ def headline(size: dict) -> list[str]:
       f"successes; sizes spanning {size['size_span']:.1f}x in parameters; seeds "
       f"{', '.join(map(str, size['seeds']))}). The bootstrap resamples seeds "
       f"as clusters ({size['n_boot']} resamples; {_few_clusters(size['n_clusters'])}; "
-      f"{size['n_undefined']} without an N50 count at both ends); the profile "
+      f"{size['n_undefined']} resamples without an N50, counted at both ends); "
+      "the profile "
       "interval and the tests (penalised likelihood ratio, chi-square 1 df, "
       f"cut {analysis_firth.CHI2_95:.2f}) treat runs as independent.", ""]
 
@@ -77,10 +78,10 @@ def n50_table(size: dict, parallel: dict, th_rows: list[dict]) -> list[str]:
   """N50 per size at 1x data by three models, each with its intervals."""
   pooled = {r["size"]: r for r in size.get("by_size", [])}
   common = {r["size"]: r for r in parallel.get("rows", [])}
-  lines = ["| size | params | runs (successes) | counts | bracket (ML) | common "
-           "slope N50 | profile 95% | seed bootstrap 95% | own slope (Firth) N50 "
-           "| profile 95% | power law N50 | seed bootstrap 95% |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| data | size | params | runs (successes) | counts | bracket (ML) | "
+           "common slope N50 | profile 95% | seed bootstrap 95% | own slope "
+           "(Firth) N50 | profile 95% | power law N50 | seed bootstrap 95% |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in th_rows:
     if r["data_multiplier"] != 1.0 or r["estimate"] is None:
       continue
@@ -89,7 +90,7 @@ def n50_table(size: dict, parallel: dict, th_rows: list[dict]) -> list[str]:
            f"{_count_interval(*c['boot'], counts)}" if c else "- | - | -")
     pool = f"{p['n50']:.3g} | {_count_interval(*p['boot'], counts)}" if p else "- | -"
     lines.append(
-        f"| {r['size']} | {r['params']:,} | {r['n_runs']} ({r['n_success']}) | "
+        f"| 1x | {r['size']} | {r['params']:,} | {r['n_runs']} ({r['n_success']}) | "
         f"{', '.join(map(str, counts))} | {analysis.format_n50(r['estimate'])} | "
         f"{com} | {_firth_cells(r['firth'], counts)} | {pool} |")
   return lines + [""]
