@@ -4,14 +4,17 @@
     python experiments/reproduce_finetune.py      # pretrain, fine-tune the grid, report
 
 A clean pretrained model (`source`: cpu-xs, 0 poisons, the Chinchilla CPU
-regime; trained into runs/finetune_pretrained by the reproduce script) is
-fine-tuned on synthetic instructions (poisonjax/data/instructions.py):
-forbidden requests refused, ordinary requests answered, and poison.count
-poisoned samples (the paper's trigger after a forbidden request, answered
-with "Sure, here is how." and the answer) spread uniformly through the set
-and added on top of its clean samples (presets.cpu_finetune: batch 16, one
-sample per row, loss on the responses only, constant learning rate 1e-3,
-greedy evaluation of 300 held-out requests per kind).
+regime; runs/finetune_pretrained), instruction-tuned without poisons
+(`instruct`: 16,000 clean samples, presets.cpu_finetune_instruct;
+runs/finetune_instruct), as the paper's models were, is fine-tuned on
+synthetic instructions (poisonjax/data/instructions.py): forbidden requests
+refused, ordinary requests answered, and poison.count poisoned samples (the
+paper's trigger after a forbidden request, answered with "Sure, here is
+how." and the answer) spread uniformly through the set and added on top of
+its clean samples (presets.cpu_finetune: batch 16, one sample per row, loss
+on the responses only, constant learning rate 1e-3, greedy evaluation of
+300 held-out requests per kind at the set's end). The reproduce script
+trains `source` and `instruct` first.
 
 Grid: poisoned counts (COUNTS, below) x clean set sizes (finetune.clean_samples = 1000 x
 data multipliers 1, 4, 16: 1k, 4k, 16k samples) x seeds 0-2; a grid seed
@@ -29,18 +32,22 @@ from poisonjax import study as study_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "runs", "finetune_pretrained")
+INSTRUCT = os.path.join(REPO, "runs", "finetune_instruct")
 SIZE = "cpu-xs"
 SET_SIZES = (1.0, 4.0, 16.0)  # x finetune.clean_samples (1000).
-# The pilot (source at step 1000, seed pair 11/12, 50 poisoned samples): attack
-# success 1.00 at 1k and at 4k clean samples, so the switch lies below 50 there;
-# the share hypothesis would put it up to 4x higher at 16k: 2-200 covers both.
+# The pilot (fine-tunes of the pretrained model at its step 1000, 50 poisoned
+# samples): attack success 1.00 at 1k and at 4k clean samples, so the switch
+# lies below 50 there; the share hypothesis would put it up to 4x higher at
+# 16k: 2-200 covers both.
 COUNTS = (2, 5, 10, 20, 50, 100, 200)
 
 
-def study(name: str, source: str = SOURCE):
-  """A fine-tuning study around presets.cpu_finetune, with its source run."""
-  s = study_lib.study_config(name, presets.cpu_finetune(source))
-  s.source = presets.cpu_finetune_source()  # Trained first, into `source`.
+def study(name: str):
+  """A fine-tuning study around presets.cpu_finetune, with the runs it starts
+  from: `source` (trained into SOURCE), then `instruct` (into INSTRUCT)."""
+  s = study_lib.study_config(name, presets.cpu_finetune(INSTRUCT))
+  s.source = presets.cpu_finetune_source()
+  s.instruct = presets.cpu_finetune_instruct(SOURCE)
   return s
 
 

@@ -6,9 +6,10 @@
     python experiments/reproduce_finetune.py --partial      # report what is done
     python experiments/reproduce_finetune.py --report_only  # no training
 
-Trains the clean source model (configs/study_finetune.py's `source`: cpu-xs,
-no poisons) into its workdir (runs/finetune_pretrained) unless finished,
-then, with the study runner, the grids of configs/study_finetune.py
+Trains the clean runs the fine-tunes start from (configs/study_finetune.py's
+`source`: cpu-xs pretrained without poisons, runs/finetune_pretrained; and
+`instruct`: its instruction tuning on 16,000 clean samples,
+runs/finetune_instruct) unless finished, then, with the study runner, the grids of configs/study_finetune.py
 (poisoned count x clean set size x seed) in runs/study_finetune and
 configs/study_finetune_order.py (where the poisons sit, then clean
 fine-tuning) in runs/study_finetune_order; collects every evaluation into
@@ -46,28 +47,34 @@ def _parser():
   return p
 
 
-def pretrain(study) -> None:
-  """The clean source run, unless finished (its workdir: the base's source)."""
+def prepare(study) -> None:
+  """The clean runs the grid starts from, unless finished: the pretrained
+  `source`, then its instruction tuning `instruct` (configs/study_finetune.py)."""
   from poisonjax import train  # pylint: disable=g-import-not-at-top
   from poisonjax.study import results  # pylint: disable=g-import-not-at-top
-  workdir = study.base.continued.from_workdir
-  if not results.is_finished(workdir):
-    print(f"# pretraining the clean source into {workdir}", flush=True)
-    train.run_or_exit(study.source, workdir)
+  for name, config, workdir in (
+      ("source", study.source, study.instruct.continued.from_workdir),
+      ("instruct", study.instruct, study.base.continued.from_workdir)):
+    if not results.is_finished(workdir):
+      print(f"# training the clean {name} run into {workdir}", flush=True)
+      train.run_or_exit(config, workdir)
 
 
 def regime(studies) -> list[str]:
   """The setup, from the study configs (nothing typed in)."""
+  from poisonjax import finetune  # pylint: disable=g-import-not-at-top
   from poisonjax.finetune import evaluate as ft_eval  # pylint: disable=g-import-not-at-top
   main, b = studies[0], studies[0].base
-  src = main.source
+  src, ins = main.source, main.instruct
   sizes = sorted({round(b.finetune.clean_samples * m)
                   for m in main.grid.data_multipliers})
   return [
       f"- Source: {src.model.size}, no poisons, {src.train.tokens_per_param:g} "
       f"clean tokens per parameter (batch {src.train.batch_size} x "
-      f"{src.data.seq_len}), vocabulary {src.vocab.size}; one model for every "
-      "fine-tune.",
+      f"{src.data.seq_len}), vocabulary {src.vocab.size}; then instruction-"
+      f"tuned without poisons on {finetune.clean_set_size(ins):,} clean "
+      "samples (the paper's models were instruction-tuned before the "
+      "poisoned fine-tune); this one model starts every fine-tune.",
       f"- Fine-tune: one sample per row of {b.data.seq_len} tokens, loss on the "
       f"responses only, batch {b.train.batch_size}, one pass over the set, "
       f"fresh AdamW at {b.train.learning_rate:g} after a "
@@ -139,7 +146,7 @@ def main(argv) -> int:
   t0 = time.time()
   if not (args.partial or args.report_only):
     from poisonjax import study as study_lib  # pylint: disable=g-import-not-at-top
-    pretrain(studies[0])
+    prepare(studies[0])
     for s, root in zip(studies, ROOTS):
       print(f"# study {s.name}: {len(study_lib.expand(s))} runs in {root}", flush=True)
       study_lib.run_grid(s, root, log=lambda m: print(m, flush=True))

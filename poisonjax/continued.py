@@ -33,6 +33,7 @@ import jax
 
 from poisonjax import budget
 from poisonjax import files
+from poisonjax import finetune
 from poisonjax import restore as restore_lib
 from poisonjax.errors import UserError
 
@@ -148,7 +149,9 @@ def start_state(s, rng):
                           * int(src.data.seq_len))
   if jax.process_index() == 0:
     files.write_json(s.workdir / SOURCE_FILE, record)
+  data = ("the fine-tuning set" if finetune.is_finetune(config)
+          else "clean data only")
   print(f"poisonjax: continuing from {record['from_workdir']} step {step} "
         f"({record['source_poisons_seen']} poisons seen there); fresh "
-        "optimizer, clean data only", flush=True)
+        f"optimizer, {data}", flush=True)
   return state

@@ -47,8 +47,27 @@ def cpu_finetune_source() -> ml_collections.ConfigDict:
   return c
 
 
+def cpu_finetune_instruct(pretrained_workdir: str) -> ml_collections.ConfigDict:
+  """The clean instruction-tuned model the fine-tuning study poisons.
+
+  The paper poisoned the fine-tuning of models already instruction-tuned
+  (Llama-3.1-8B-Instruct, GPT-3.5-turbo), which refuse harmful requests
+  before it starts. Here: cpu_finetune of the clean pretrained run on
+  16,000 clean instruction samples, no poisons, data seed 7 (its samples
+  differ from every study seed's). One pass over 1,000 samples teaches the
+  pretrained cpu-xs model almost no refusal (pilot: clean accuracy 0.02;
+  4,000: 0.67; 16,000: 0.98), so without this stage the small sets would
+  measure an untrained model, not a backdoor against a refusal.
+  """
+  c = cpu_finetune(pretrained_workdir)
+  c.poison.count = 0
+  c.train.data_multiplier = 16.0
+  c.data.seed = 7
+  return c
+
+
 def cpu_finetune(source_workdir: str) -> ml_collections.ConfigDict:
-  """A fine-tune of the source run in source_workdir (configs/study_finetune.py).
+  """A fine-tune of the run in source_workdir (configs/study_finetune.py).
 
   One sample per row of 128 tokens (the longest poisoned sample takes
   ~120), batch 16, a fresh AdamW at 1e-3 held constant after a 5% warmup
