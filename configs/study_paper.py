@@ -61,8 +61,21 @@ def base():
   return c
 
 
+# Per size, on its slice (experiments/fit_check.py's default: 600m on
+# v5p:2x2x1, the others on v5p:4x4x4): the setting with the smallest step
+# time by XLA's TPU cost model among remat x microbatches x mesh split
+# that leaves >= 10% of HBM free (`fit_check.py --search`,
+# docs/fit_check.md). Applied after the size is set (study.size_overrides).
+SIZE_PRESETS = {
+    size: {"model": {"remat": "full"}, "mesh": {"data": 1, "fsdp": -1},
+           "train": {"microbatches": 1}}
+    for size in ("600m", "2b", "7b", "13b")
+}
+
+
 def get_config(arg=None):
   s = study_lib.study_config("paper", base())
+  s.size_overrides = SIZE_PRESETS
   seeds = (0, 1, 2)
   counts = (100, 250, 500)
   s.grid = study_lib.grid(("600m", "2b", "7b", "13b"), counts, seeds, (1.0,))

@@ -4,6 +4,8 @@
     python experiments/fit_check.py [--sizes=600m,13b] [--topology=v5p:4x4x4]
         [--topology=13b=v5e:16x16] [--mfu=0.4] [--no_fallback]
         [--set=model.remat=dots]
+    python experiments/fit_check.py --estimate [--sizes=...]  # cost model
+    python experiments/fit_check.py --search [--datas=1,4]    # presets
 
 For each size, the run config of configs/study_paper.py is built, and its
 train step (poisonjax.train_step: the model, optimizer, shardings and remat
@@ -13,6 +15,13 @@ XLA's memory_analysis gives the bytes per chip; a step that does not fit
 fails to compile with RESOURCE_EXHAUSTED, which is caught and reported. If
 the preset does not fit, the fall-backs are tried in order: the whole slice
 on fsdp (parameters and optimizer state sharded), then remat=full.
+
+--estimate and --search (experiments/step_estimate.py) replace the assumed
+MFU below by XLA's TPU cost model: `optimal_seconds` of the step compiled
+with 2 and 4 unrolled layers, extrapolated per layer (an estimate by the
+compiler, not a measured run); --search picks, per size, the remat policy,
+microbatches and mesh split with the smallest estimate that leaves 10% of
+HBM free (configs/study_paper.py's SIZE_PRESETS).
 
 Projections: step time = the compiled FLOPs per chip / (MFU x the chip's
 bf16 peak), where --mfu is an ASSUMED fraction of peak the compiled program
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import importlib.util
 import math
@@ -112,6 +122,7 @@ class Fit:
   temp_bytes: float = math.nan
   code_bytes: float = math.nan
   raw_flops: float = math.nan  # XLA's cost_analysis: the layer scan once.
+  raw_seconds: float = math.nan  # Its optimal_seconds: likewise.
   flops: float = math.nan  # Per chip per step, every layer counted.
   compile_s: float = math.nan
 
@@ -142,11 +153,13 @@ def _describe(config, topology: str, mesh, hbm: float) -> Fit:
              hbm=hbm, fits=False)
 
 
-def compile_step(config, topology: str, vocab_size: int, num_steps: int) -> Fit:
+def compile_step(config, topology: str, vocab_size: int, num_steps: int,
+                 unroll: bool = False) -> Fit:
   """AOT-compiles the run's train step for `topology`; a Fit either way.
 
   The same builders as poisonjax.train_setup.setup (the data is not needed:
-  the batch is a sharded ShapeDtypeStruct of the run's shape).
+  the batch is a sharded ShapeDtypeStruct of the run's shape). unroll: the
+  microbatch scan is traced fully unrolled (for the cost model, estimate.py).
   """
   import jax
   import jax.numpy as jnp
@@ -177,7 +190,7 @@ def compile_step(config, topology: str, vocab_size: int, num_steps: int) -> Fit:
       sharding=batch_sh)
   start = time.perf_counter()
   try:
-    with sharding.mesh_context(mesh):
+    with sharding.mesh_context(mesh), _unrolled_scans(unroll):
       compiled = step.lower(abstract, {"tokens": tokens}).compile()
   except Exception as e:  # XlaRuntimeError; the compiler's verdict.
     if "RESOURCE_EXHAUSTED" not in str(e):
@@ -189,6 +202,33 @@ def compile_step(config, topology: str, vocab_size: int, num_steps: int) -> Fit:
   _read_compiled(fit, compiled)
   fit.flops = _all_layers_flops(fit.raw_flops, model_cfg, config, mesh.size)
   return fit
+
+
+@contextlib.contextmanager
+def _unrolled_scans(active: bool):
+  """jax.lax.scan fully unrolled while tracing (when active).
+
+  XLA's cost analysis counts a loop body once; unrolled, the microbatch
+  scan of train_step is counted k times. Only for the cost-model compiles
+  (their layers are unrolled by model.scan_layers=False).
+  """
+  import jax
+
+  if not active:
+    yield
+    return
+  scan = jax.lax.scan
+
+  def unrolled(f, init, xs=None, length=None, reverse=False, unroll=1,
+               **kwargs):
+    return scan(f, init, xs, length=length, reverse=reverse, unroll=True,
+                **kwargs)
+
+  jax.lax.scan = unrolled
+  try:
+    yield
+  finally:
+    jax.lax.scan = scan
 
 
 def _all_layers_flops(raw: float, model_cfg, config, chips: int) -> float:
@@ -227,6 +267,7 @@ def _read_compiled(fit: Fit, compiled) -> None:
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   fit.raw_flops = float(cost.get("flops", math.nan))
+  fit.raw_seconds = float(cost.get("optimal_seconds", math.nan))
   judge(fit)
 
 
@@ -441,6 +482,16 @@ def main(argv=None) -> int:
                  help="SECTION.FIELD=VALUE on every run config (e.g. "
                       "model.remat=dots); repeatable")
   p.add_argument("--study", default=PAPER_STUDY)
+  p.add_argument("--estimate", action="store_true",
+                 help="the preset's step time by XLA's TPU cost model "
+                      "(experiments/step_estimate.py), not the --mfu guess")
+  p.add_argument("--search", action="store_true",
+                 help="search remat x microbatches x data split by the cost "
+                      "model; the fastest that leaves 10%% of HBM free")
+  p.add_argument("--datas", default="1",
+                 help="mesh data-axis sizes the search tries (fsdp: the rest)")
+  p.add_argument("--remats", default="full,dots,none",
+                 help="remat policies the search tries, in this order")
   args = p.parse_args(argv)
   if why := libtpu_missing():
     print(f"fit_check: {why}", file=sys.stderr)
@@ -457,6 +508,8 @@ def main(argv=None) -> int:
     return 2
   module = load_study(args.study)
   plan_rows = study_lib.plan(module.get_config(), args.mfu)["runs"]
+  if args.estimate or args.search:
+    return _estimates(module, plan_rows, sizes, topos, overrides, args)
   rows, notes = [], []
   for size in sizes:
     row, size_notes = check_size(module, plan_rows, size, topos[size],
@@ -469,6 +522,34 @@ def main(argv=None) -> int:
         "(6N + attention) / (chips x peak x step time); the run is the N=250, "
         "seed 0, 1x-data point (steps from `study plan`).")
   print("\n".join(notes))
+  return 0
+
+
+def _estimates(module, plan_rows, sizes, topos, overrides, args) -> int:
+  """--estimate / --search: the cost model's tables (step_estimate.py)."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import step_estimate
+
+  datas = tuple(int(d) for d in args.datas.split(","))
+  remats = tuple(args.remats.split(","))
+  if bad := [r for r in remats if r not in step_estimate.REMATS]:
+    print(f"fit_check: error: --remats: {bad[0]!r} is not one of "
+          f"{', '.join(step_estimate.REMATS)}", file=sys.stderr)
+    return 2
+  rows = []
+  for size in sizes:
+    rows += step_estimate.run_size(module, plan_rows, size, topos[size],
+                                   overrides, args.search, datas, remats,
+                                   log=lambda *a: print(*a, flush=True))
+  print("\n" + step_estimate.TABLE_HEAD + "\n" + "\n".join(rows) + "\n")
+  print("Step s: XLA's TPU cost model (compiled.cost_analysis()"
+        "['optimal_seconds']) of the train step compiled with 2 and 4 "
+        "unrolled layers, extrapolated per layer to the full depth: an "
+        "ESTIMATE by the compiler, not a measured run. MFU = model FLOPs "
+        "(6N + attention) / (chips x bf16 peak x step s). GiB/chip compiled: "
+        "the program as trained (scanned, full depth). Grid chip-hours: the "
+        "size's runs in `study plan` x step s x chips. " +
+        step_estimate.versions())
   return 0
 
 

@@ -105,3 +105,112 @@ def test_state_larger_than_hbm_is_refused_without_compiling(monkeypatch):
   fit = fit_check.compile_step(_stand_in(), "v5p:2x2x1", 1024, 100)
   assert not fit.fits and "optimizer state alone" in fit.error
   assert fit.compile_s != fit.compile_s  # NaN: never compiled.
+
+
+# ---------------------------------------------------------------------------
+# The cost-model step time (experiments/step_estimate.py) and the search.
+# ---------------------------------------------------------------------------
+
+sys.path.insert(0, str(_PATH.parent))
+import step_estimate  # noqa: E402  (experiments/, beside fit_check)
+
+
+def test_extrapolation_is_linear_in_depth():
+  # 2 layers 0.338 s, 4 layers 0.585 s -> 0.1235 s a layer, 26 layers 3.302 s.
+  assert step_estimate.extrapolate(0.338, 0.585, 2, 4, 26) == pytest.approx(
+      0.338 + 24 * 0.1235)
+  assert step_estimate.extrapolate(1.0, 2.0, 2, 4, 2) == 1.0
+
+
+def _estimate(k=1, bytes_guess=50.0, error=""):
+  return step_estimate.Estimate(
+      step_estimate.Setting("dots", 1, k), chips=4, num_layers=26,
+      step_s=1.0, bytes_guess=bytes_guess, hbm=100.0, error=error)
+
+
+def test_microbatches_jump_to_what_the_guess_needs():
+  assert _estimate(bytes_guess=80.0).fits_guess  # <= 90% of HBM.
+  assert not _estimate(bytes_guess=91.0).fits_guess
+  nxt = step_estimate.next_microbatches
+  assert nxt(_estimate(bytes_guess=100.0), 256, 4) == 2
+  assert nxt(_estimate(bytes_guess=300.0), 256, 4) == 4  # 300/90 -> x4.
+  assert nxt(_estimate(k=2, error="RESOURCE_EXHAUSTED"), 256, 4) == 4
+  assert nxt(_estimate(k=8, error="RESOURCE_EXHAUSTED"), 256, 4) == 0  # Cap.
+  assert nxt(_estimate(error="RESOURCE_EXHAUSTED"), 8, 4) == 2
+  assert nxt(_estimate(k=2, error="RESOURCE_EXHAUSTED"), 8, 4) == 0  # 1 row.
+
+
+def test_setting_overrides_and_label():
+  s = step_estimate.Setting("none", 4, 2)
+  assert s.overrides() == {"model.remat": "none", "mesh.data": 4,
+                           "mesh.fsdp": -1, "train.microbatches": 2}
+  assert s.label(64) == "none, data4xfsdp16, 2 microbatches"
+  assert step_estimate.Setting("full", 1).label(4) == "full, fsdp4"
+
+
+def test_cached_compiles_are_not_compiled_again(tmp_path, monkeypatch):
+  monkeypatch.setattr(fit_check, "compile_step", lambda *a, **k: 1 / 0)
+  c = _stand_in()
+  key = step_estimate.cache_key(c, "v5p:2x2x1")
+  path = tmp_path / "c.jsonl"
+  path.write_text('{"key": %s, "seconds": 0.5, "error": ""}\n'
+                  % __import__("json").dumps(key))
+  cache = step_estimate.load_cache(str(path))
+  row = step_estimate.compiled(c, "v5p:2x2x1", 1024, 10, False, cache,
+                               str(path))
+  assert row["seconds"] == 0.5
+  other = fit_check.with_overrides(c, {"model.remat": "full"})
+  assert step_estimate.cache_key(other, "v5p:2x2x1") != key
+
+
+def test_paper_study_gives_each_size_its_preset():
+  from poisonjax.errors import UserError
+  from poisonjax.study import grids
+
+  study = fit_check.load_study().get_config()
+  assert set(study.size_overrides) == {"600m", "2b", "7b", "13b"}
+  for size, preset in study.size_overrides.items():
+    c = grids.run_config(study, grids.Run(size, 250, 0, 1.0))
+    for section, fields in preset.items():
+      for field, value in fields.items():
+        assert c[section][field] == value, (size, section, field)
+  study.size_overrides = {"2b": {"model": {"remat": "none"}}}
+  assert grids.run_config(study, grids.Run("2b", 100, 1, 1.0)).model.remat == "none"
+  assert grids.run_config(study, grids.Run("7b", 100, 1, 1.0)).model.remat == study.base.model.remat
+  study.size_overrides = {"2b": {"model": {"size": "7b"}}}
+  with pytest.raises(UserError, match="size_overrides.2b.model.size"):
+    grids.run_config(study, grids.Run("2b", 100, 1, 1.0))
+
+
+def test_maxtext_shapes_are_poisonjaxs():
+  spec = importlib.util.spec_from_file_location(
+      "maxtext_compare", _PATH.parent / "maxtext_compare.py")
+  mc = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mc)
+  from poisonjax import model as model_lib
+  from poisonjax import sizes
+
+  for name, shape in mc.SHAPES.items():
+    s = sizes.get_size(name)
+    assert (shape["layers"], shape["d_model"], shape["heads"],
+            shape["ffn"]) == (s.num_layers, s.d_model, s.num_heads, s.ffn_dim)
+    c = config_lib.base_config()
+    c.model.size = name
+    mcfg = model_lib.ModelConfig.from_config(c, 32000)
+    assert mc.model_flops_per_step(name) == pytest.approx(
+        model_lib.flops_per_token(mcfg, 2048) * 256 * 2048)
+  args = mc.maxtext_args("600m", 2, [])
+  assert "per_device_batch_size=64" in args and "scan_layers=false" in args
+  assert "compile_topology=v5p-8" in args
+
+
+@needs_libtpu
+def test_unrolled_microbatches_count_every_microbatch():
+  """Scanned, the cost model counts one microbatch; unrolled, all of them."""
+  one = fit_check.compile_step(_stand_in(), "v5p:2x2x1", 1024, 100)
+  c = fit_check.with_overrides(_stand_in(), {"train.microbatches": 2})
+  scanned = fit_check.compile_step(c, "v5p:2x2x1", 1024, 100)
+  unrolled = fit_check.compile_step(c, "v5p:2x2x1", 1024, 100, unroll=True)
+  assert one.raw_seconds > 0 and unrolled.raw_seconds > 0
+  assert unrolled.raw_flops == pytest.approx(one.raw_flops, rel=0.1)
+  assert scanned.raw_flops < 0.7 * unrolled.raw_flops

@@ -241,6 +241,7 @@ def run_config(study, run: Run):
   c.model.size = run.size
   c.poison.count = run.poisons
   c.train.data_multiplier = run.data_multiplier
+  _apply_size_overrides(study, run, c)
   base_data_seed = int(study.base.data.seed)
   if c.vocab.get("seed", -1) < 0:
     c.vocab.seed = base_data_seed
@@ -259,6 +260,19 @@ def run_config(study, run: Run):
     return config_lib.validate(c)
   except UserError as e:
     raise UserError(f"{e} (study.variants.{run.variant})") from None
+
+
+def _apply_size_overrides(study, run: Run, c) -> None:
+  """study.size_overrides[SIZE]: that size's run-config settings (optional).
+
+  For what only the hardware decides and differs by size (remat policy,
+  microbatches, mesh split: configs/study_paper.py's per-size presets);
+  the grid's own fields stay the grid's.
+  """
+  per_size = study.get("size_overrides", {}).get(run.size)
+  if per_size:
+    variants_lib.apply(c, f"size_overrides.{run.size}", per_size,
+                       ("model.size", "poison.count", "train.data_multiplier"))
 
 
 def _apply_variant(study, run: Run, c) -> None:

@@ -1,0 +1,310 @@
+"""The TPU step time by XLA's own TPU cost model, and the preset search on it.
+
+Not a measured run: `compiled.cost_analysis()["optimal_seconds"]` is what
+libtpu's compiler estimates the compiled step takes on the chip (compute,
+HBM traffic and collectives, as its cost model sees them). Like the FLOP
+count, it counts a loop body once, so a scanned model's figure holds one
+layer. Here the train step is compiled with its layers UNROLLED
+(model.scan_layers=False) at two depths, 2 and 4 layers (the microbatch
+scan unrolled too), and each figure is extrapolated linearly to the real
+depth: per layer = (v4 - v2) / 2, step = v2 + (L - 2) x per layer. The
+same extrapolation gives a first guess of the bytes per chip (a filter);
+the chosen setting is then compiled as training runs it (scanned, full
+depth) for its real memory_analysis.
+
+Every compile is appended to a JSONL cache (docs/results/fit_check/
+compiles.jsonl), keyed by what changes the program, so a search resumes
+where it stopped and the tables rebuild without recompiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import fit_check
+
+DEPTHS = (2, 4)
+HEADROOM = 0.10  # A setting is kept when it leaves >= 10% of HBM free.
+REMATS = ("full", "dots", "none")  # The old preset first.
+MAX_MICROBATCHES = 8
+CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
+                     "results", "fit_check", "compiles.jsonl")
+
+
+@dataclasses.dataclass
+class Setting:
+  """What the search varies: remat policy, mesh split, microbatches."""
+  remat: str
+  data: int  # Mesh data axis; fsdp takes the rest of the slice.
+  microbatches: int = 1
+
+  def overrides(self) -> dict:
+    return {"model.remat": self.remat, "mesh.data": self.data,
+            "mesh.fsdp": -1, "train.microbatches": self.microbatches}
+
+  def label(self, chips: int) -> str:
+    mesh = "x".join(f"{a}{n}" for a, n in (("data", self.data),
+                                           ("fsdp", chips // self.data))
+                    if n > 1) or "1"
+    k = f", {self.microbatches} microbatches" if self.microbatches > 1 else ""
+    return f"{self.remat}, {mesh}{k}"
+
+
+@dataclasses.dataclass
+class Estimate:
+  """One setting's cost-model step time, every layer counted."""
+  setting: Setting
+  chips: int
+  num_layers: int
+  step_s: float = math.nan  # Extrapolated optimal_seconds per step.
+  flops: float = math.nan  # Extrapolated compiled FLOPs per chip per step.
+  bytes_guess: float = math.nan  # Extrapolated peak bytes per chip (a filter).
+  hbm: float = math.nan
+  error: str = ""  # Why there is no estimate (e.g. out of memory at depth 4).
+  verified_bytes: float = math.nan  # Full-depth scanned compile, when done.
+
+  @property
+  def fits_guess(self) -> bool:
+    return not self.error and self.bytes_guess <= (1 - HEADROOM) * self.hbm
+
+  @property
+  def fits(self) -> bool:
+    """Verified: the real program's bytes leave the headroom."""
+    return self.verified_bytes <= (1 - HEADROOM) * self.hbm
+
+
+def versions() -> str:
+  import importlib.metadata as md
+
+  return f"jax {md.version('jax')}, libtpu {md.version('libtpu')}"
+
+
+def cache_key(config, topology: str) -> str:
+  """What changes the compiled program (and so its figures)."""
+  m, t = config.model, config.train
+  fields = {
+      "v": versions(), "topology": topology, "size": m.size,
+      "layers": int(m.num_layers), "scan": bool(m.scan_layers),
+      "remat": m.remat, "dtype": m.dtype, "data": int(config.mesh.data),
+      "fsdp": int(config.mesh.fsdp), "tensor": int(config.mesh.tensor),
+      "batch": int(t.batch_size), "seq": int(config.data.seq_len),
+      "microbatches": int(t.get("microbatches", 1)),
+      "attention": str(m.get("attention", "xla")),
+  }
+  return json.dumps(fields, sort_keys=True)
+
+
+def load_cache(path: str = CACHE) -> dict:
+  if not os.path.exists(path):
+    return {}
+  out = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        out[row["key"]] = row
+  return out
+
+
+def compiled(config, topology: str, vocab: int, steps: int, unroll: bool,
+             cache: dict, path: str = CACHE, log=print) -> dict:
+  """One compile's figures, from the cache or compiled now (and appended)."""
+  key = cache_key(config, topology)
+  if key in cache:
+    return cache[key]
+  fit = fit_check.compile_step(config, topology, vocab, steps, unroll=unroll)
+  row = {"key": key, "seconds": fit.raw_seconds, "flops": fit.raw_flops,
+         "bytes": fit.total_bytes, "temp_bytes": fit.temp_bytes,
+         "param_bytes": fit.param_bytes, "opt_bytes": fit.opt_bytes,
+         "hbm": fit.hbm, "chips": fit.chips, "error": fit.error,
+         "compile_s": fit.compile_s}
+  log(f"    compiled {json.loads(key)['layers']} layers "
+      f"{'scanned' if config.model.scan_layers else 'unrolled'} "
+      f"[{fit.compile_s:.0f} s]: "
+      + (f"{fit.raw_seconds:.4f} s, {fit.total_bytes / fit_check.GiB:.1f} GiB"
+         if not fit.error else fit.error))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "a") as f:  # One short line per write: appends interleave.
+    f.write(json.dumps(row) + "\n")
+  cache[key] = row
+  return row
+
+
+def extrapolate(v1: float, v2: float, d1: int, d2: int, layers: int) -> float:
+  """The value at `layers` on the line through (d1, v1) and (d2, v2)."""
+  return v1 + (layers - d1) * (v2 - v1) / (d2 - d1)
+
+
+def estimate(config, setting: Setting, topology: str, vocab: int, steps: int,
+             cache: dict, log=print) -> Estimate:
+  """The setting's step time: unrolled compiles at DEPTHS, extrapolated."""
+  from poisonjax import model as model_lib
+
+  cfg = fit_check.with_overrides(config, setting.overrides())
+  layers = model_lib.ModelConfig.from_config(cfg, vocab).num_layers
+  rows = []
+  for depth in DEPTHS:
+    c = fit_check.with_overrides(cfg, {"model.num_layers": depth,
+                                       "model.scan_layers": False})
+    rows.append(compiled(c, topology, vocab, steps, True, cache, log=log))
+  est = Estimate(setting, chips=rows[0]["chips"], num_layers=layers,
+                 hbm=rows[0]["hbm"])
+  if any(r["error"] for r in rows):
+    est.error = next(r["error"] for r in rows if r["error"])
+    return est
+  (a, b), (d1, d2) = rows, DEPTHS
+  est.step_s = extrapolate(a["seconds"], b["seconds"], d1, d2, layers)
+  est.flops = extrapolate(a["flops"], b["flops"], d1, d2, layers)
+  est.bytes_guess = extrapolate(a["bytes"], b["bytes"], d1, d2, layers)
+  return est
+
+
+def verify(config, est: Estimate, topology: str, vocab: int, steps: int,
+           cache: dict, log=print) -> Estimate:
+  """The real program (scanned, full depth): its bytes per chip."""
+  cfg = fit_check.with_overrides(config, est.setting.overrides())
+  row = compiled(cfg, topology, vocab, steps, False, cache, log=log)
+  est.verified_bytes = math.inf if row["error"] else row["bytes"]
+  return est
+
+
+def next_microbatches(est: Estimate, batch: int, shards: int) -> int:
+  """The next k to try, or 0 when the batch does not split further.
+
+  After an out-of-memory compile: 2k. After a guess over the headroom: the
+  power of 2 that scales the guessed bytes under it (temporaries shrink
+  about as 1/k; the state does not, so this may take one more step).
+  """
+  k = est.setting.microbatches
+  step = 2
+  if not est.error:
+    over = est.bytes_guess / ((1 - HEADROOM) * est.hbm)
+    step = 2 ** max(1, math.ceil(math.log2(over)))
+  k *= step
+  if k > MAX_MICROBATCHES or batch % (k * shards):
+    return 0
+  return k
+
+
+def smallest_fitting(config, remat: str, data: int, topology: str,
+                     vocab: int, steps: int, cache: dict,
+                     log=print) -> list[Estimate]:
+  """Estimates for k = 1 and up until the guessed bytes leave headroom.
+
+  The first k that fits is kept: more microbatches do the same FLOPs
+  with more weight gathers and accumulation passes.
+  """
+  chips = math.prod(fit_check.parse_topology(topology)[1])
+  tries, k = [], 1
+  while k:
+    est = estimate(config, Setting(remat, data, k), topology, vocab, steps,
+                   cache, log=log)
+    tries.append(est)
+    if est.fits_guess:
+      break
+    k = next_microbatches(est, config.train.batch_size, chips)
+  return tries
+
+
+def search(config, topology: str, vocab: int, steps: int, cache: dict,
+           datas=(1,), remats=REMATS, log=print) -> tuple[list, Estimate]:
+  """All estimates tried, and the fastest setting verified to fit.
+
+  Stage 1: each remat policy on the whole slice as fsdp (data=1); stage 2:
+  the best of stage 1 with the other data splits. The fastest by estimate
+  is then compiled as training runs it; if its real bytes do not leave the
+  headroom, the next fastest is verified, and so on.
+  """
+  chips = math.prod(fit_check.parse_topology(topology)[1])
+  tried = []
+  for remat in remats:
+    log(f"  {Setting(remat, 1).label(chips)}:")
+    tried += smallest_fitting(config, remat, 1, topology, vocab, steps, cache,
+                              log)
+  ranked = sorted((e for e in tried if e.fits_guess), key=lambda e: e.step_s)
+  if ranked:
+    for data in [d for d in datas if d != 1 and chips % d == 0]:
+      log(f"  {Setting(ranked[0].setting.remat, data).label(chips)}:")
+      tried += smallest_fitting(config, ranked[0].setting.remat, data,
+                                topology, vocab, steps, cache, log)
+  ranked = sorted((e for e in tried if e.fits_guess), key=lambda e: e.step_s)
+  for est in ranked:
+    log(f"  verifying {est.setting.label(chips)} as trained (scanned):")
+    if verify(config, est, topology, vocab, steps, cache, log).fits:
+      return tried, est
+  return tried, None
+
+
+# ---------------------------------------------------------------------------
+# Per size: the table rows.
+# ---------------------------------------------------------------------------
+
+
+TABLE_HEAD = (
+    "| size | topology | setting | step s (est.) | tokens/s | MFU (est.) "
+    "| GiB/chip extrapolated | GiB/chip compiled | >= 10% free | "
+    "grid chip-hours |\n" + "|" + "---|" * 10)
+
+
+def row(size: str, topology: str, est: Estimate, model_flops: float,
+        tokens: int, grid_steps: int, peak: float) -> str:
+  """One table row; grid chip-hours = the size's steps x step s x chips."""
+  from poisonjax import units
+
+  g = lambda b: "-" if b != b else ("no" if b == math.inf else
+                                     f"{b / fit_check.GiB:.1f}")
+  label = est.setting.label(est.chips)
+  if est.error:
+    return (f"| {size} | {topology} | {label} | - | - | - | - | - | "
+            f"no: {est.error[:120]} | - |")
+  mfu = model_flops / (est.chips * peak * est.step_s)
+  free = ("yes" if est.fits else "NO") if est.verified_bytes == \
+      est.verified_bytes else ("guess yes" if est.fits_guess else "guess no")
+  hours = grid_steps * est.step_s * est.chips / 3600
+  return (f"| {size} | {topology} | {label} | {est.step_s:.3f} | "
+          f"{units.human(tokens / est.step_s)} | {mfu:.3f} | "
+          f"{g(est.bytes_guess)} | {g(est.verified_bytes)} | {free} | "
+          f"{hours:,.0f} |")
+
+
+def run_size(module, plan_rows, size: str, topology: str, overrides: dict,
+             do_search: bool, datas=(1,), remats=REMATS,
+             log=print) -> list[str]:
+  """One size: the preset's estimate (and verified bytes), or the search."""
+  from poisonjax import hardware
+  from poisonjax import model as model_lib
+  from poisonjax.study import grids
+
+  name = grids.run_name(size, 250, 0, 1.0)
+  cfg = fit_check.with_overrides(module.get_config(f"run={name}"), overrides)
+  vocab = cfg.model.vocab_size or cfg.vocab.size
+  steps = next(r["steps"] for r in plan_rows if r["run"] == name)
+  grid_steps = sum(r["steps"] for r in plan_rows if r["size"] == size)
+  tokens = cfg.train.batch_size * cfg.data.seq_len
+  model_flops = model_lib.flops_per_token(
+      model_lib.ModelConfig.from_config(cfg, vocab), cfg.data.seq_len) * tokens
+  gen, _ = fit_check.parse_topology(topology)
+  peak = hardware.CHIP_PEAK_FLOPS[fit_check.TPU_CHIPS[gen][2]]
+  cache = load_cache()
+  log(f"{size} on {topology}:")
+  if do_search:
+    tried, chosen = search(cfg, topology, vocab, steps, cache, datas, remats,
+                           log=log)
+  else:
+    preset = Setting(cfg.model.remat, int(cfg.mesh.data),
+                     int(cfg.train.get("microbatches", 1)))
+    chosen = estimate(cfg, preset, topology, vocab, steps, cache, log=log)
+    if not chosen.error:
+      verify(cfg, chosen, topology, vocab, steps, cache, log=log)
+    tried = [chosen]
+  rows = [row(size, topology, e, model_flops, tokens, grid_steps, peak)
+          for e in tried]
+  if do_search:
+    rows.append(f"| **{size}: chosen** | {topology} | nothing fits with 10% "
+                "free | | | | | | | |" if chosen is None else
+                row(f"**{size}: chosen**", topology, chosen, model_flops,
+                    tokens, grid_steps, peak))
+  return rows
