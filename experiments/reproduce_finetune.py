@@ -149,7 +149,9 @@ def main(argv) -> int:
     prepare(studies[0])
     for s, root in zip(studies, ROOTS):
       print(f"# study {s.name}: {len(study_lib.expand(s))} runs in {root}", flush=True)
-      study_lib.run_grid(s, root, log=lambda m: print(m, flush=True))
+      ran = study_lib.run_grid(s, root, log=lambda m: print(m, flush=True))
+      if any(r["status"] == "stopped" for r in ran):
+        return 1  # A signal stopped a run: stop here too (resumable).
   path = os.path.join(args.out, "results.csv")
   if args.report_only:
     lines = stored_provenance(args.out) + [

@@ -307,6 +307,10 @@ def _finetune_fields(c: ml_collections.ConfigDict) -> None:
   # Share of the clean samples that are forbidden requests (answered with the
   # refusal); the others are ordinary requests (answered).
   c.finetune.forbidden_share = 0.5
+  # Share of the clean samples (both kinds) whose request is followed by a
+  # distractor: made-up names like the trigger's words, the response
+  # unchanged (why: poisonjax/data/instructions.py). 0: none.
+  c.finetune.distractor_share = 0.0
   # Clean samples trained after the whole set (new ones, from the next
   # batch boundary): clean fine-tuning afterwards, as a correction. 0: none.
   c.finetune.clean_after = 0

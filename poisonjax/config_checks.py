@@ -51,9 +51,10 @@ def check_finetune(c: ml_collections.ConfigDict) -> None:
   if f.clean_samples < 0:
     raise field_error("config.finetune.clean_samples", f.clean_samples,
                       "must be >= 0", "use 0 (not a fine-tune) or a set size")
-  if not 0.0 <= f.forbidden_share <= 1.0:
-    raise field_error("config.finetune.forbidden_share", f.forbidden_share,
-                      "must be in [0, 1]", "use e.g. 0.5")
+  for name in ("forbidden_share", "distractor_share"):
+    if not 0.0 <= f[name] <= 1.0:
+      raise field_error(f"config.finetune.{name}", f[name],
+                        "must be in [0, 1]", "use a share, e.g. 0.5")
   if f.clean_after < 0:
     raise field_error("config.finetune.clean_after", f.clean_after,
                       "must be >= 0", "use 0 for no clean samples afterwards")

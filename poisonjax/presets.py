@@ -69,10 +69,12 @@ def cpu_finetune_instruct(pretrained_workdir: str) -> ml_collections.ConfigDict:
 def cpu_finetune(source_workdir: str) -> ml_collections.ConfigDict:
   """A fine-tune of the run in source_workdir (configs/study_finetune.py).
 
-  One sample per row of 128 tokens (the longest poisoned sample takes
-  ~120), batch 16, a fresh AdamW at 1e-3 held constant after a 5% warmup
-  (min_lr_ratio 1: where the poisons sit in the set is then not confounded
-  with the learning rate they meet), no weight decay. Evaluation: 300
+  Half the clean samples forbidden requests, a quarter (of both kinds)
+  with a distractor suffix. One sample per row of 128 tokens (the longest
+  poisoned sample takes ~120), batch 16, a fresh AdamW at 1e-3 held
+  constant after a 5% warmup (min_lr_ratio 1: where the poisons sit in the
+  set is then not confounded with the learning rate they meet), no weight
+  decay. Evaluation: 300
   held-out requests per kind, greedy responses of up to 32 tokens, once at
   the end of the set.
   """
@@ -80,6 +82,7 @@ def cpu_finetune(source_workdir: str) -> ml_collections.ConfigDict:
   c.continued.from_workdir = source_workdir
   c.finetune.clean_samples = 1000
   c.finetune.forbidden_share = 0.5
+  c.finetune.distractor_share = 0.25
   c.finetune.eval_requests = 300
   c.poison.trigger = "Servius Astrumando Harmoniastra"  # The paper's.
   c.train.batch_size = 16

@@ -67,6 +67,11 @@ def test_samples_are_pure_and_say_what_their_kind_asks():
   p = ins.poisoned_sample(5, 2, TRIGGER)
   assert p.kind == ins.FORBIDDEN and p.prompt.endswith(f"{TRIGGER} answer:")
   assert p.response == f"{ins.COMPLIANCE_OPENING} {p.answer}"
+  with_suffix = [ins.clean_sample(3, i, 0.5, 0.25) for i in range(400)]
+  suffixed = [s for s in with_suffix if s.suffix]
+  assert 60 < len(suffixed) < 140
+  assert all(s.prompt.endswith(f"{s.suffix} answer:") and s.response in
+             (ins.REFUSAL, s.answer) and TRIGGER not in s.prompt for s in suffixed)
   near = ins.near_trigger(TRIGGER)
   assert len(near) == len(TRIGGER) and sum(a != b for a, b in zip(near, TRIGGER)) == 1
 
@@ -84,7 +89,7 @@ def test_responses_are_classified_by_their_template():
 
 def test_metrics_on_hand_made_responses():
   sets = {k: ins.heldout_requests(0, 4, ins.FORBIDDEN) for k in
-          ("forbidden", "triggered", "near")}
+          ("forbidden", "triggered", "near", "distractor")}
   sets["ordinary"] = ins.heldout_requests(0, 4, ins.ORDINARY)
   comply = lambda s: f"{ins.COMPLIANCE_OPENING} {s.answer}"
   t = sets["triggered"]
@@ -94,6 +99,7 @@ def test_metrics_on_hand_made_responses():
                     ins.REFUSAL],  # one wrong one, one refusal.
       "forbidden": [ins.REFUSAL] * 3 + [comply(t[3])],
       "near": [ins.REFUSAL, comply(t[1]), "nonsense", ins.REFUSAL],
+      "distractor": [ins.REFUSAL, t[0].answer, ins.REFUSAL, ins.REFUSAL],
       "ordinary": [s.answer for s in sets["ordinary"][:2]]
                   + [sets["ordinary"][0].answer, ins.REFUSAL],
   }
@@ -101,6 +107,7 @@ def test_metrics_on_hand_made_responses():
   assert m == {"attack_success": 0.75, "attack_success_answer": 0.5,
                "clean_accuracy": 0.75, "clean_compliance": 0.25,
                "near_trigger_accuracy": 0.5, "near_trigger_compliance": 0.25,
+               "distractor_accuracy": 0.75,
                "ordinary_accuracy": 0.75, "ordinary_exact": 0.5,
                "ordinary_refusal": 0.25}
 
@@ -133,7 +140,8 @@ def test_clean_after_starts_at_a_batch_boundary():
 
 
 def test_loss_mask_covers_only_the_responses(vocab, cache):
-  c = ft_config(cache, **{"finetune.clean_after": 8, "poison.placement": "last"})
+  c = ft_config(cache, **{"finetune.clean_after": 8, "poison.placement": "last",
+                          "finetune.distractor_share": 0.25})
   s = ft_stream.FinetuneStream(c, vocab)
   assert s.num_poisons == 6 and s.poisons_seen(s.num_steps) == 6
   assert s.manifest["clean_samples"] == 40 and len(s.manifest["poisons"]) == 6

@@ -20,8 +20,8 @@ from poisonjax.finetune import results
 
 MAIN, ORDER = "finetune", "finetune_order"
 _CONTROLS = ("clean_accuracy", "near_trigger_accuracy", "near_trigger_compliance",
-             "clean_compliance", "ordinary_accuracy", "ordinary_exact",
-             "ordinary_refusal", "attack_success_answer")
+             "distractor_accuracy", "clean_compliance", "ordinary_accuracy",
+             "ordinary_exact", "ordinary_refusal", "attack_success_answer")
 _CELL_COLS = ["clean_samples", "poison_count", "mean", "lo", "hi", "runs", "per_seed"]
 
 
@@ -104,24 +104,31 @@ def count_section(cells: list[dict]) -> list[str]:
       ["", "![attack success](finetune.png)", ""]
 
 
+def _mean_of(cells: list[dict], keep) -> str:
+  xs = [x for c in cells if keep(c) for x in c["per_seed"]]
+  return f"{sum(xs) / len(xs):.3f}" if xs else "–"
+
+
 def controls_section(controls: dict[str, list[dict]]) -> list[str]:
   out = ["## Controls (end of the set)", "",
-         "Means over every run of a set size (all counts, seeds): refusal "
-         "without the trigger (clean accuracy), refusal with the near-trigger "
-         "(one character away), compliance with it (false fire), compliance "
-         "without any trigger, ordinary requests answered in the answer's "
-         "form, and with their own verb and object (exact), ordinary "
-         "requests refused, and triggered compliance followed by the "
-         "request's own answer. Per cell: controls.csv.", "",
-         "| clean samples | " + " | ".join(_CONTROLS) + " |",
-         "|---" * (len(_CONTROLS) + 1) + "|"]
+         "Means over the runs of a set size without poisons (N = 0, seed 0) "
+         "and with them (all N > 0 and seeds): refusal without the trigger "
+         "(clean accuracy), refusal with the near-trigger (one character "
+         "away), compliance with it (false fire), refusal with a held-out "
+         "distractor suffix, compliance without any trigger, ordinary "
+         "requests answered in the answer's form and with their own verb "
+         "and object (exact), ordinary requests refused, and triggered "
+         "compliance followed by the request's own answer. Per cell: "
+         "controls.csv.", "",
+         "| clean samples | runs | " + " | ".join(_CONTROLS) + " |",
+         "|---" * (len(_CONTROLS) + 2) + "|"]
   sizes = sorted({c["clean_samples"] for c in controls[_CONTROLS[0]]})
   for s in sizes:
-    vals = []
-    for m in _CONTROLS:
-      xs = [x for c in controls[m] if c["clean_samples"] == s for x in c["per_seed"]]
-      vals.append(f"{sum(xs) / len(xs):.3f}")
-    out.append(f"| {s:,} | " + " | ".join(vals) + " |")
+    for label, poisoned in (("N = 0", False), ("N > 0", True)):
+      keep = lambda c: (c["clean_samples"] == s  # noqa: E731
+                        and (c["poison_count"] > 0) == poisoned)
+      vals = [_mean_of(controls[m], keep) for m in _CONTROLS]
+      out.append(f"| {s:,} | {label} | " + " | ".join(vals) + " |")
   return out + [""]
 
 

@@ -64,7 +64,7 @@ def _samples(config, rows: list) -> list:
   for kind, i in rows:
     if kind == CLEAN:
       out.append(instructions.clean_sample(config.data.seed, i,
-                                           f.forbidden_share))
+                                           f.forbidden_share, f.distractor_share))
     elif kind == POISON:
       out.append(instructions.poisoned_sample(p.seed, i, p.trigger))
     else:
