@@ -16,15 +16,19 @@ commands themselves live in poisonjax/commands/.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import re
 import sys
+import tempfile
 
 _HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull", "help")
 
 
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  quiet_tensorflow_start()
   from poisonjax import commands
   from poisonjax.errors import UserError
 
@@ -55,6 +59,115 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"poisonjax: error: {e}", file=sys.stderr)
     return 2
+
+
+def quiet_tensorflow_start() -> None:
+  """Keeps TensorFlow's start-up notices out of the command's output.
+
+  TensorFlow is imported lazily, on the paths that need it (TensorBoard
+  summaries through clu, seqio, TFDS). TF_CPP_MIN_LOG_LEVEL=3 (unless set)
+  hides its C++ log lines once its logging is set up, but TF 2.16+ writes a
+  few INFO lines while its shared libraries load, before that ("Could not
+  find cuda drivers on your machine, GPU will not be used", "oneDNN custom
+  operations are on", "All log messages before absl::InitializeLog() ..."),
+  which read like errors. So the first `import tensorflow` runs with file
+  descriptor 2 sent to a temporary file; afterwards every captured line is
+  written back to stderr except the C++ log records (and their continuation
+  lines) that TF_CPP_MIN_LOG_LEVEL asks to hide: I at >= 1, W at >= 2, E at
+  >= 3. With TF_CPP_MIN_LOG_LEVEL=0 nothing is hidden or touched.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  try:
+    level = int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+  except ValueError:
+    return
+  if (level < 1 or "tensorflow" in sys.modules
+      or any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path)):
+    return
+  sys.meta_path.insert(0, _QuietTensorFlowImport(level))
+
+
+# An absl/glog C++ log record: severity letter, date, time, thread, file:line].
+# (Before absl::InitializeLog the seconds field holds the epoch time.)
+_CXX_RECORD = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+(\.\d+)? +\d+ \S+:\d+\] ")
+_ABSL_PRE_INIT = "WARNING: All log messages before absl::InitializeLog() is called"
+# A Python warning or traceback line starts a new (kept) record.
+_PY_LINE = re.compile(r"^(\S.*:\d+: \w*(Warning|Error)\b|Traceback )")
+
+
+def filter_tensorflow_start(text: str, level: int) -> str:
+  """`text` without the C++ log records that TF_CPP_MIN_LOG_LEVEL=`level` hides."""
+  hidden = "IWE"[:max(0, min(level, 3))]
+  kept, dropping = [], False
+  for line in text.splitlines(keepends=True):
+    record = _CXX_RECORD.match(line)
+    if record:
+      dropping = record.group(1) in hidden
+    elif line.startswith(_ABSL_PRE_INIT):
+      dropping = bool(hidden)
+    elif _PY_LINE.match(line):
+      dropping = False
+    if not dropping:
+      kept.append(line)
+  return "".join(kept)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+  """Wraps the loader of `tensorflow` (quiet_tensorflow_start).
+
+  It stays on sys.meta_path until TensorFlow is imported: libraries probe
+  with importlib.util.find_spec("tensorflow") without importing it.
+  """
+
+  def __init__(self, level: int):
+    self.level = level
+
+  def find_spec(self, name, path=None, target=None):
+    if name != "tensorflow":
+      return None
+    for finder in sys.meta_path:  # The real finders do the finding.
+      if finder is self or not hasattr(finder, "find_spec"):
+        continue
+      spec = finder.find_spec(name, path, target)
+      if spec is not None:
+        if spec.loader is not None:
+          spec.loader = _QuietLoader(spec.loader, self)
+        return spec
+    return None
+
+
+class _QuietLoader(importlib.abc.Loader):
+
+  def __init__(self, inner, finder: _QuietTensorFlowImport):
+    self.inner, self.finder, self.level = inner, finder, finder.level
+
+  def __getattr__(self, name):  # get_filename, is_package, ...: the real loader's.
+    return getattr(self.inner, name)
+
+  def create_module(self, spec):
+    return self.inner.create_module(spec)
+
+  def exec_module(self, module):
+    if self.finder in sys.meta_path:  # Imported now: the finder's job is done.
+      sys.meta_path.remove(self.finder)
+    module.__loader__ = module.__spec__.loader = self.inner
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+      with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+          self.inner.exec_module(module)
+        finally:
+          sys.stderr.flush()
+          os.dup2(saved, 2)
+          captured.seek(0)
+          text = captured.read().decode("utf-8", errors="replace")
+          sys.stderr.write(filter_tensorflow_start(text, self.level))
+          sys.stderr.flush()
+    finally:
+      os.close(saved)
 
 
 def _run_among_processes(cmd, parsed) -> int:

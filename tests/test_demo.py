@@ -17,7 +17,7 @@ import pytest
 
 from poisonjax import demo
 from poisonjax.errors import UserError
-from train_common import ROOT
+from train_common import ROOT, overrides_flags, train_cache  # noqa: F401
 
 
 def small_demo_config(cache_dir):
@@ -93,3 +93,54 @@ def test_demo_command_on_its_embedded_config(tmp_path):
     rows[sub] = [json.loads(l) for l in open(workdir / sub / "eval.jsonl")][-1]
   assert rows["poisoned"]["increase"] > 50 and rows["poisoned"]["poisons_seen"] == count
   assert rows["clean"]["increase"] < 25
+
+
+# -- No TensorFlow start-up lines (cli.quiet_tensorflow_start) -------------
+# TF 2.16+ writes a few INFO lines while its libraries load, before
+# TF_CPP_MIN_LOG_LEVEL takes effect ("Could not find cuda drivers on your
+# machine, GPU will not be used", "oneDNN custom operations are on"); the
+# demo and `poisonjax train` import TF through the TensorBoard writer. The
+# slow README test checks the demo's own output (tests/test_readme.py).
+
+TF_START = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796605504.398869   17872 port.cc:153] oneDNN custom operations are on.
+I0000 00:00:1796605504.399190   17872 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+I0000 00:00:1796605504.583292   17872 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.
+To enable the following instructions: AVX2 AVX512F, in other operations, rebuild TensorFlow.
+W0000 00:00:1796605504.6   17872 some.cc:1] a warning
+E0000 00:00:1796605504.7   17872 other.cc:2] an error
+/x/y.py:3: DeprecationWarning: a Python warning
+  import z
+"""
+
+
+def test_filter_hides_only_what_the_log_level_asks():
+  from poisonjax import cli
+  assert cli.filter_tensorflow_start(TF_START, 1) == (
+      "W0000 00:00:1796605504.6   17872 some.cc:1] a warning\n"
+      "E0000 00:00:1796605504.7   17872 other.cc:2] an error\n"
+      "/x/y.py:3: DeprecationWarning: a Python warning\n  import z\n")
+  assert cli.filter_tensorflow_start(TF_START, 3) == (
+      "/x/y.py:3: DeprecationWarning: a Python warning\n  import z\n")
+  assert cli.filter_tensorflow_start(TF_START, 0) == TF_START
+  assert cli.filter_tensorflow_start("Traceback (most recent call last):\n", 3) \
+      == "Traceback (most recent call last):\n"
+
+
+def test_train_prints_no_tensorflow_start_up_lines(tmp_path, train_cache):
+  """`poisonjax train` as a user runs it: no TF_CPP_MIN_LOG_LEVEL set."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+  proc = subprocess.run(
+      [sys.executable, "-m", "poisonjax.cli", "train", "--config=configs/cpu_micro.py",
+       *overrides_flags(train_cache),
+       f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout + proc.stderr
+  for notice in ("Could not find cuda drivers", "oneDNN custom operations",
+                 "absl::InitializeLog", "cudart_stub", "cpu_feature_guard"):
+    assert notice not in out, (notice, out[-3000:])
+  assert (tmp_path / "run" / "summary.json").exists()
+  assert list((tmp_path / "run").glob("events.out.tfevents.*"))  # TF was used.
