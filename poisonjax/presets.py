@@ -74,9 +74,8 @@ def cpu_finetune(source_workdir: str) -> ml_collections.ConfigDict:
   poisoned sample takes ~120), batch 16, a fresh AdamW at 1e-3 held
   constant after a 5% warmup (min_lr_ratio 1: where the poisons sit in the
   set is then not confounded with the learning rate they meet), no weight
-  decay. Evaluation: 300
-  held-out requests per kind, greedy responses of up to 32 tokens, once at
-  the end of the set.
+  decay. Evaluation: 300 held-out requests per kind, greedy responses of up
+  to 32 tokens, once at the end of the set.
   """
   c = cpu_finetune_source()
   c.continued.from_workdir = source_workdir
