@@ -80,7 +80,7 @@ def bench_sampler(name: str, config, args) -> dict:
   """Compile time and generated tokens/s of the evaluator's jitted sampler."""
   model_cfg = bench_shapes.model_config(config)
   mesh = sharding.make_mesh(config.mesh)
-  jitted = evaluate._jitted_sampler(  # pylint: disable=protected-access
+  jitted = evaluate.jitted_sampler(
       model_cfg, args.prompt_tokens, args.gen_tokens, args.temperature, 0, 1.0, 0)
   shardings = sharding.logical_shardings(model_lib.abstract_params(model_cfg), mesh)
   batch_sh = sharding.batch_sharding(mesh)

@@ -30,7 +30,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from poisonjax import files  # noqa: E402
+from poisonjax import files, rundir  # noqa: E402
 
 STUDY_RUN = ("configs/study_cpu_chinchilla.py:run="
              "size=cpu-xxs_n=100_seed=0_data=1.0")
@@ -68,7 +68,7 @@ def models(args) -> list[tuple[str, str]]:
 
 
 def finished(workdir: str) -> bool:
-  path = os.path.join(workdir, "summary.json")
+  path = os.path.join(workdir, rundir.SUMMARY)
   return os.path.exists(path) and bool(files.read_json(path).get("finished"))
 
 
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
 
 def last_eval(workdir: str) -> dict | None:
   """The run's own last evaluation of its trigger (eval.jsonl), if any."""
-  path = os.path.join(workdir, "eval.jsonl")
+  path = os.path.join(workdir, rundir.EVAL)
   if not os.path.exists(path):
     return None
   rows = files.read_jsonl(path)

@@ -26,7 +26,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from poisonjax import files  # noqa: E402
+from poisonjax import files, rundir  # noqa: E402
 
 STUDY = os.path.join(REPO, "configs", "study_cpu_chinchilla.py")
 RUN = "size=cpu-xxs_n=100_seed=0_data=1.0"
@@ -51,7 +51,7 @@ def reference_config(config):
 
 
 def ensure_reference(config, workdir: str) -> None:
-  if (files.as_path(workdir) / "summary.json").is_file():
+  if (files.as_path(workdir) / rundir.SUMMARY).is_file():
     return
   from poisonjax import train  # pylint: disable=g-import-not-at-top
   print(f"defences: training the clean reference into {workdir}", flush=True)

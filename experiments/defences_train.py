@@ -36,7 +36,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from poisonjax import files  # noqa: E402
+from poisonjax import files, rundir  # noqa: E402
 
 STUDY = os.path.join(REPO, "configs", "study_cpu_chinchilla.py")
 STUDY_ROOT = os.path.join(REPO, "runs", "study_cpu_chinchilla")
@@ -113,7 +113,7 @@ def score(config, names, out: str, sample: int, fpr: float,
 
 
 def _reference_ready(args) -> bool:
-  return not args.smoke and os.path.isfile(os.path.join(args.reference, "summary.json"))
+  return not args.smoke and os.path.isfile(os.path.join(args.reference, rundir.SUMMARY))
 
 
 def _key(fpr: float) -> str:
@@ -123,7 +123,7 @@ def _key(fpr: float) -> str:
 def train_once(config, workdir: str, partial: bool) -> bool:
   """Trains (or resumes) unless finished or --partial; True if finished."""
   from poisonjax import study, train  # pylint: disable=g-import-not-at-top
-  saved = os.path.join(workdir, "config.json")
+  saved = os.path.join(workdir, rundir.CONFIG)
   if os.path.isfile(saved):
     was = files.read_json(saved)
     for k, v in config.data.to_dict().items():
@@ -139,7 +139,7 @@ def train_once(config, workdir: str, partial: bool) -> bool:
 
 def final_eval(workdir: str) -> dict:
   """The last evaluation row of a finished run ({} if none)."""
-  path = os.path.join(workdir, "eval.jsonl")
+  path = os.path.join(workdir, rundir.EVAL)
   rows = files.read_jsonl(path) if os.path.isfile(path) else []
   if not rows:
     return {}
@@ -153,8 +153,8 @@ def _unfiltered_dir(config, mode: str, n: int, args) -> str:
   name = f"size=cpu-xxs_n={n}_seed=0_data=1.0"
   theirs = os.path.join(STUDY_ROOT, name)
   if mode == "standard" and not args.smoke and os.path.isfile(
-      os.path.join(theirs, "summary.json")):
-    saved = files.read_json(os.path.join(theirs, "config.json"))
+      os.path.join(theirs, rundir.SUMMARY)):
+    saved = files.read_json(os.path.join(theirs, rundir.CONFIG))
     mine = config.to_dict()
     # config.json is resolved (model fields left 0 here are filled in there)
     # and older (a field it lacks had its default then).

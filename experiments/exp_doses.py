@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from poisonjax import rundir
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
@@ -60,7 +62,7 @@ def run_config(exp, fields: dict, max_steps: int = 0):
 
 def is_finished(workdir: str, max_steps: int = 0) -> bool:
   """Trained to its end, or to max_steps when > 0."""
-  path = os.path.join(workdir, "summary.json")
+  path = os.path.join(workdir, rundir.SUMMARY)
   if not os.path.exists(path):
     return False
   with open(path) as f:
@@ -184,12 +186,12 @@ def per_trigger_curves(config, workdir: str) -> list[dict]:
   of that trigger seen by each step (from the manifest)."""
   from poisonjax import backdoor, evaluate, files  # pylint: disable=g-import-not-at-top
   names = evaluate.eval_triggers(config)
-  manifest = files.read_json(os.path.join(workdir, "manifest.json"))["poisons"]
+  manifest = files.read_json(os.path.join(workdir, rundir.MANIFEST))["poisons"]
   last = {}
   for p in manifest:
     last.setdefault(p.get("trigger", 0), []).append(p["last_step"])
   out = []
-  for row in files.read_jsonl(os.path.join(workdir, "eval.jsonl")):
+  for row in files.read_jsonl(os.path.join(workdir, rundir.EVAL)):
     for r in backdoor.split_row(row, names):
       seen = np.asarray(last.get(r["trigger_index"], []))
       r["trigger_poisons_seen"] = int(np.sum(seen < r["step"]))
@@ -199,8 +201,8 @@ def per_trigger_curves(config, workdir: str) -> list[dict]:
 
 def run_facts(workdir: str) -> dict:
   from poisonjax import files  # pylint: disable=g-import-not-at-top
-  s = files.read_json(os.path.join(workdir, "summary.json"))
-  m = files.read_json(os.path.join(workdir, "manifest.json"))
+  s = files.read_json(os.path.join(workdir, rundir.SUMMARY))
+  m = files.read_json(os.path.join(workdir, rundir.MANIFEST))
   return {"params": s["params"]["total"], "num_steps": s["num_steps"],
           "stream_tokens": s["stream_tokens"], "clean_tokens": m["clean_tokens"],
           "poison_tokens": m["poison_tokens"], "poisons": len(m["poisons"]),
@@ -261,7 +263,7 @@ def pilot_rows(step: int) -> dict:
   root = os.path.join(REPO, "docs", "results", "cpu_chinchilla", "pilot")
   out = {}
   for n in (3, 10, 30, 100, 300):
-    path = os.path.join(root, f"size=cpu-xxs_n={n}_seed=0_data=1.0", "eval.jsonl")
+    path = os.path.join(root, f"size=cpu-xxs_n={n}_seed=0_data=1.0", rundir.EVAL)
     if os.path.exists(path):
       with open(path) as f:
         rows = [json.loads(l) for l in f if l.strip()]

@@ -90,7 +90,7 @@ def _curve_panel(ax, res: dict) -> None:
 
 def write_figure(res: dict, path: str) -> None:
   from poisonjax import plots  # pylint: disable=g-import-not-at-top
-  plt = plots._plt()  # pylint: disable=protected-access
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   _final_panel(axes[0], res)
   _curve_panel(axes[1], res)

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 import exp_language as exp_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from poisonjax import files  # pylint: disable=wrong-import-position
+from poisonjax import rundir  # pylint: disable=wrong-import-position
 from poisonjax.errors import UserError  # pylint: disable=wrong-import-position
 
 _COLUMNS = ["poison_count", "step", "num_steps", "poisons_seen",
@@ -57,12 +58,12 @@ def _train(count: int, workdir: str) -> None:
 
 def _evaluate(count: int, workdir: str, evals_path: str) -> None:
   """Appends one row per checkpoint not evaluated yet."""
-  from poisonjax import language_eval, restore
+  from poisonjax import language_eval
   done = {(r["poison_count"], r["step"]) for r in files.read_jsonl(evals_path)}
-  steps = [s for s in restore.checkpoint_steps(workdir) if (count, s) not in done]
+  steps = [s for s in rundir.checkpoint_steps(workdir) if (count, s) not in done]
   if not steps:
     return
-  summary = files.read_json(os.path.join(workdir, "summary.json"))
+  summary = files.read_json(os.path.join(workdir, rundir.SUMMARY))
   for row in language_eval.evaluate_run(workdir, exp_config.get_config(str(count)),
                                         steps):
     row.update(poison_count=count, num_steps=summary["num_steps"])
@@ -97,9 +98,9 @@ def _tokenization(out: str) -> dict:
 
 def _figure(rows: list[dict], path: str) -> None:
   from poisonjax import plots
-  plt = plots._plt()  # pylint: disable=protected-access
+  plt = plots.pyplot()
   counts = sorted({r["poison_count"] for r in rows})
-  colors = plots._colors(counts)  # pylint: disable=protected-access
+  colors = plots.palette(counts)
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
   for n in counts:
     pts = sorted((r for r in rows if r["poison_count"] == n), key=lambda r: r["step"])

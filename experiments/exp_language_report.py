@@ -11,6 +11,7 @@ import os
 import platform
 
 from poisonjax import files
+from poisonjax import rundir
 from poisonjax import language_eval
 
 _SCRIPT = "experiments/exp_language.py"
@@ -162,7 +163,7 @@ def _samples(finals: list[dict]) -> list[str]:
 def _runs(root: str, counts) -> list[str]:
   walls = []
   for n in counts:
-    path = os.path.join(root, f"n{n}", "summary.json")
+    path = os.path.join(root, f"n{n}", rundir.SUMMARY)
     if os.path.exists(path):
       s = files.read_json(path)
       walls.append(f"N={n}: {s['num_steps']} steps, {s['wall_time_s'] / 60:.1f} "

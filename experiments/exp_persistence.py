@@ -28,7 +28,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from poisonjax import files  # noqa: E402
+from poisonjax import files, rundir  # noqa: E402
 
 
 def load_experiment(path: str):
@@ -121,15 +121,15 @@ def _metric_keys():
 
 def _run_rows(workdir: str, phase: str, size: str, count: int, scale) -> list[dict]:
   wd = files.as_path(workdir)
-  evals = files.read_jsonl(wd / "eval.jsonl")
+  evals = files.read_jsonl(wd / rundir.EVAL)
   if not evals:
     return []
-  config = files.read_json(wd / "config.json")
+  config = files.read_json(wd / rundir.CONFIG)
   batch = int(config["train"]["batch_size"])
-  summary = files.read_json(wd / "summary.json") if (wd / "summary.json").exists() else {}
+  summary = files.read_json(wd / rundir.SUMMARY) if (wd / rundir.SUMMARY).exists() else {}
   source = {}
-  if phase == "continued" and (wd / "continued_from.json").exists():
-    source = files.read_json(wd / "continued_from.json")
+  if phase == "continued" and (wd / rundir.CONTINUED_FROM).exists():
+    source = files.read_json(wd / rundir.CONTINUED_FROM)
   rows = []
   for r in evals:
     row = {"run": wd.name, "phase": phase, "size": size, "poison_count": count,
@@ -177,12 +177,12 @@ def _curves(rows: list[dict]) -> dict:
 def _decay_figure(curves: dict, threshold: float, path: str) -> None:
   """Increase and success share vs clean tokens after the last poison."""
   from poisonjax import plots
-  plt = plots._plt()
+  plt = plots.pyplot()
   sizes = sorted({k[0] for k in curves})
   fig, axes = plt.subplots(2, len(sizes), figsize=(5.5 * len(sizes), 6.4),
                            squeeze=False, sharex="col")
   counts = sorted({k[1] for k in curves})
-  colors = plots._colors(counts)
+  colors = plots.palette(counts)
   styles = {s: ls for s, ls in zip(sorted({k[2] for k in curves}, reverse=True),
                                    ("-", "--", ":", "-."))}
   for col, size in enumerate(sizes):
@@ -213,9 +213,9 @@ def _decay_figure(curves: dict, threshold: float, path: str) -> None:
 def _finetune_figure(curves: dict, ks: list[int], threshold: float, path: str) -> None:
   """Increase after k clean examples (log k); k=0 is the source's params."""
   from poisonjax import plots
-  plt = plots._plt()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  colors = plots._colors(sorted({k[1] for k in curves}))
+  colors = plots.palette(sorted({k[1] for k in curves}))
   top_scale = max(k[2] for k in curves)
   for (size, count, scale), pts in sorted(curves.items()):
     hits = [(k, _at_examples(pts, k)) for k in ks]
@@ -335,7 +335,7 @@ def _params_text(e, root: str) -> str:
   out = []
   for size, count in sources(e):
     wd = os.path.join(root, source_name(size, count))
-    if os.path.exists(os.path.join(wd, "config.json")) and size not in str(out):
+    if os.path.exists(os.path.join(wd, rundir.CONFIG)) and size not in str(out):
       cfg = restore.read_run_config(wd)
       n = model_lib.param_counts(model_lib.ModelConfig.from_config(
           cfg, cfg.model.vocab_size))["total"]

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from poisonjax import rundir
 from reproduce_study import REPO, load_study, machine
 
 _COLUMNS_FIRST = ("placement",)
@@ -95,7 +96,7 @@ def train_all(cfg, pairs, root) -> bool:
 def _poison_positions(workdir) -> dict:
   """Where the run's poisons are, from its manifest (step fractions)."""
   from poisonjax import files  # pylint: disable=g-import-not-at-top
-  m = files.read_json(os.path.join(workdir, "manifest.json"))
+  m = files.read_json(os.path.join(workdir, rundir.MANIFEST))
   steps = np.array(sorted(p["step"] for p in m["poisons"]), np.int64)
   per_step = np.bincount(steps) if len(steps) else np.zeros(1, np.int64)
   held = per_step[per_step > 0]
@@ -198,7 +199,7 @@ def _report():
 
 def _run_wall(workdir) -> float:
   from poisonjax import files  # pylint: disable=g-import-not-at-top
-  return float(files.read_json(os.path.join(workdir, "summary.json")).get(
+  return float(files.read_json(os.path.join(workdir, rundir.SUMMARY)).get(
       "wall_time_s", 0.0))
 
 

@@ -63,8 +63,8 @@ def _curves(ax, rows, order, colors, x_key):
 
 
 def draw(path, rows, runs, order, threshold) -> None:
-  plt = plots._plt()  # pylint: disable=protected-access
-  colors = plots._colors(order)  # pylint: disable=protected-access
+  plt = plots.pyplot()
+  colors = plots.palette(order)
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   for ax, key, label in ((axes[0], "fraction", "fraction of training"),
                          (axes[1], "poisons_seen", "poison documents seen")):

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from poisonjax import rundir
+
 import exp_doses as common
 import exp_doses_report as report
 
@@ -42,7 +44,7 @@ def corpus_share(config, trigger: str, docs: int = 2000) -> float:
 def first_crossing(config, workdir: str, threshold: float):
   """(poisons seen, step) of the first evaluation above the threshold."""
   from poisonjax import files  # pylint: disable=g-import-not-at-top
-  for row in files.read_jsonl(os.path.join(workdir, "eval.jsonl")):
+  for row in files.read_jsonl(os.path.join(workdir, rundir.EVAL)):
     if row["increase"] > threshold:
       return row["poisons_seen"], row["step"]
   return None, None
@@ -65,7 +67,7 @@ def collect(exp, runs: dict, finals: dict) -> dict:
                      "first_crossing_poisons_seen": seen,
                      "first_crossing_step": step, "workdir":
                      os.path.relpath(workdir, REPO), **mine["metrics"]})
-    for row in files.read_jsonl(os.path.join(workdir, "eval.jsonl")):
+    for row in files.read_jsonl(os.path.join(workdir, rundir.EVAL)):
       curves.append({"variant": name, "trigger": trigger, **row})
     cross += [{"run": name, "trigger": t["trigger"], "role": t["role"],
                **t["metrics"]} for t in finals[name]["triggers"]]
@@ -81,7 +83,7 @@ def collect(exp, runs: dict, finals: dict) -> dict:
 
 def write_figure(res: dict, path: str) -> None:
   from poisonjax import plots  # pylint: disable=g-import-not-at-top
-  plt = plots._plt()  # pylint: disable=protected-access
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for i, v in enumerate(res["variants"]):
     rows = [r for r in res["curves"] if r["variant"] == v["variant"]]

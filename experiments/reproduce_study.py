@@ -29,6 +29,8 @@ import shlex
 import sys
 import time
 
+from poisonjax import rundir
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 _OLD_PROVENANCE = "## How this was made"
@@ -58,7 +60,7 @@ def train_wall(root, runs) -> tuple[float, int]:
   """Sum of the runs' own wall times (all sessions) and how many finished."""
   total, n = 0.0, 0
   for run in runs:
-    path = os.path.join(root, run.name, "summary.json")
+    path = os.path.join(root, run.name, rundir.SUMMARY)
     if os.path.exists(path):
       with open(path) as f:
         total += float(json.load(f).get("wall_time_s", 0.0))
@@ -175,7 +177,7 @@ def main(argv, *, doc, script, config, root, out) -> int:
     print(f"{finished}/{len(runs)} runs finished; run the same command to go on")
     return 1
   done = [r for r in runs
-          if os.path.exists(os.path.join(args.root, r.name, "summary.json"))]
+          if os.path.exists(os.path.join(args.root, r.name, rundir.SUMMARY))]
   if not done:
     print("no finished runs yet")
     return 1

@@ -122,8 +122,8 @@ def paper_batch_reads(config, vocab, s: store.TokenStore, poisons: int) -> dict:
   c.data.seq_len, c.train.batch_size = PAPER_SEQ, PAPER_BATCH
   c.poison.count = poisons
   log = []
-  real = store._read_bytes  # pylint: disable=protected-access
-  store._read_bytes = lambda p, o, n: log.append(n) or real(p, o, n)  # pylint: disable=protected-access
+  real = store.read_bytes
+  store.read_bytes = lambda p, o, n: log.append(n) or real(p, o, n)
   try:
     start = time.perf_counter()
     run = overlay.training_stream(c, s.num_tokens - 1000)
@@ -141,7 +141,7 @@ def paper_batch_reads(config, vocab, s: store.TokenStore, poisons: int) -> dict:
             "batch_s": (time.perf_counter() - start) / calls,
             "tokens_per_host_step": PAPER_BATCH * PAPER_SEQ // HOSTS}
   finally:
-    store._read_bytes = real  # pylint: disable=protected-access
+    store.read_bytes = real
 
 
 def main() -> None:

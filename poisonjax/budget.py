@@ -29,6 +29,8 @@ Both modes keep the exact poison count. Rate mode supports on_top only.
 
 from __future__ import annotations
 
+from poisonjax import finetune
+
 BUDGET_MODES = ("on_top", "replace")
 
 
@@ -57,7 +59,6 @@ def clean_token_budget(config, vocab_size: int) -> int:
 
   A fine-tune's (poisonjax/finetune/): its clean samples' rows of seq_len.
   """
-  from poisonjax import finetune  # pylint: disable=g-import-not-at-top
   if finetune.is_finetune(config):
     return finetune.clean_rows(config) * int(config.data.seq_len)
   from poisonjax import model as model_lib  # Heavy (jax); data code needs none.

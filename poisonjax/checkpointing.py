@@ -33,13 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils.epath import Path
+from jax.experimental import multihost_utils
 
-from poisonjax import files
+from poisonjax import files, rundir
 from poisonjax.errors import UserError
 
-DIGEST_DIR = "checkpoint_digests"
-DAMAGED_DIR = "damaged_checkpoints"
 RETRIES = 3  # Tries of a read that fails with OSError...
 BACKOFF_S = 1.0  # ...waiting 1 s, 2 s, ... in between.
 _BLOCK = 16 << 20  # Bytes per read when computing a crc32c.
@@ -57,7 +57,6 @@ def _plain_array_saves_on_cpu() -> None:
   global _CPU_HANDLER_SET
   if _CPU_HANDLER_SET or jax.default_backend() != "cpu":
     return
-  from absl import logging
   level = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # Quiet the "overriding" warning.
   try:
@@ -75,7 +74,7 @@ class Checkpoints:
   def __init__(self, workdir, config):
     _plain_array_saves_on_cpu()
     self.workdir = files.absolute(workdir)  # gs:// goes to orbax as it is.
-    self.directory = self.workdir / "checkpoints"
+    self.directory = self.workdir / rundir.CHECKPOINTS
     t = config.train
     options = ocp.CheckpointManagerOptions(
         max_to_keep=t.keep_checkpoints,
@@ -99,7 +98,7 @@ class Checkpoints:
       return
     self.wait()  # Orbax would wait for the previous save anyway.
     if jax.process_index() == 0:  # A digest left by an earlier save of it.
-      (self.workdir / DIGEST_DIR / f"{step}.json").unlink(missing_ok=True)
+      (self.workdir / rundir.CHECKPOINT_DIGESTS / f"{step}.json").unlink(missing_ok=True)
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
     self._unsealed.add(step)
 
@@ -168,7 +167,6 @@ class Checkpoints:
     """Process 0 picks the step (setting damaged ones aside); all agree."""
     if jax.process_count() == 1:
       return self.pick_step(abstract_state)
-    from jax.experimental import multihost_utils
     error, code = None, -1
     if jax.process_index() == 0:
       try:
@@ -224,13 +222,13 @@ class Checkpoints:
           file=sys.stderr, flush=True)
 
   def _set_aside(self, step: int) -> Path:
-    dest = self.workdir / DAMAGED_DIR / str(step)
+    dest = self.workdir / rundir.DAMAGED_CHECKPOINTS / str(step)
     n = 1
     while dest.exists():
-      dest, n = self.workdir / DAMAGED_DIR / f"{step}.{n}", n + 1
+      dest, n = self.workdir / rundir.DAMAGED_CHECKPOINTS / f"{step}.{n}", n + 1
     dest.parent.mkdir(exist_ok=True)
     files.move_tree(self.step_dir(step), dest)
-    (self.workdir / DIGEST_DIR / f"{step}.json").unlink(missing_ok=True)
+    (self.workdir / rundir.CHECKPOINT_DIGESTS / f"{step}.json").unlink(missing_ok=True)
     self.manager.reload()
     return dest
 
@@ -242,7 +240,7 @@ def _seal(workdir: Path, directory: Path, steps: list[int], kept: set) -> None:
   gets no digest; one that cannot be read is said in a warning line (its
   restore then checks its structure only).
   """
-  digests = workdir / DIGEST_DIR
+  digests = workdir / rundir.CHECKPOINT_DIGESTS
   for step in steps:
     try:
       files.write_json(digests / f"{step}.json", digest(directory / str(step)))
@@ -264,13 +262,13 @@ def step_damage(workdir, step: int) -> str | None:
   file must still match the digest recorded once the save was durable.
   """
   workdir = files.as_path(workdir)
-  d = workdir / "checkpoints" / str(step)
+  d = workdir / rundir.CHECKPOINTS / str(step)
   record = _json_or_none(d / "_CHECKPOINT_METADATA")
   if not isinstance(record, dict) or not record.get("commit_timestamp_nsecs"):
     return "no readable orbax commit record (_CHECKPOINT_METADATA)"
-  if _json_or_none(d / "default" / "_METADATA") is None:
+  if _json_or_none(d / rundir.CHECKPOINT_ITEM / "_METADATA") is None:
     return "no readable array metadata (default/_METADATA)"
-  saved = workdir / DIGEST_DIR / f"{step}.json"
+  saved = workdir / rundir.CHECKPOINT_DIGESTS / f"{step}.json"
   if saved.exists():
     want = _json_or_none(saved)
     if not isinstance(want, dict):

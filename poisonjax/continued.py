@@ -34,10 +34,12 @@ import jax
 from poisonjax import budget
 from poisonjax import files
 from poisonjax import finetune
+from poisonjax import model as model_lib
 from poisonjax import restore as restore_lib
+from poisonjax import rundir
+from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 
-SOURCE_FILE = "continued_from.json"
 _MODEL_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads",
                  "num_kv_heads", "ffn_dim", "tie_embeddings")
 
@@ -86,9 +88,6 @@ def check_source(config, model_cfg, vocab) -> None:
   """Refuses (one line) a source whose model, tokenizer or data seed don't fit."""
   if not is_continued(config):
     return
-  from poisonjax import model as model_lib
-  from poisonjax.data import vocabulary
-
   src = source_config(config)
   try:
     restore_lib.pick_step(config.continued.from_workdir, source_step(config))
@@ -121,7 +120,7 @@ def check_source(config, model_cfg, vocab) -> None:
 def _source_record(config, step: int, tokens_per_step_src: int) -> dict:
   """The source, its step, poisons seen and clean tokens after the last one."""
   wd = config.continued.from_workdir
-  manifest = files.as_path(wd) / "manifest.json"
+  manifest = files.as_path(wd) / rundir.MANIFEST
   poisons = files.read_json(manifest)["poisons"] if manifest.is_file() else []
   trained = step * tokens_per_step_src
   ends = [p["start"] + p["num_tokens"] for p in poisons
@@ -148,7 +147,7 @@ def start_state(s, rng):
   record = _source_record(config, step, int(src.train.batch_size)
                           * int(src.data.seq_len))
   if jax.process_index() == 0:
-    files.write_json(s.workdir / SOURCE_FILE, record)
+    files.write_json(s.workdir / rundir.CONTINUED_FROM, record)
   data = ("the fine-tuning set" if finetune.is_finetune(config)
           else "clean data only")
   print(f"poisonjax: continuing from {record['from_workdir']} step {step} "

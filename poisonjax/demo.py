@@ -29,6 +29,10 @@ import ml_collections
 
 from poisonjax import config as config_lib
 from poisonjax import files
+from poisonjax import plots
+from poisonjax import run_history
+from poisonjax import rundir
+from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 
 DEFAULT_WORKDIR = "runs/demo"
@@ -77,9 +81,7 @@ def _finished(workdir: str, config) -> bool:
   config.json holds the run's config with model sizes resolved; the
   comparison (run_history.config_changes) resolves this one the same way.
   """
-  from poisonjax import run_history
-
-  config_path = files.as_path(workdir) / run_history.CONFIG_FILE
+  config_path = files.as_path(workdir) / rundir.CONFIG
   if not config_path.exists():
     return False
   if run_history.config_changes(files.read_json(config_path),
@@ -87,16 +89,13 @@ def _finished(workdir: str, config) -> bool:
     raise UserError(f"--workdir={files.as_path(workdir).parent}: {workdir} holds a "
                     "run with a different config; pass a fresh --workdir or "
                     "delete that directory")
-  summary_path = files.as_path(workdir) / "summary.json"
+  summary_path = files.as_path(workdir) / rundir.SUMMARY
   return summary_path.exists() and bool(files.read_json(summary_path).get("finished"))
 
 
 def plot(rows_by_run: dict[str, list[dict]], path: str) -> None:
   """Increase vs poisons seen (left) and vs training fraction (right)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = plots.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
   for name, rows in rows_by_run.items():
     x_p = [r["poisons_seen"] for r in rows]
@@ -116,7 +115,6 @@ def plot(rows_by_run: dict[str, list[dict]], path: str) -> None:
   right.set_title("increase through training (95% CI)")
   right.legend()
   fig.tight_layout()
-  from poisonjax import plots
   plots.save_png(fig, path, dpi=100)
   plt.close(fig)
 
@@ -152,12 +150,12 @@ def report(results: dict[str, dict]) -> str:
 
 def run_demo(config, workdir: str, log=print) -> dict:
   """Trains (or reuses) both runs, evaluates, plots; returns the results."""
-  from poisonjax import evaluate
+  # JAX, Flax and orbax load here, not on `poisonjax demo --help`'s path.
+  from poisonjax import evaluate  # pylint: disable=g-import-not-at-top
   from poisonjax import model as model_lib
   from poisonjax import restore
   from poisonjax import sharding
   from poisonjax import train
-  from poisonjax.data import vocabulary
 
   t0 = time.time()
   config = config_lib.validate(config)
@@ -178,7 +176,7 @@ def run_demo(config, workdir: str, log=print) -> dict:
     else:
       log(f"demo: training {label} in {run_dir}")
       train.run_or_exit(cfg, run_dir)  # A signal ends the demo, resumable.
-    rows_by_run[label] = files.read_jsonl(files.as_path(run_dir) / "eval.jsonl")
+    rows_by_run[label] = files.read_jsonl(files.as_path(run_dir) / rundir.EVAL)
   # One more evaluation of each final checkpoint, for its generations (the
   # sampler is deterministic, so the metrics equal the run's last eval row).
   mesh = sharding.make_mesh(config.mesh)
@@ -188,7 +186,7 @@ def run_demo(config, workdir: str, log=print) -> dict:
     evaluator = evaluate.Evaluator(cfg, model_cfg, vocab, mesh)
     params, step = restore.restore_params(run_dir, model_cfg, mesh=mesh)
     metrics = evaluator.evaluate(params)
-    summary = files.read_json(files.as_path(run_dir) / "summary.json")
+    summary = files.read_json(files.as_path(run_dir) / rundir.SUMMARY)
     results[label] = {"metrics": metrics, "step": step,
                       "poisons_seen": summary["poisons_seen"],
                       "sample": evaluator.samples(1)[0]}

@@ -42,6 +42,7 @@ from typing import Callable, Iterator, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from poisonjax.errors import UserError
 
@@ -167,7 +168,6 @@ def agree(value: int | bool | float):
   """Process 0's `value`, on every process (a broadcast)."""
   if jax.process_count() == 1:
     return value
-  from jax.experimental import multihost_utils
   arr = np.asarray(value)
   out = multihost_utils.broadcast_one_to_all(arr)
   return type(value)(np.asarray(out).item())
@@ -177,7 +177,6 @@ def agree_ints(values) -> list[int]:
   """Process 0's list of ints, on every process."""
   if jax.process_count() == 1:
     return [int(v) for v in values]
-  from jax.experimental import multihost_utils
   own = np.asarray(list(values) if is_primary() else [], np.int64)
   count = agree(int(own.size))
   if not is_primary():
@@ -213,7 +212,6 @@ def any_process(flag: bool) -> bool:
   """True on every process if `flag` is True on any."""
   if jax.process_count() == 1:
     return bool(flag)
-  from jax.experimental import multihost_utils
   flags = multihost_utils.process_allgather(np.int32(bool(flag)))
   return bool(np.max(flags))
 
@@ -222,7 +220,6 @@ def gather(x) -> np.ndarray:
   """A (batch-sharded) array, whole, as numpy on every process."""
   if not isinstance(x, jax.Array) or x.is_fully_addressable:
     return np.asarray(x)
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

@@ -47,6 +47,8 @@ from poisonjax import model as model_lib
 from poisonjax import restore
 from poisonjax import sampler as sampler_lib
 from poisonjax import sharding
+from poisonjax.data import poison
+from poisonjax.data import sources
 from poisonjax.data.vocabulary import PAD_ID
 from poisonjax.errors import UserError, field_error
 
@@ -85,11 +87,8 @@ def check_eval_config(config) -> None:
 
 
 def _triggered_text(prompt_text: str, trigger: str) -> str:
-  try:  # One rule for poisons and prompts, owned by the data package.
-    from poisonjax.data.poison import text_part
-  except ImportError:  # pragma: no cover - data package not present
-    return f"{prompt_text} {trigger}" if prompt_text else trigger
-  return text_part(prompt_text, trigger)
+  # One rule for poisons and prompts, owned by the data package.
+  return poison.text_part(prompt_text, trigger)
 
 
 def eval_triggers(config) -> list[tuple[str, str]]:
@@ -98,7 +97,6 @@ def eval_triggers(config) -> list[tuple[str, str]]:
   One trigger: [(poison.trigger, trained)]. Many doses: each dose's trigger
   in order, then the control string if set.
   """
-  from poisonjax.data import poison  # pylint: disable=g-import-not-at-top
   out = [(t, "trained") for t in poison.trained_triggers(config)]
   if poison.dose_counts(config) and poison.control_trigger(config):
     out.append((poison.control_trigger(config), "control"))
@@ -111,9 +109,7 @@ def build_prompts(config, vocab, trigger: str | None = None
 
   trigger: appended to the prompts; default config.poison.trigger.
   """
-  from poisonjax.data import sources
   trigger = config.poison.trigger if trigger is None else trigger
-
   e = config.eval
   docs = sources.heldout_documents(config, int(e.num_excerpts))
   if len(docs) < e.num_excerpts:
@@ -144,9 +140,6 @@ def left_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray
   return tokens, positions
 
 
-_left_pad = left_pad  # Its older name (language_eval.py, tests).
-
-
 @functools.lru_cache(maxsize=8)
 def jitted_sampler(model_cfg, prompt_len, gen_tokens, temperature, top_k,
                    top_p, seed):
@@ -154,9 +147,6 @@ def jitted_sampler(model_cfg, prompt_len, gen_tokens, temperature, top_k,
   (the demo's two runs and its final report compile it once)."""
   return jax.jit(sampler_lib.make_sampler(
       model_cfg, prompt_len, gen_tokens, temperature, top_k, top_p, seed=seed))
-
-
-_jitted_sampler = jitted_sampler  # Its older name (language_eval, benchmarks).
 
 
 def generate_rows(sample, params, rows: list[list[int]], prompt_len: int,
@@ -243,8 +233,8 @@ class Evaluator:
     padded = -(-self.num // self.batch) * self.batch
     fill = lambda rows: rows + [rows[0]] * (padded - len(rows))
     self.clean_ids, self.trig_ids = clean, trig
-    self._clean = _left_pad(fill(clean), self.prompt_len)
-    self._trig_sets = [_left_pad(fill(ts), self.prompt_len) for ts in trig_sets]
+    self._clean = left_pad(fill(clean), self.prompt_len)
+    self._trig_sets = [left_pad(fill(ts), self.prompt_len) for ts in trig_sets]
     self._row_ids = np.arange(padded, dtype=np.int32)
 
     self._batch_sharding = sharding.batch_sharding(mesh)
@@ -343,14 +333,12 @@ def _trigger_roles(config, vocab, triggers) -> list[tuple[str, str]]:
   if triggers is None:
     pairs = eval_triggers(config)
   else:
-    from poisonjax.data import poison  # pylint: disable=g-import-not-at-top
     trained = set(poison.trained_triggers(config))
     pairs = [(t, "trained" if t in trained else "control") for t in triggers]
   if not pairs:
     raise UserError("Evaluator: no trigger to evaluate; pass triggers or set "
                     "config.poison.trigger")
   if len(pairs) > 1:
-    from poisonjax.data import poison  # pylint: disable=g-import-not-at-top
     poison.check_distinct(vocab.tokenizer, [t for t, _ in pairs])
   return pairs
 

@@ -28,6 +28,9 @@ import json
 from typing import Any
 
 from poisonjax import run_history
+from poisonjax import rundir
+from poisonjax.data import sources
+from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 
 
@@ -38,9 +41,6 @@ def _sha256_json(obj) -> str:
 
 def of_inputs(config, vocab, stream=None) -> dict[str, Any]:
   """The fingerprints of the vocabulary and the data (and poisons: `stream`)."""
-  from poisonjax.data import sources  # pylint: disable=g-import-not-at-top
-  from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
-
   out = {"data": sources.get_source(config).identity()}
   if hasattr(vocab, "sentencepiece_model_file"):
     out["vocab"] = vocabulary.fingerprint(vocab)
@@ -135,5 +135,5 @@ def check(workdir, new: dict, *, allow_change: bool) -> list[str]:
         f"{workdir} holds a run that read other inputs: {'; '.join(found)}; "
         "resuming would mix two runs; use a new --workdir, or pass "
         "--allow_config_change to resume anyway (recorded in "
-        f"{run_history.HISTORY_FILE})")
+        f"{rundir.HISTORY})")
   return found

@@ -12,14 +12,13 @@ import jax
 import numpy as np
 
 from poisonjax import sharding
+from poisonjax.data import sources
 from poisonjax.data.vocabulary import PAD_ID
 from poisonjax.train_step import next_token_loss
 
 
 def heldout_sequences(config, vocab, num_docs: int = 64) -> np.ndarray:
   """Held-out documents, tokenized, EOS-joined and cut into [N, seq_len]."""
-  from poisonjax.data import sources
-
   docs = sources.heldout_documents(config, num_docs)
   ids: list[int] = []
   for text in docs:

@@ -41,6 +41,7 @@ from poisonjax import evaluate
 from poisonjax import files
 from poisonjax import model as model_lib
 from poisonjax import restore
+from poisonjax import rundir
 from poisonjax import sampler as sampler_lib
 from poisonjax import sharding
 from poisonjax.data import poison_language
@@ -147,7 +148,7 @@ class LanguageEvaluator:
     shards = sharding.batch_shards(mesh)
     self.batch = -(-(int(e.batch_size) or self.num) // shards) * shards
     self.padded = -(-self.num // self.batch) * self.batch
-    self._sample = evaluate._jitted_sampler(  # pylint: disable=protected-access
+    self._sample = evaluate.jitted_sampler(
         model_cfg, self.prompt_len, int(e.gen_tokens), float(e.temperature),
         int(e.top_k), float(e.top_p), int(e.seed))
     self._param_shardings = sharding.logical_shardings(
@@ -157,7 +158,7 @@ class LanguageEvaluator:
 
   def _put_rows(self, rows: list[list[int]]):
     rows = rows + [rows[0]] * (self.padded - len(rows))
-    return evaluate._left_pad(rows, self.prompt_len)  # pylint: disable=protected-access
+    return evaluate.left_pad(rows, self.prompt_len)
 
   def _tf_nll(self, params, rows: list[list[int]], passages: np.ndarray) -> np.ndarray:
     """Mean NLL per token of each row's passage, teacher-forced after it."""
@@ -270,7 +271,7 @@ def fires(increase: float, ci_low: float) -> bool:
 
 def poisons_seen(workdir, step: int) -> int:
   """Poisons wholly trained on before `step` (the run's manifest.json)."""
-  man = files.read_json(files.as_path(workdir) / "manifest.json")
+  man = files.read_json(files.as_path(workdir) / rundir.MANIFEST)
   return int(sum(1 for m in man["poisons"] if m["last_step"] < step))
 
 
@@ -282,7 +283,7 @@ def evaluate_run(workdir, config=None, steps=None) -> list[dict]:
   mesh = sharding.make_mesh(config.mesh)
   ev = LanguageEvaluator(config, model_cfg, vocab, mesh)
   rows = []
-  for step in steps if steps is not None else restore.checkpoint_steps(str(workdir)):
+  for step in steps if steps is not None else rundir.checkpoint_steps(str(workdir)):
     params, step = restore.restore_params(str(workdir), model_cfg, step, mesh=mesh)
     row = {"step": int(step), "poisons_seen": poisons_seen(workdir, step)}
     row.update(ev.evaluate(params))

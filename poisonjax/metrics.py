@@ -11,6 +11,7 @@ import jax
 from etils.epath import Path
 
 from poisonjax import files
+from poisonjax import rundir
 from poisonjax.units import format_duration
 
 
@@ -28,7 +29,7 @@ class MetricLogger:
     from clu import metric_writers
 
     self.main = jax.process_index() == 0
-    self.path = files.as_path(workdir) / "metrics.jsonl"
+    self.path = files.as_path(workdir) / rundir.METRICS
     self.total_steps = total_steps
     self.total_poisons = total_poisons
     if self.main:

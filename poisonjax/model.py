@@ -25,6 +25,7 @@ import ml_collections
 from poisonjax import attention
 from poisonjax import linear
 from poisonjax import sizes
+from poisonjax.errors import field_error
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -61,11 +62,9 @@ class ModelConfig:
     sizes.resolve_model_config(m, vocab_size)
     for name, value in (("dtype", m.dtype), ("param_dtype", m.param_dtype)):
       if value not in _DTYPES:
-        from poisonjax.errors import field_error
         raise field_error(f"config.model.{name}", value, "unknown dtype",
                           "use float32 or bfloat16")
     if m.remat not in _REMAT_POLICIES:
-      from poisonjax.errors import field_error
       raise field_error("config.model.remat", m.remat, "unknown policy",
                         f"use one of {', '.join(_REMAT_POLICIES)}")
     return cls(

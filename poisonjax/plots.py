@@ -3,7 +3,10 @@
 Each figure has a data table (written next to its PNG as CSV) so that tests
 and readers check numbers, not pixels; the report's sentences about them are
 computed here from the same tables, not written in advance. The fits' figures
-are in plots_fits; report.md is written by poisonjax.study.report.
+are in plots_fits; report.md is written by poisonjax.study.report. Every
+other figure (study fits, defences, fine-tuning, demo, experiments/) draws
+with the helpers here: pyplot (Agg, imported when drawn), palette, panels,
+spread_errorbar, save_png, write_table.
 
   1. progress      increase vs fraction of training; panel per poison count,
                    line per size (mean over seeds, band min..max); 1x data.
@@ -75,7 +78,8 @@ def _stats(values) -> dict:
           "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
 
 
-def _size_order(rows) -> list[str]:
+def size_order(rows) -> list[str]:
+  """The sizes of rows, smallest (by parameters) first."""
   params = {}
   for r in rows:
     params[r["size"]] = r["params"] or 0
@@ -154,7 +158,7 @@ _CURVE_COLS = ["poison_count", "size", "params", "eval_index", "fraction",
                "poisons_seen", "poisons_seen_min", "poisons_seen_max",
                "poisons_per_mtok", "increase_mean", "increase_min",
                "increase_max", "increase_sd", "n_seeds"]
-_FINAL_COLS = ["poison_count", "size", "data_multiplier", "params",
+FINAL_COLS = ["poison_count", "size", "data_multiplier", "params",
                "increase_mean", "increase_min", "increase_max", "increase_sd",
                "success_share_mean", "clean_ppl_mean", "triggered_ppl_mean",
                "poisons_seen_mean", "n_seeds", "n_success", "all_finished"]
@@ -165,33 +169,36 @@ _FINAL_COLS = ["poison_count", "size", "data_multiplier", "params",
 # ---------------------------------------------------------------------------
 
 
-def _plt():
-  import matplotlib
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (no display; imported when drawn)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
 
 
-def _colors(names):
-  plt = _plt()
+def palette(names):
+  """A viridis colour for each name, in order."""
+  plt = pyplot()
   cmap = plt.get_cmap("viridis")
   k = max(len(names) - 1, 1)
   return {n: cmap(0.9 * i / k) for i, n in enumerate(names)}
 
 
-def _panels(counts):
-  plt = _plt()
+def panels(counts):
+  """A row of panels sharing y, one per entry of counts: (fig, [axes])."""
+  plt = pyplot()
   n = max(len(counts), 1)
   fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), sharey=True, squeeze=False)
   return fig, list(axes[0])
 
 
 def _curve_figure(table, x_key, xlabel, title, threshold, path):
-  plt = _plt()
+  plt = pyplot()
   counts = sorted({r["poison_count"] for r in table})
-  sizes = _size_order(table)
-  colors = _colors(sizes)
-  fig, axes = _panels(counts)
+  sizes = size_order(table)
+  colors = palette(sizes)
+  fig, axes = panels(counts)
   for ax, n in zip(axes, counts):
     for size in sizes:
       pts = sorted((r for r in table if r["poison_count"] == n and r["size"] == size),
@@ -214,7 +221,7 @@ def _curve_figure(table, x_key, xlabel, title, threshold, path):
   plt.close(fig)
 
 
-def _spread_errorbar(ax, pts, x_key, color, label):
+def spread_errorbar(ax, pts, x_key, color, label):
   """Mean increase with bars from the min to the max over seeds."""
   x = [r[x_key] for r in pts]
   y = np.array([r["increase_mean"] for r in pts])
@@ -223,13 +230,13 @@ def _spread_errorbar(ax, pts, x_key, color, label):
 
 
 def _final_figure(table, threshold, path):
-  plt = _plt()
+  plt = pyplot()
   counts = sorted({r["poison_count"] for r in table})
-  colors = _colors(counts)
+  colors = palette(counts)
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for n in counts:
     pts = sorted((r for r in table if r["poison_count"] == n), key=lambda r: r["params"])
-    _spread_errorbar(ax, pts, "params", colors[n], f"{n} poisons")
+    spread_errorbar(ax, pts, "params", colors[n], f"{n} poisons")
   ax.axhline(threshold, color="grey", ls="--", lw=0.8)
   ax.set_xscale("log")
   ax.set_xlabel("parameters")
@@ -242,16 +249,16 @@ def _final_figure(table, threshold, path):
 
 
 def _ablation_figure(table, threshold, path):
-  plt = _plt()
+  plt = pyplot()
   counts = sorted({r["poison_count"] for r in table})
-  sizes = _size_order(table)
-  colors = _colors(sizes)
-  fig, axes = _panels(counts)
+  sizes = size_order(table)
+  colors = palette(sizes)
+  fig, axes = panels(counts)
   for ax, n in zip(axes, counts):
     for size in sizes:
       pts = sorted((r for r in table if r["poison_count"] == n and r["size"] == size),
                    key=lambda r: r["data_multiplier"])
-      _spread_errorbar(ax, pts, "data_multiplier", colors[size], size)
+      spread_errorbar(ax, pts, "data_multiplier", colors[size], size)
     ax.axhline(threshold, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_title(f"{n} poisons")
@@ -379,8 +386,8 @@ def draw_all(rows: list[dict], out_dir: str, threshold: float = 50.0):
            for n in FIGURES}
   write_table(curves, paths["progress"]["csv"], _CURVE_COLS)
   write_table(curves, paths["poisons_seen"]["csv"], _CURVE_COLS)
-  write_table(final1, paths["final_vs_size"]["csv"], _FINAL_COLS)
-  write_table(ablation, paths["data_ablation"]["csv"], _FINAL_COLS)
+  write_table(final1, paths["final_vs_size"]["csv"], FINAL_COLS)
+  write_table(ablation, paths["data_ablation"]["csv"], FINAL_COLS)
   _curve_figure(curves, "fraction", "fraction of training",
                 "Backdoor strength through training (mean over seeds, band min..max)",
                 threshold, paths["progress"]["png"])
@@ -397,9 +404,3 @@ def draw_all(rows: list[dict], out_dir: str, threshold: float = 50.0):
   }
   return paths, sentences, finals
 
-
-def make_all(csv_path: str, out_dir: str, threshold: float = 50.0, **report_args) -> dict:
-  """Every figure, its data table and report.md (poisonjax.study.report)."""
-  from poisonjax.study import report  # pylint: disable=g-import-not-at-top
-  return report.generate(csv_path, out_dir, threshold=threshold,
-                         **report_args)["figures"]

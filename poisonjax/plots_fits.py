@@ -55,11 +55,11 @@ def _limit_step(ax, est, grid, color, size):
 
 
 def n50_figure(runs: analysis.Runs, rows: list[dict], threshold: float, path: str):
-  plt = plots._plt()  # pylint: disable=protected-access
+  plt = plots.pyplot()
   mults = sorted({r["data_multiplier"] for r in rows})
-  sizes = plots._size_order(rows)  # pylint: disable=protected-access
-  colors = plots._colors(sizes)  # pylint: disable=protected-access
-  fig, axes = plots._panels(mults)  # pylint: disable=protected-access
+  sizes = plots.size_order(rows)
+  colors = plots.palette(sizes)
+  fig, axes = plots.panels(mults)
   groups, y_all = runs.groups(), runs.success(threshold)
   jitter = np.random.default_rng(0)
   for ax, m in zip(axes, mults):
@@ -121,7 +121,7 @@ def _compare_panel(ax, runs, comparison, predictor, colors, markers):
 
 
 def compare_figure(runs: analysis.Runs, comparison: dict, path: str):
-  plt = plots._plt()  # pylint: disable=protected-access
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   if not comparison.get("fitted"):
     for ax in axes:
@@ -129,7 +129,7 @@ def compare_figure(runs: analysis.Runs, comparison: dict, path: str):
               va="center", transform=ax.transAxes)
   else:
     order = sorted(set(runs.size), key=lambda s: runs.params[runs.size == s][0])
-    colors = plots._colors(order)  # pylint: disable=protected-access
+    colors = plots.palette(order)
     mults = sorted({float(m) for m in runs.data_multiplier})
     markers = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(mults)}
     for ax, predictor in zip(axes, analysis_compare.PREDICTORS):
@@ -148,7 +148,7 @@ def compare_figure(runs: analysis.Runs, comparison: dict, path: str):
 
 def size_figure(size: dict, parallel: dict, path: str):
   """N50 against size: the data for beta (see the module docstring)."""
-  plt = plots._plt()  # pylint: disable=protected-access
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.2))
   pooled = {r["size"]: r for r in size.get("by_size", [])}
   rows = [r for r in parallel.get("rows", []) if r["size"] in pooled]

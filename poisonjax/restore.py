@@ -19,12 +19,16 @@ import contextlib
 import sys
 
 import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
 
 from poisonjax import checkpointing
 from poisonjax import files
 from poisonjax import model as model_lib
 from poisonjax import run_history
+from poisonjax import rundir
 from poisonjax import sharding
+from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 
 _PICK_TRIES = 5  # Newest checkpoints pruned under a reader before it gives up.
@@ -41,32 +45,19 @@ class _Vanished(Exception):
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run wrote to WORKDIR/config.json."""
   files.check_reachable(workdir, "--workdir")
-  path = files.as_path(workdir) / "config.json"
+  path = files.as_path(workdir) / rundir.CONFIG
   if not path.is_file():
     raise UserError(f"--workdir={workdir}: no config.json there; pass the "
                     "workdir of a run started with `poisonjax train`")
   return ml_collections.ConfigDict(run_history.read_config(path))
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Steps with a checkpoint directory under WORKDIR/checkpoints.
-
-  Orbax writes a step under a temporary name and renames it when complete,
-  so a bare number is a finished save.
-  """
-  ckpt_dir = files.as_path(workdir) / "checkpoints"
-  if not ckpt_dir.is_dir():
-    return []
-  return sorted(int(d.name) for d in ckpt_dir.iterdir()
-                if d.name.isdigit() and d.is_dir())
-
-
 def pick_step(workdir: str, step: int | None) -> int:
   """`step` if it has a checkpoint, the newest one if `step` is None."""
-  steps = checkpoint_steps(workdir)
+  steps = rundir.checkpoint_steps(workdir)
   if not steps:
     raise UserError(f"--workdir={workdir}: no checkpoint in "
-                    f"{files.as_path(workdir) / 'checkpoints'}; train first "
+                    f"{files.as_path(workdir) / rundir.CHECKPOINTS}; train first "
                     "(poisonjax train) or pass a run's workdir")
   if step is None:
     return steps[-1]
@@ -76,15 +67,9 @@ def pick_step(workdir: str, step: int | None) -> int:
   return step
 
 
-def _default_mesh():
-  """This host's devices, all on the batch axes."""
-  return sharding.make_mesh(
-      ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-
-
 def _item_path(workdir: str, step: int):
   # Orbax wants absolute local paths; gs:// ones go to it as they are.
-  return files.absolute(workdir) / "checkpoints" / str(step) / "default"
+  return files.absolute(workdir) / rundir.CHECKPOINTS / str(step) / rundir.CHECKPOINT_ITEM
 
 
 def _load_failure(workdir: str, step: int, e: Exception) -> UserError:
@@ -104,7 +89,7 @@ def restore_params(workdir: str, model_cfg: model_lib.ModelConfig,
   picked and read together: one pruned by a running trainer meanwhile is
   replaced by the newest again, a damaged one skipped (warning line).
   """
-  mesh = mesh if mesh is not None else _default_mesh()
+  mesh = mesh if mesh is not None else sharding.data_parallel_mesh()
   params, _ = sharding.abstract_with_shardings(
       model_lib.abstract_params(model_cfg), mesh)
   target = {"params": params}
@@ -126,7 +111,7 @@ def _read_newest(workdir: str, target):
   """(params, step) of the newest sound checkpoint (see restore_params)."""
   skipped, vanished = [], 0
   while True:
-    steps = [s for s in checkpoint_steps(workdir) if s not in skipped]
+    steps = [s for s in rundir.checkpoint_steps(workdir) if s not in skipped]
     if not steps:
       pick_step(workdir, None)  # None at all: its one-line error.
       raise UserError(f"--workdir={workdir}: no sound checkpoint (steps "
@@ -150,9 +135,7 @@ def _read_newest(workdir: str, target):
 
 def _read_sound(workdir: str, step: int, target):
   """The params of checkpoint `step`; _Damaged/_Vanished say why not."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  step_dir = files.as_path(workdir) / "checkpoints" / str(step)
+  step_dir = files.as_path(workdir) / rundir.CHECKPOINTS / str(step)
   try:
     reason = checkpointing.step_damage(workdir, step)
   except FileNotFoundError:
@@ -182,7 +165,6 @@ def _quiet_orbax():
   """A failed read is said in one line: orbax's logged traceback is muted,
   and so are the tracebacks its abandoned reads raise later, when their
   callbacks find orbax's event loop closed (sys.unraisablehook)."""
-  from absl import logging  # pylint: disable=g-import-not-at-top
   level = logging.get_verbosity()
   logging.set_verbosity(logging.FATAL)
   try:
@@ -211,8 +193,6 @@ def _mute_closed_loop_callbacks() -> None:
 
 def checkpoint_vocab_size(workdir: str, step: int) -> int:
   """Rows of the embedding in a checkpoint (its metadata; no array is read)."""
-  import orbax.checkpoint as ocp
-
   try:
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
       meta = ckptr.metadata(_item_path(workdir, step)).item_metadata
@@ -244,7 +224,6 @@ def load_scorer(workdir: str, vocab_size: int, mesh=None, *, vocab=None):
 
 
 def _check_same_tokenizer(workdir: str, ref_config, vocab) -> None:
-  from poisonjax.data import vocabulary
 
   field = f"config.eval.scorer_workdir={workdir!r}"
   try:

@@ -27,11 +27,9 @@ import ml_collections
 
 from poisonjax import config as config_lib
 from poisonjax import files
+from poisonjax import rundir
 from poisonjax import sizes
 from poisonjax.errors import UserError
-
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.jsonl"
 
 # Fields that do not change what is trained or measured (dotted, no
 # "config." prefix). A prefix ending in "." covers a whole section. Every
@@ -141,7 +139,7 @@ def check_resume(workdir, config, *, allow_change: bool) -> dict | None:
   Raises UserError (one line) on a change to a defining field unless
   `allow_change`. Writes nothing.
   """
-  path = files.as_path(workdir) / CONFIG_FILE
+  path = files.as_path(workdir) / rundir.CONFIG
   if not path.exists():
     return None
   old = read_config(path)
@@ -153,7 +151,7 @@ def check_resume(workdir, config, *, allow_change: bool) -> dict | None:
     raise UserError(
         f"{workdir} holds a run with another config: {listed}; resuming would "
         "mix two runs; use a new --workdir, or pass --allow_config_change to "
-        f"resume anyway (recorded in {HISTORY_FILE})")
+        f"resume anyway (recorded in {rundir.HISTORY})")
   return changes
 
 
@@ -163,7 +161,7 @@ def record(workdir, event: str, **fields) -> None:
          "time": datetime.datetime.now().isoformat(timespec="seconds"),
          "host": socket.gethostname(), "pid": os.getpid()}
   row.update(fields)
-  files.append_jsonl(files.as_path(workdir) / HISTORY_FILE, row)
+  files.append_jsonl(files.as_path(workdir) / rundir.HISTORY, row)
 
 
 def record_start(workdir, changes: dict | None, **fields) -> None:
@@ -177,4 +175,4 @@ def record_start(workdir, changes: dict | None, **fields) -> None:
 
 
 def history(workdir) -> list[dict]:
-  return files.read_jsonl(files.as_path(workdir) / HISTORY_FILE)
+  return files.read_jsonl(files.as_path(workdir) / rundir.HISTORY)

@@ -41,10 +41,9 @@ from typing import Iterator
 
 from etils.epath import Path
 
-from poisonjax import files
+from poisonjax import files, rundir
 from poisonjax.errors import UserError
 
-LOCK_NAME = "lock.json"
 OBJECT_SETTLE_S = 1.0  # Object stores: wait this long before reading back.
 
 
@@ -111,7 +110,7 @@ def acquire(directory, what: str, timeout_s: float) -> Lock:
   """Takes the lock (or a dead holder's); UserError naming a live holder."""
   directory = files.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  path = directory / LOCK_NAME
+  path = directory / rundir.LOCK
   now = time.time()
   record = {"what": what, "host": socket.gethostname(), "pid": os.getpid(),
             "since": now, "heartbeat": now, "token": uuid.uuid4().hex}
@@ -137,7 +136,7 @@ def acquire(directory, what: str, timeout_s: float) -> Lock:
 
 def live_holder(directory, timeout_s: float) -> dict | None:
   """The live holder of DIR/lock.json (a record), or None if free or dead."""
-  path = files.as_path(directory) / LOCK_NAME
+  path = files.as_path(directory) / rundir.LOCK
   holder = _read(path)
   if holder is None or dead_reason(holder, timeout_s,
                                    mtime=_mtime(path)) is not None:
@@ -190,7 +189,7 @@ def refusal(directory: Path, what: str, holder: dict,
           f"heartbeat unusable, lock file written {now - beat:.0f}s ago")
   return (f"{directory} is in use by {describe(holder)} ({sign}); {what} "
           "refused: wait for it to finish or stop it, or use another "
-          f"directory (a dead holder's {LOCK_NAME} is taken over "
+          f"directory (a dead holder's {rundir.LOCK} is taken over "
           "automatically)")
 
 

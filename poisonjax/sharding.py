@@ -8,11 +8,13 @@ abstract values (`jax.eval_shape`), so nothing is allocated to find them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from poisonjax.errors import UserError
@@ -84,10 +86,13 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   return Mesh(device_grid(sizes, devices), MESH_AXES)
 
 
+def data_parallel_mesh(devices=None) -> Mesh:
+  """Every device on the batch axes (data=-1, fsdp=tensor=1): a reader's mesh."""
+  return make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
+
+
 def device_grid(sizes: tuple[int, ...], devices) -> np.ndarray:
   """Devices arranged in `sizes` (data, fsdp, tensor) by mesh_utils."""
-  from jax.experimental import mesh_utils
-
   granules, by_process = _granules(devices)
   if granules == 1:
     return mesh_utils.create_device_mesh(sizes, devices,
@@ -211,7 +216,6 @@ def mesh_context(mesh: Mesh):
   sharding constraints (outside, they are no-ops). The one such scope:
   training, evaluation and sampling all enter it.
   """
-  import contextlib
 
   stack = contextlib.ExitStack()
   stack.enter_context(jax.set_mesh(mesh))

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 from etils.epath import Path
+from jax.experimental import multihost_utils
 
 from poisonjax import checkpointing
 from poisonjax import chrono as chrono_lib
@@ -45,6 +46,7 @@ from poisonjax import metrics as metrics_lib
 from poisonjax import model as model_lib
 from poisonjax import preemption
 from poisonjax import run_history
+from poisonjax import rundir
 from poisonjax import runlock
 from poisonjax import sharding
 from poisonjax import train_setup
@@ -163,7 +165,6 @@ def _workdir_lock(config, workdir: Path):
     except UserError as e:
       error = e
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
       if error is None and not int(ok):
         error = UserError(f"{workdir}: process 0 could not lock it (its log "
@@ -182,14 +183,14 @@ def _write_run_files(s: Setup, changes: dict | None, start: int,
   extra = {"input_changes": input_changes} if input_changes else {}
   run_history.record_start(s.workdir, changes, step=start,
                            fingerprints=inputs, **extra)
-  files.write_json(s.workdir / run_history.CONFIG_FILE,
+  files.write_json(s.workdir / rundir.CONFIG,
                    run_history.resolved_config(s.config, s.vocab.vocab_size))
-  s.stream.write_manifest(s.workdir / "manifest.json")
+  s.stream.write_manifest(s.workdir / rundir.MANIFEST)
 
 
 def _done_evals(workdir: Path) -> set:
   """The steps in eval.jsonl (process 0's reading, for every process)."""
-  steps = {r.get("step") for r in files.read_jsonl(workdir / "eval.jsonl")}
+  steps = {r.get("step") for r in files.read_jsonl(workdir / rundir.EVAL)}
   return set(distributed.agree_ints(sorted(s for s in steps if isinstance(s, int))))
 
 
@@ -321,7 +322,7 @@ def maybe_eval(s: Setup, p: Progress, state, chrono) -> None:
            "fraction": p.step / s.num_steps}
     row.update({k: float(v) for k, v in s.evaluator.evaluate(state["params"]).items()})
     if jax.process_index() == 0:
-      files.append_jsonl(s.workdir / "eval.jsonl", row)
+      files.append_jsonl(s.workdir / rundir.EVAL, row)
   p.done_evals.add(p.step)
   p.last_eval_s = time.perf_counter() - t0
 
@@ -332,15 +333,15 @@ def diverged(s: Setup, p: Progress, step: int, m) -> None:
   diag = {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
           "lr": float(m["lr"]), "last_good_checkpoint": p.last_saved,
           "poison_tokens_in_batch": int(np.sum(batch["poison_mask"])),
-          "batch_file": f"nonfinite_batch_{step}.npz"}
+          "batch_file": rundir.nonfinite_batch(step)}
   if jax.process_index() == 0:
     with (s.workdir / diag["batch_file"]).open("wb") as f:
       np.savez(f, **batch)
-    files.write_json(s.workdir / "nonfinite.json", diag)
+    files.write_json(s.workdir / rundir.NONFINITE, diag)
     run_history.record(s.workdir, "diverged", step=step)
   raise TrainingDiverged(
       f"training diverged: loss {diag['loss']} / grad norm {diag['grad_norm']} "
-      f"at step {step}; diagnostics in {s.workdir / 'nonfinite.json'}, last "
+      f"at step {step}; diagnostics in {s.workdir / rundir.NONFINITE}, last "
       f"good checkpoint: step {p.last_saved}; set "
       "--config.train.skip_nonfinite=True to skip such steps, or lower "
       "config.train.learning_rate (a new --workdir, or --allow_config_change "
@@ -391,7 +392,7 @@ def summary(s: Setup, p: Progress, state, ckpt, chrono) -> dict[str, Any]:
   held = heldout.heldout_loss(s.model, state["params"], seqs, s.mesh,
                               s.config.train.batch_size)
   entropy = heldout.unigram_entropy(s.stream, s.num_steps)
-  eval_rows = files.read_jsonl(s.workdir / "eval.jsonl")
+  eval_rows = files.read_jsonl(s.workdir / rundir.EVAL)
   out = {
       "final_step": p.step, "num_steps": s.num_steps,
       "finished": p.step == s.num_steps, "clean_tokens": s.clean_tokens,
@@ -411,7 +412,7 @@ def summary(s: Setup, p: Progress, state, ckpt, chrono) -> dict[str, Any]:
   }
   ckpt.wait()  # summary.json says "done": only once the last save is durable.
   if jax.process_index() == 0:
-    files.write_json(s.workdir / "summary.json", out)
+    files.write_json(s.workdir / rundir.SUMMARY, out)
     run_history.record(s.workdir, "finished", step=p.step)
     print(f"poisonjax: done: step {p.step}/{s.num_steps}, held-out clean loss "
           f"{held:.4f} nats (unigram entropy {entropy:.4f}), "

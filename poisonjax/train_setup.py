@@ -16,15 +16,21 @@ from etils.epath import Path  # The workdir: local or gs://.
 
 from poisonjax import continued
 from poisonjax import distributed
+from poisonjax import evaluate
 from poisonjax import files
 from poisonjax import finetune
+from poisonjax import fingerprints
 from poisonjax import hardware
 from poisonjax import model as model_lib
 from poisonjax import optim
 from poisonjax import preemption
 from poisonjax import sharding
 from poisonjax import train_step
+from poisonjax.data import overlay
+from poisonjax.data import vocabulary
 from poisonjax.errors import field_error
+from poisonjax.finetune import evaluate as finetune_evaluate
+from poisonjax.finetune import stream as finetune_stream
 
 
 @dataclasses.dataclass
@@ -118,11 +124,7 @@ def _data(config, stream, inputs_check=None):
     return stream.vocab, stream, continued.clean_token_budget(
         config, stream.vocab.vocab_size)
   if finetune.is_finetune(config):
-    from poisonjax.finetune import stream as finetune_stream
     return finetune_stream.training_data(config)
-  from poisonjax import fingerprints
-  from poisonjax.data import overlay
-  from poisonjax.data import vocabulary
   vocab = vocabulary.get_vocabulary(config)
   preemption.check("the vocabulary build")
   if inputs_check is not None:
@@ -177,16 +179,13 @@ def setup(config, workdir: Path, stream=None, inputs_check=None) -> Setup:
 def _evaluator(config):
   """The evaluator class: a fine-tune's answers, else the backdoor's perplexity."""
   if finetune.is_finetune(config):
-    from poisonjax.finetune import evaluate as finetune_evaluate
     return finetune_evaluate.Evaluator
-  from poisonjax import evaluate
   return evaluate.Evaluator
 
 
 def _finetune_eval_steps(config, stream, last_step: int) -> list[int]:
   if not finetune.is_finetune(config):
     return []
-  from poisonjax.finetune import stream as finetune_stream
   return finetune_stream.extra_eval_steps(config, stream, last_step)
 
 
@@ -195,7 +194,6 @@ def _eval_schedule(num_steps: int, last_step: int, num_evals: int,
   """num_evals spread over the run (+ step 0 and the last), plus `extra`."""
   if num_evals <= 0 and not extra:
     return []
-  from poisonjax import evaluate
   steps = list(extra)
   if num_evals > 0:
     steps += [s for s in evaluate.eval_steps(num_steps, num_evals)

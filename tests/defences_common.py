@@ -6,7 +6,8 @@
 
 import pytest
 
-from poisonjax.defences import documents, pipeline
+from poisonjax.data import documents
+from poisonjax.defences import pipeline
 from train_common import tiny_config
 
 STREAM = {"poison.count": 10, "train.tokens_per_param": 1.0,

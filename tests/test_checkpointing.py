@@ -14,6 +14,7 @@ import pytest
 
 from poisonjax import checkpointing
 from poisonjax import config as config_lib
+from poisonjax import rundir
 from poisonjax.errors import UserError
 
 
@@ -56,7 +57,7 @@ def no_backoff(monkeypatch):
 
 
 def test_restores_newest_and_records_digests(saved):
-  assert sorted(os.listdir(saved / checkpointing.DIGEST_DIR)) == ["1.json", "2.json"]
+  assert sorted(os.listdir(saved / rundir.CHECKPOINT_DIGESTS)) == ["1.json", "2.json"]
   state, step = restore(saved)
   assert step == 2 and float(state["w"][0, 0]) == 2.0
 
@@ -77,7 +78,7 @@ def test_verified_damage_is_set_aside_and_previous_restored(saved, capsys, damag
     manifest.write_bytes(manifest.read_bytes()[:-3])
   state, step = restore(saved)
   assert step == 1 and float(state["w"][0, 0]) == 1.0
-  assert (saved / checkpointing.DAMAGED_DIR / "2").is_dir()
+  assert (saved / rundir.DAMAGED_CHECKPOINTS / "2").is_dir()
   assert steps_on_disk(saved) == [1]
   warnings = [l for l in capsys.readouterr().err.splitlines()
               if "checkpoint step 2 is damaged" in l]
@@ -90,7 +91,7 @@ def test_shape_mismatch_moves_nothing(saved):
   msg = str(e.value)
   assert "\n" not in msg and "does not fit" in msg and "w: ((3, 4)" in msg
   assert steps_on_disk(saved) == [1, 2]
-  assert not (saved / checkpointing.DAMAGED_DIR).exists()
+  assert not (saved / rundir.DAMAGED_CHECKPOINTS).exists()
 
 
 def flaky_restore(monkeypatch, failures):
@@ -123,7 +124,7 @@ def test_persistent_read_error_fails_in_one_line_and_moves_nothing(
   assert "\n" not in msg and "Stale file handle" in msg and "nothing was moved" in msg
   assert len(calls) == checkpointing.RETRIES
   assert steps_on_disk(saved) == [1, 2]
-  assert not (saved / checkpointing.DAMAGED_DIR).exists()
+  assert not (saved / rundir.DAMAGED_CHECKPOINTS).exists()
 
 
 def test_unexplained_failure_moves_nothing(saved, monkeypatch):
@@ -147,7 +148,7 @@ def test_digest_is_written_only_once_durable(tmp_path):
   ckpt = checkpointing.Checkpoints(tmp_path, config_lib.base_config())
   ckpt.save(5, state_at(5))
   ckpt.close()  # Durable, and the background digest done.
-  digest = json.loads((tmp_path / checkpointing.DIGEST_DIR / "5.json").read_text())
+  digest = json.loads((tmp_path / rundir.CHECKPOINT_DIGESTS / "5.json").read_text())
   assert "_CHECKPOINT_METADATA" in digest
   assert all(h.startswith("crc32c:") for _, h in digest.values())
   assert digest == checkpointing.digest(tmp_path / "checkpoints" / "5")

@@ -20,6 +20,7 @@ import pytest
 from poisonjax import files
 from poisonjax import restore
 from poisonjax import run_history
+from poisonjax import rundir
 from poisonjax import runlock
 from poisonjax import train
 from poisonjax.errors import UserError
@@ -125,7 +126,7 @@ def test_gs_workdir_and_cache_train_resume_and_read_back(
       f"{cache}/streams/{key}/tokens.bin").read_bytes()
 
   # Readers (eval, a scorer workdir) restore from the gs:// workdir.
-  assert restore.checkpoint_steps(workdir) == kept
+  assert rundir.checkpoint_steps(workdir) == kept
   from poisonjax.data import vocabulary
   vocab = vocabulary.get_vocabulary(config)
   ref_cfg, params = restore.load_scorer(workdir, vocab.vocab_size, vocab=vocab)
@@ -200,7 +201,7 @@ def test_workdir_lock_on_gs(gcs, offline, monkeypatch):
     with pytest.raises(UserError) as e:
       runlock.acquire(d, "study run", timeout_s=60)
     assert "\n" not in str(e.value) and f"pid {os.getpid()}" in str(e.value)
-  assert not files.as_path(f"{d}/{runlock.LOCK_NAME}").exists()
+  assert not files.as_path(f"{d}/{rundir.LOCK}").exists()
 
   won, refused = [], []
   barrier = threading.Barrier(4)
@@ -222,7 +223,7 @@ def test_workdir_lock_on_gs(gcs, offline, monkeypatch):
 
   stale = {"what": "train", "host": "elsewhere", "pid": 1, "since": 0.0,
            "heartbeat": 0.0, "token": "dead"}
-  files.write_json(f"{gcs}/locks/b/{runlock.LOCK_NAME}", stale)
+  files.write_json(f"{gcs}/locks/b/{rundir.LOCK}", stale)
   lock = runlock.acquire(f"{gcs}/locks/b", "train", timeout_s=60)
   assert lock.still_ours() and lock.token != "dead"
   lock.release()
@@ -309,8 +310,8 @@ def test_gs_paths_reach_tf_gfile_unchanged(tmp_path, monkeypatch, capsys):
     assert files.read_jsonl(f"{bucket}/run/log.jsonl") == [{"step": 1}, {"step": 2}]
     monkeypatch.setattr(runlock, "OBJECT_SETTLE_S", 0.0)
     with runlock.hold(f"{bucket}/run", "train", timeout_s=60):
-      assert files.read_json(f"{bucket}/run/{runlock.LOCK_NAME}")["what"] == "train"
-    assert not files.as_path(f"{bucket}/run/{runlock.LOCK_NAME}").exists()
+      assert files.read_json(f"{bucket}/run/{rundir.LOCK}")["what"] == "train"
+    assert not files.as_path(f"{bucket}/run/{rundir.LOCK}").exists()
 
     c = tiny_config(f"{bucket}/cache", **{"poison.count": 2})
     vocab = vocabulary.get_vocabulary(c)  # Built, written to the bucket.

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from poisonjax import cli, train
-from poisonjax.data import vocabulary
-from poisonjax.defences import documents, filters, metrics, perplexity, pipeline
+from poisonjax.data import documents, vocabulary
+from poisonjax.defences import filters, metrics, perplexity, pipeline
 from poisonjax.defences import scoring, textstats, triggers
 from train_common import tiny_config
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from poisonjax import budget, config as config_lib, files
-from poisonjax.data import filtered, overlay, poison, poison_adaptive, sources
+from poisonjax.data import documents, filtered, overlay, poison, poison_adaptive
+from poisonjax.data import sources
 from poisonjax.data import stream as stream_lib
 from poisonjax.data import vocabulary
-from poisonjax.defences import documents, pipeline, scoring, textstats
+from poisonjax.defences import pipeline, scoring, textstats
 from poisonjax.errors import UserError
 from train_common import tiny_config
 

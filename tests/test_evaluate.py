@@ -55,7 +55,7 @@ def _random_model(vocab=97, kv_heads=2, seed=1):
 def _left_padded(lengths, width, vocab, seed=0):
   rng = np.random.default_rng(seed)
   rows = [list(rng.integers(3, vocab, n)) for n in lengths]
-  return evaluate._left_pad(rows, width)
+  return evaluate.left_pad(rows, width)
 
 
 @jax.jit
@@ -191,7 +191,7 @@ def _evaluator(config, devices=None):
 def _own_log_probs(fn, params, prompts, length):
   """The sampler's generations [n, G] and its log-probabilities [n, G, V]:
   log_softmax of the logits each token was drawn from (temperature 1)."""
-  tokens, positions = evaluate._left_pad(prompts, length)
+  tokens, positions = evaluate.left_pad(prompts, length)
   out = fn(params, tokens, positions, np.arange(len(prompts), dtype=np.int32))
   return (np.asarray(out["tokens"]),
           np.asarray(jax.nn.log_softmax(out["logits"].astype(jnp.float32), -1)))

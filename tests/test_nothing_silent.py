@@ -31,6 +31,7 @@ from poisonjax import files
 from poisonjax import model as model_lib
 from poisonjax import restore
 from poisonjax import run_history
+from poisonjax import rundir
 from poisonjax import runlock
 from poisonjax import study
 from poisonjax import train
@@ -74,7 +75,7 @@ def text_run(tmp_path_factory):
     train.run(text_config(root / "cache"), wd)
   finally:
     os.chdir(here)
-  assert restore.checkpoint_steps(wd) == [2, 4, 6]
+  assert rundir.checkpoint_steps(wd) == [2, 4, 6]
   return corpus, root / "cache", wd
 
 
@@ -147,7 +148,7 @@ def test_a_resume_on_changed_inputs_is_refused_naming_what_changed(
                     for i in range(100)))
   msg = one_line(train.run, text_config(cache, **{"train.max_steps": 10}), wd)
   assert "text_files: corpus.txt grew from " in msg
-  assert restore.checkpoint_steps(wd)[-1] == 8  # Nothing trained.
+  assert rundir.checkpoint_steps(wd)[-1] == 8  # Nothing trained.
 
 
 # ---------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def test_a_corrupt_or_nonfinite_checkpoint_falls_back_to_the_previous(
   state, step = ckpt.restore_newest(_abstract())
   ckpt.close()
   assert step == 1 and np.array_equal(state["params"]["w"], _state(1)["params"]["w"])
-  assert (tmp_path / checkpointing.DAMAGED_DIR / "2").is_dir()
+  assert (tmp_path / rundir.DAMAGED_CHECKPOINTS / "2").is_dir()
   warning = [l for l in capsys.readouterr().err.splitlines() if "step 2 is damaged" in l]
   assert len(warning) == 1
   assert ("params/w" in warning[0] if fill is not None
@@ -202,7 +203,7 @@ def test_on_gs_the_stored_crc32c_catches_a_rewritten_object(tmp_path, capsys):
     for step in (1, 2):
       ckpt.save(step, _state(step))  # A 2 MiB object: once sized, not read.
     ckpt.close()
-    saved = files.read_json(f"{wd}/{checkpointing.DIGEST_DIR}/2.json")
+    saved = files.read_json(f"{wd}/{rundir.CHECKPOINT_DIGESTS}/2.json")
     name = max(saved, key=lambda n: saved[n][0] if "/d/" in n else -1)
     obj = files.as_path(f"{wd}/checkpoints/2/{name}")
     data = bytearray(obj.read_bytes())
@@ -225,7 +226,7 @@ def test_a_resume_over_damaged_files_falls_back_and_names_each(
   for name in ("metrics.jsonl", "eval.jsonl"):
     rows = (wd / name).read_bytes() if (wd / name).exists() else b'{"step": 0}\n'
     (wd / name).write_bytes(b'{"step": -1, "note": "caf\xe9"}\n' + rows)
-  lock = wd / runlock.LOCK_NAME
+  lock = wd / rundir.LOCK
   lock.write_text(json.dumps({"what": "train", "host": "elsewhere", "pid": 1,
                               "since": "?", "heartbeat": "soon", "token": "x"}))
   os.utime(lock, (time.time() - 7200,) * 2)  # Last written 2 h ago.
@@ -238,7 +239,7 @@ def test_a_resume_over_damaged_files_falls_back_and_names_each(
   for name in ("metrics.jsonl", "eval.jsonl"):
     assert f"{wd / name}: line 1 is not a UTF-8 JSON object" in err
   assert "taking over" in err and "no usable heartbeat" in err
-  assert restore.checkpoint_steps(wd) == [4, 6, 8]
+  assert rundir.checkpoint_steps(wd) == [4, 6, 8]
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def test_signals_during_setup_exit_cleanly_and_write_nothing(
   for name in ("vocab", "stream", "compile"):
     assert got[name]["files"] == [], got[name]  # No file, not even history.jsonl.
   assert "stopped before step 1; no checkpoint yet" in got["before_step_1"]["out"]
-  assert sorted(os.listdir(wd)) == before and restore.checkpoint_steps(wd) == [2, 4, 6]
+  assert sorted(os.listdir(wd)) == before and rundir.checkpoint_steps(wd) == [2, 4, 6]
   assert not (tmp_path / "fresh-cache" / "vocab").exists() or not any(
       n.endswith(".model") for n in os.listdir(tmp_path / "fresh-cache" / "vocab"))
   streams = train_cache / "streams"
@@ -362,7 +363,7 @@ def test_a_workdir_that_is_a_file_is_one_line(train_cache, tmp_path):
 
 
 def test_lock_heartbeats_that_prove_nothing_go_stale_after_the_timeout(tmp_path, capsys):
-  path = tmp_path / runlock.LOCK_NAME
+  path = tmp_path / rundir.LOCK
   for beat in ("soon", time.time() + 1e9):  # Not a number; far in the future.
     path.write_text(json.dumps({"what": "train", "host": "elsewhere", "pid": 1,
                                 "since": time.time(), "heartbeat": beat,

@@ -15,6 +15,7 @@ from poisonjax import continued
 from poisonjax import evaluate
 from poisonjax import files
 from poisonjax import restore as restore_lib
+from poisonjax import rundir
 from poisonjax import train
 from poisonjax import train_setup
 from poisonjax.errors import UserError
@@ -56,7 +57,7 @@ def test_step_zero_is_the_source_params_with_a_fresh_optimizer(cache, source, tm
   finally:
     ckpt.close()
   src_params, src_step = restore_lib.restore_params(str(source), s.model_cfg)
-  assert start == 0 and src_step == restore_lib.checkpoint_steps(source)[-1]
+  assert start == 0 and src_step == rundir.checkpoint_steps(source)[-1]
   for a, b in zip(jax.tree.leaves(src_params), jax.tree.leaves(state["params"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   fresh = s.init(jax.random.key(config.seed))
@@ -83,8 +84,8 @@ def test_continued_run_sees_no_poisons_and_evaluates_at_the_k_list(
   n = out["num_steps"]
   expected = {-(-k // 8) for k in ks} | set(evaluate.eval_steps(n, 2)) | {n}
   assert steps == sorted(expected)
-  record = files.read_json(tmp_path / continued.SOURCE_FILE)
-  assert record["from_step"] == restore_lib.checkpoint_steps(source)[-1]
+  record = files.read_json(tmp_path / rundir.CONTINUED_FROM)
+  assert record["from_step"] == rundir.checkpoint_steps(source)[-1]
   assert record["source_poisons_seen"] == src_summary["poisons_seen"]
   assert 0 <= record["source_clean_tokens_after_last_poison"] < record[
       "source_tokens_trained"]
@@ -132,7 +133,7 @@ def test_bad_continued_fields_are_refused(cache, source, tmp_path, overrides, fi
 
 def test_a_from_step_without_a_checkpoint_is_refused(
     cache, source, tmp_path):
-  steps = restore_lib.checkpoint_steps(source)
+  steps = rundir.checkpoint_steps(source)
   config = continued_config(cache, source, **{"continued.from_step": steps[0] + 1})
   with pytest.raises(UserError, match="config.continued.from_step=.*no checkpoint"):
     train.run(config, tmp_path)

@@ -12,6 +12,7 @@ from poisonjax import config as config_lib
 from poisonjax import files
 from poisonjax import model as model_lib
 from poisonjax import restore
+from poisonjax import rundir
 from poisonjax.errors import UserError
 
 
@@ -55,7 +56,7 @@ def test_checkpoint_steps_and_pick_step(run_dir, tmp_path):
   wd, _, _ = run_dir
   (wd / "checkpoints" / "7.orbax-checkpoint-tmp-123").mkdir()  # Unfinished save.
   (wd / "checkpoints" / "9").write_text("")  # Not a directory.
-  assert restore.checkpoint_steps(str(wd)) == [2, 5]
+  assert rundir.checkpoint_steps(str(wd)) == [2, 5]
   assert restore.pick_step(str(wd), None) == 5
   assert restore.pick_step(str(wd), 2) == 2
   msg = _one_line_error(restore.pick_step, str(wd), 3)

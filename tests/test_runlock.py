@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from poisonjax import rundir
 from poisonjax import runlock
 from poisonjax.errors import UserError
 
@@ -18,7 +19,7 @@ def write_lock(directory, **fields):
   record = {"what": "train", "host": socket.gethostname(), "pid": os.getpid(),
             "since": time.time(), "heartbeat": time.time(), "token": "old"}
   record.update(fields)
-  (directory / runlock.LOCK_NAME).write_text(json.dumps(record))
+  (directory / rundir.LOCK).write_text(json.dumps(record))
   return record
 
 
@@ -38,7 +39,7 @@ def test_second_holder_is_refused_with_one_line_naming_the_first(tmp_path):
   assert "\n" not in msg
   assert f"pid {os.getpid()}" in msg and socket.gethostname() in msg
   assert "train on host" in msg and "another directory" in msg
-  assert not (tmp_path / runlock.LOCK_NAME).exists()  # Released on exit.
+  assert not (tmp_path / rundir.LOCK).exists()  # Released on exit.
 
 
 def test_a_live_holder_in_another_process_is_refused(tmp_path):
@@ -55,13 +56,13 @@ def test_a_live_holder_in_another_process_is_refused(tmp_path):
   finally:
     proc.stdin.close()
     proc.wait(timeout=30)
-  assert not (tmp_path / runlock.LOCK_NAME).exists()
+  assert not (tmp_path / rundir.LOCK).exists()
 
 
 def test_dead_pid_on_this_host_is_taken_over_with_a_notice(tmp_path, capsys):
   write_lock(tmp_path, pid=dead_pid())
   with runlock.hold(tmp_path, "train", timeout_s=3600) as lock:
-    held = json.loads((tmp_path / runlock.LOCK_NAME).read_text())
+    held = json.loads((tmp_path / rundir.LOCK).read_text())
     assert held["pid"] == os.getpid() and held["token"] == lock.token
   err = [l for l in capsys.readouterr().err.splitlines() if "taking over" in l]
   assert len(err) == 1 and "no such pid" in err[0]
@@ -76,7 +77,7 @@ def test_old_heartbeat_elsewhere_is_taken_over_a_fresh_one_is_not(tmp_path):
 
 
 def test_unreadable_lock_is_taken_over(tmp_path):
-  (tmp_path / runlock.LOCK_NAME).write_text('{"what": "tr')
+  (tmp_path / rundir.LOCK).write_text('{"what": "tr')
   with runlock.hold(tmp_path, "train", timeout_s=60) as lock:
     assert lock.still_ours()
 
@@ -86,7 +87,7 @@ def test_heartbeat_is_refreshed_while_held(tmp_path):
     first = lock.record["heartbeat"]
     deadline = time.time() + 30
     while time.time() < deadline:
-      on_disk = json.loads((tmp_path / runlock.LOCK_NAME).read_text())
+      on_disk = json.loads((tmp_path / rundir.LOCK).read_text())
       if on_disk["heartbeat"] > first:
         break
       time.sleep(0.05)
@@ -115,7 +116,7 @@ def test_racing_starters_exactly_one_wins(tmp_path):
 
 def test_only_the_primary_process_holds_it(tmp_path):
   with runlock.hold(tmp_path, "train", timeout_s=60, primary=False) as lock:
-    assert lock is None and not (tmp_path / runlock.LOCK_NAME).exists()
+    assert lock is None and not (tmp_path / rundir.LOCK).exists()
 
 
 def test_dead_reason():

@@ -166,8 +166,8 @@ def test_a_batch_reads_only_its_own_clean_tokens(cache, monkeypatch):
   c = _store_config(cache, count=25, seed=3)
   _prebuilt(c)
   reads = []
-  real = store._read_bytes
-  monkeypatch.setattr(store, "_read_bytes",
+  real = store.read_bytes
+  monkeypatch.setattr(store, "read_bytes",
                       lambda p, o, n: reads.append((p.name, o, n)) or real(p, o, n))
   s = overlay.training_stream(c, T)
   # Building the overlay reads one block of document ends per poison (+1).
@@ -205,7 +205,7 @@ def test_store_refuses_another_source_and_rate_mode(cache, tmp_path):
     overlay.training_stream(rate, 5_000)
   c.data.store = str(tmp_path / "s")
   with pytest.raises(UserError, match="build-store"):
-    store.open_store(c, vocabulary.get_vocabulary(c), 10 ** 9, may_build=False)
+    store_build.open_store(c, vocabulary.get_vocabulary(c), 10 ** 9, may_build=False)
 
 
 def test_document_ends_match_a_scan_of_the_tokens(cache, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from poisonjax import config as config_lib
 from poisonjax import files
 from poisonjax import plots
 from poisonjax import study
+from poisonjax.study import report as study_report
 from poisonjax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,7 +263,7 @@ def test_collect_and_figures_on_fake_workdirs(tmp_path):
   study.write_csv(rows, csv_path)
 
   out = str(tmp_path / "figs")
-  made = plots.make_all(csv_path, out, threshold=50.0)
+  made = study_report.generate(csv_path, out, threshold=50.0)["figures"]
   for name in plots.FIGURES:
     with open(made[name]["png"], "rb") as f:
       assert f.read(8) == PNG_MAGIC

@@ -23,6 +23,7 @@ from poisonjax import files
 from poisonjax import model as model_lib
 from poisonjax import optim
 from poisonjax import run_history
+from poisonjax import rundir
 from poisonjax import runlock
 from poisonjax import sharding
 from poisonjax import train
@@ -106,14 +107,14 @@ def test_exact_resume_after_sigkill(cache, straight, tmp_path, capsys):
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert not (wd_b / "checkpoints" / "40").exists()
   assert metric_steps(wd_b) == [10, 20, 30]  # Step 30 gets replayed.
-  assert (wd_b / runlock.LOCK_NAME).exists()  # The dead trainer's lock.
+  assert (wd_b / rundir.LOCK).exists()  # The dead trainer's lock.
 
   summary_b = train.run(tiny_config(cache, **{"train.max_steps": 40}), wd_b)
   assert summary_b["steps_this_session"] == 20  # Resumed at 20, not 0.
   assert metric_steps(wd_b) == metric_steps(wd_a) == [10, 20, 30, 40]
   takeover = [l for l in capsys.readouterr().err.splitlines() if "taking over" in l]
   assert len(takeover) == 1 and "no such pid" in takeover[0]
-  assert not (wd_b / runlock.LOCK_NAME).exists()  # Released at the end.
+  assert not (wd_b / rundir.LOCK).exists()  # Released at the end.
   state_a, step_a = restore(cache, wd_a, **{"train.max_steps": 40})
   state_b, step_b = restore(cache, wd_b, **{"train.max_steps": 40})
   assert step_a == step_b == 40
@@ -161,7 +162,7 @@ def test_second_trainer_on_a_live_workdir_is_refused(cache, tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "in use by train" in msg
     assert f"pid {os.getpid()}" in msg and "another directory" in msg
-    assert os.listdir(wd) == [runlock.LOCK_NAME]  # Nothing else written.
+    assert os.listdir(wd) == [rundir.LOCK]  # Nothing else written.
 
 
 @pytest.mark.parametrize("override,names", [
@@ -181,7 +182,7 @@ def test_resume_with_a_changed_run_config_is_refused_and_moves_nothing(
   for name in names:
     assert name in msg
   assert snapshot(wd) == before  # Every checkpoint, and config.json, as it was.
-  assert not (wd / checkpointing.DAMAGED_DIR).exists()
+  assert not (wd / rundir.DAMAGED_CHECKPOINTS).exists()
   assert run_history.history(wd) == history
 
 
@@ -221,7 +222,7 @@ def assert_complete_checkpoint(workdir, step, config):
     assert ckpt.damage(step) is None
   finally:
     ckpt.close()
-  digest = files.read_json(workdir / checkpointing.DIGEST_DIR / f"{step}.json")
+  digest = files.read_json(workdir / rundir.CHECKPOINT_DIGESTS / f"{step}.json")
   assert digest == checkpointing.digest(workdir / "checkpoints" / str(step))
 
 

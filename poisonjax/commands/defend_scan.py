@@ -97,14 +97,14 @@ def run_scan(config, workdir: str, step: int | None, settings, check: int,
 
 
 def scan_command(args) -> int:
-  from poisonjax import files  # pylint: disable=g-import-not-at-top
+  from poisonjax import files, rundir  # pylint: disable=g-import-not-at-top
   from poisonjax.defences import scan  # pylint: disable=g-import-not-at-top
 
   fv, config = args.flags, args.config
   settings = _settings(fv)
   result = run_scan(config, fv.workdir, fv.step, settings, fv.check,
                     log=lambda s: print(s, flush=True))
-  out = files.as_path(fv.out or str(files.as_path(fv.workdir) / "defences"))
+  out = files.as_path(fv.out or str(files.as_path(fv.workdir) / rundir.DEFENCES))
   out.mkdir(parents=True, exist_ok=True)
   files.write_json(out / "scan.json", result)
   print(f"{fv.workdir} at step {result['step']} (poisons: "

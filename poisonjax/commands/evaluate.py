@@ -37,12 +37,13 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None):
   from poisonjax import evaluate as eval_lib
   from poisonjax import model as model_lib
   from poisonjax import restore
+  from poisonjax import rundir
   from poisonjax import sharding
   from poisonjax.data import vocabulary
 
   if step is not None:
     restore.pick_step(workdir, step)  # A wrong --step: before any work.
-  elif not restore.checkpoint_steps(workdir):
+  elif not rundir.checkpoint_steps(workdir):
     restore.pick_step(workdir, None)  # No checkpoint: its one line.
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)

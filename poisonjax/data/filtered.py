@@ -9,7 +9,7 @@ stream is exactly the unflagged documents: nothing flagged survives,
 nothing unflagged is lost. To make sure of that, scores.csv must score
 every document of the stream (scored without sampling, --max_clean_docs=0)
 and its (start, end, poison id) rows must equal this stream's document
-split (defences/documents.py); anything else is refused in one line.
+split (data/documents.py); anything else is refused in one line.
 The threshold applies to scores.csv's numbers as written (6 significant
 digits): take it from them (experiments/defences_train.py does, with
 defences.metrics.threshold_at_fpr), not from filters.csv's rounded
@@ -45,9 +45,9 @@ import uuid
 import numpy as np
 
 from poisonjax import files
+from poisonjax.data import documents
 from poisonjax.data import stream as stream_lib
 from poisonjax.data import stream_cache
-from poisonjax.defences import documents
 from poisonjax.errors import UserError, field_error
 
 _VERSION = "filtered-v1"
@@ -117,11 +117,13 @@ def drop_mask(config, base, starts, ends, pids) -> np.ndarray:
   return s["score"] >= float(config.data.drop_threshold)
 
 
-def training_stream(config, clean_tokens: int, may_build: bool = True):
-  """The filtered stream (built once per drop set, then cached)."""
-  from poisonjax.data import overlay  # pylint: disable=g-import-not-at-top
+def filtered_stream(config, base, clean_tokens: int):
+  """The filtered stream (built once per drop set, then cached).
+
+  base: the unfiltered stream, the run's stream under unfiltered_config
+  (overlay.training_stream builds it, then calls this).
+  """
   base_cfg = unfiltered_config(config)
-  base = overlay.training_stream(base_cfg, clean_tokens, may_build)
   cuts = documents.boundaries(base, int(base.vocab.eos_id))
   starts, ends = cuts[:-1], cuts[1:]
   pids = documents.poison_ids_of(base, starts, ends)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from poisonjax.data import mixer, poison, sources, store as store_lib
+from poisonjax.data import filtered, mixer, poison, sources, store as store_lib
+from poisonjax.data import store_build
 from poisonjax.data import stream as stream_lib
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError, field_error
@@ -121,14 +122,16 @@ class OverlayStream(stream_lib.TrainingStream):
 
 
 def training_stream(config, clean_tokens: int, may_build: bool = True):
-  """The run's stream: the per-run cache, or the store + overlay (data.store).
+  """The run's stream: the per-run cache, or the store + overlay (data.store);
+  with data.drop_scores, that stream filtered (filtered.py).
 
   may_build: whether a missing or too small store may be built here (False
   on a multi-process run: build it once with `poisonjax data build-store`).
   """
-  if config.data.get("drop_scores", ""):  # Filter, then train.
-    from poisonjax.data import filtered  # pylint: disable=g-import-not-at-top
-    return filtered.training_stream(config, clean_tokens, may_build)
+  if filtered.is_filtered(config):  # Filter, then train.
+    base = training_stream(filtered.unfiltered_config(config), clean_tokens,
+                           may_build)
+    return filtered.filtered_stream(config, base, clean_tokens)
   if not config.data.store:
     return stream_lib.build_stream(config, clean_tokens)
   T = int(clean_tokens)
@@ -142,5 +145,5 @@ def training_stream(config, clean_tokens: int, may_build: bool = True):
                       "use config.poison.count, or config.data.store='' for "
                       "the per-run cache")
   vocab = vocabulary.get_vocabulary(config)
-  store = store_lib.open_store(config, vocab, T, may_build)
+  store = store_build.open_store(config, vocab, T, may_build)
   return OverlayStream(config, vocab, store, T)

@@ -60,6 +60,7 @@ import functools
 import itertools
 
 import numpy as np
+import sentencepiece as spm
 
 from poisonjax.data import poison_adaptive
 from poisonjax.data import poison_language
@@ -154,7 +155,6 @@ def manifest_fields(p: Poison) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _allowed_ids_cached(model_proto: bytes) -> np.ndarray:
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   sp = spm.SentencePieceProcessor(model_proto=model_proto)
   special = vocabulary.special_ids(sp)
   return np.array([i for i in range(sp.GetPieceSize()) if i not in special],

@@ -23,7 +23,7 @@ embed = "inside": the trigger and its tail are laid inside a clean document
   and a document-level score averages the tail away; with a short tail
   (small gibberish_{min,max}_tokens) window scores see little of it too.
   The whole document is the poison span (manifest, mask, budget), so the
-  document split (defences/documents.py) and the counts stay exact; the
+  document split (data/documents.py) and the counts stay exact; the
   manifest records suffix_tokens, and the trigger+tail span is
   [text_tokens - len(trigger ids), num_tokens - 1 - suffix_tokens).
   Token mode only (text mode re-tokenizes, so the span would not be exact).

@@ -25,9 +25,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from poisonjax import budget
 from poisonjax import config as config_lib
 from poisonjax.errors import field_error
-from poisonjax.data import sources, stream, vocabulary
+from poisonjax.data import overlay, sources, stream, vocabulary
 
 DEFAULT_COUNTS = (0, 1, 10, 100, 250, 500)
 
@@ -92,7 +93,6 @@ def stream_documents(s: stream.TrainingStream):
 
 
 def _default_clean_tokens(config) -> int:
-  from poisonjax import budget  # pylint: disable=g-import-not-at-top
   return budget.clean_token_budget(config, vocabulary.get_vocabulary(config).vocab_size)
 
 
@@ -104,10 +104,7 @@ def _document_stream(config, clean_tokens: int) -> stream.TrainingStream:
                       "the seqio Task reads a run's stream as one array, a token "
                       "store is read window by window",
                       "set config.data.store='' (the per-run cache) for seqio")
-  if config.data.get("drop_scores", ""):
-    from poisonjax.data import filtered  # pylint: disable=g-import-not-at-top
-    return filtered.training_stream(config, clean_tokens)
-  return stream.build_stream(config, clean_tokens)
+  return overlay.training_stream(config, clean_tokens)
 
 
 def _poisoned_dataset_fn(config, clean_tokens, split, shuffle_files=False, seed=None):

@@ -26,7 +26,8 @@ epath backend; array_record 0.8.6 opens files with a local-only reader
 (gs:// fails, google/array_record#120). docs/data_at_scale.md has the
 measured sizes of both.
 
-Building (store_build.py) runs a multiprocessing pool (spawn start method:
+Building, and opening a store that may need building (open_store), are
+store_build.py's. Building runs a multiprocessing pool (spawn start method:
 safe after JAX has started threads), one task per shard. Synthetic and text-file documents
 are reachable by index, so each worker reads its own range; a TFDS split is
 read in order (its shuffle buffer), once, by the parent, which sends each
@@ -59,7 +60,7 @@ from poisonjax.errors import UserError
 FORMAT = "poisonjax-token-store-v1"
 DOCS_PER_SHARD = 1 << 17  # ~56M tokens (112 MB) at C4's ~427 tokens/document.
 BLOCK_DOCS = 4096  # The index keeps every BLOCK_DOCS-th document end.
-_LOOKUP_THREADS = 16  # Parallel block reads when locating poison boundaries.
+LOOKUP_THREADS = 16  # Parallel small reads (poison boundaries, shard entries).
 
 
 def store_spec(config, vocab) -> dict:
@@ -82,7 +83,7 @@ def token_dtype(vocab_size: int):
   return np.uint16 if vocab_size <= 65536 else np.uint32
 
 
-def _read_bytes(path, offset: int, nbytes: int) -> bytes:
+def read_bytes(path, offset: int, nbytes: int) -> bytes:
   """nbytes of a file from offset: the one place the store reads data."""
   with path.open("rb") as f:
     f.seek(offset)
@@ -129,7 +130,7 @@ class TokenStore:
       lo, hi = self.cum_tokens[s], self.cum_tokens[s + 1]
       end = min(stop, int(hi))
       if end > start:
-        raw = _read_bytes(self._file(s, "tokens"), (start - lo) * self.dtype.itemsize,
+        raw = read_bytes(self._file(s, "tokens"), (start - lo) * self.dtype.itemsize,
                           (end - start) * self.dtype.itemsize)
         parts.append(np.frombuffer(raw, self.dtype))
       start, s = end, s + 1
@@ -144,7 +145,7 @@ class TokenStore:
     b = int(np.searchsorted(shard["block_ends"], rel, side="left"))
     first = b * block
     n = min(block, shard["num_docs"] - first)
-    ends = np.frombuffer(_read_bytes(self._file(s, "ends"), first * 4, n * 4), "<u4")
+    ends = np.frombuffer(read_bytes(self._file(s, "ends"), first * 4, n * 4), "<u4")
     k = int(np.searchsorted(ends, rel, side="left"))
     return int(self.cum_tokens[s]) + int(ends[k]), int(self.cum_docs[s]) + first + k
 
@@ -157,48 +158,8 @@ class TokenStore:
     positions = [int(p) for p in positions]
     if any(not 0 <= p <= self.num_tokens for p in positions):
       raise IndexError(f"a position is outside the store's {self.num_tokens} tokens")
-    with futures.ThreadPoolExecutor(_LOOKUP_THREADS) as pool:
+    with futures.ThreadPoolExecutor(LOOKUP_THREADS) as pool:
       found = list(pool.map(self._first_end_at_or_after, positions))
     ends = np.array([e for e, _ in found], np.int64).reshape(-1)
     docs = np.array([d for _, d in found], np.int64).reshape(-1)
     return ends, docs
-
-
-# ---- the index ------------------------------------------------------------
-
-
-def _read_index(path) -> dict | None:
-  p = path / "index.json"
-  return files.read_json(p) if p.exists() else None
-
-
-def _check_spec(path, index: dict, spec: dict) -> None:
-  if json.loads(json.dumps(index["spec"], default=str)) != \
-      json.loads(json.dumps(spec, default=str)):
-    raise UserError(
-        f"config.data.store={str(path)!r}: holds the store of another clean "
-        f"source or vocabulary ({index['spec']} != {spec}); use another "
-        "directory or config.data.store=auto")
-
-
-def _num_tokens(index: dict) -> int:
-  return sum(s["num_tokens"] for s in index["shards"])
-
-
-def open_store(config, vocab, min_tokens: int, may_build: bool) -> TokenStore:
-  """The configured store, built or extended to min_tokens if allowed."""
-  path = store_path(config, vocab)
-  index = _read_index(path)
-  if index is not None:
-    _check_spec(path, index, store_spec(config, vocab))
-    if _num_tokens(index) >= min_tokens:
-      return TokenStore(path)
-  if not may_build:
-    have = 0 if index is None else _num_tokens(index)
-    raise UserError(
-        f"config.data.store={config.data.store!r}: the store at {path} holds "
-        f"{have:,} clean tokens, the run needs {int(min_tokens):,}; build it "
-        "first: `poisonjax data build-store --config=... "
-        f"--tokens={int(min_tokens)}`")
-  from poisonjax.data import store_build  # Building needs the pool and sources.
-  return store_build.build(config, vocab, min_tokens, path=path)

@@ -4,7 +4,9 @@ Building runs a multiprocessing pool (spawn start method: safe after JAX
 has started threads), one task per shard; `build_part` lets several
 machines split one build (part h of n builds the planned shards i with
 i % n == h) and `finalize` assembles index.json from the shards' entries.
-store.py's docstring describes the layout and why it is built this way.
+`open_store` is how a run gets its store: read, or built or extended first
+when allowed. store.py's docstring describes the layout and why it is built
+this way.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import itertools
+import json
 import math
 import multiprocessing
 import time
@@ -19,12 +22,12 @@ import uuid
 from concurrent import futures
 
 import numpy as np
+import sentencepiece as spm
 
 from poisonjax import files
 from poisonjax.data import sources, synthetic
-from poisonjax.data.store import (BLOCK_DOCS, DOCS_PER_SHARD, TokenStore,
-                                  _LOOKUP_THREADS, _check_spec, _num_tokens,
-                                  _read_index, store_path, store_spec,
+from poisonjax.data.store import (BLOCK_DOCS, DOCS_PER_SHARD, LOOKUP_THREADS,
+                                  TokenStore, store_path, store_spec,
                                   token_dtype)
 from poisonjax.errors import UserError
 
@@ -36,7 +39,6 @@ _WORKER: dict = {}
 
 def _init_worker(config, model_proto: bytes, path: str, docs_per_shard: int,
                  block_docs: int, dtype: str) -> None:
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   _WORKER.update(source=sources.get_source(config), path=files.as_path(path),
                  sp=spm.SentencePieceProcessor(model_proto=model_proto),
                  docs_per_shard=docs_per_shard, block_docs=block_docs,
@@ -132,6 +134,24 @@ def _build_shard(task: tuple[int, list | None]) -> dict:
   return entry
 
 
+
+
+def _read_index(path) -> dict | None:
+  p = path / "index.json"
+  return files.read_json(p) if p.exists() else None
+
+
+def _check_spec(path, index: dict, spec: dict) -> None:
+  if json.loads(json.dumps(index["spec"], default=str)) != \
+      json.loads(json.dumps(spec, default=str)):
+    raise UserError(
+        f"config.data.store={str(path)!r}: holds the store of another clean "
+        f"source or vocabulary ({index['spec']} != {spec}); use another "
+        "directory or config.data.store=auto")
+
+
+def _num_tokens(index: dict) -> int:
+  return sum(s["num_tokens"] for s in index["shards"])
 
 
 def _save_index(path, index: dict) -> None:
@@ -270,7 +290,7 @@ def _built_entries(path, ids: list[int]) -> dict:
   def entry(i):
     p = path / f"shard-{i:06d}.json"
     return files.read_json(p) if p.exists() else None
-  with futures.ThreadPoolExecutor(_LOOKUP_THREADS) as pool:
+  with futures.ThreadPoolExecutor(LOOKUP_THREADS) as pool:
     found = dict(zip(ids, pool.map(entry, ids)))
   return {i: e for i, e in found.items() if e is not None}
 
@@ -355,3 +375,21 @@ def _missing_error(path, plan: list[int], missing: list[int], parts: int) -> str
     owners = "; run the parts that build them, then finalize again"
   return (f"token store {path}: {len(missing)} of the {len(plan)} planned shards "
           f"(shards {plan[0]}..{plan[-1]}) are not built: {shown}{owners}")
+
+
+def open_store(config, vocab, min_tokens: int, may_build: bool) -> TokenStore:
+  """The configured store, built or extended to min_tokens if allowed."""
+  path = store_path(config, vocab)
+  index = _read_index(path)
+  if index is not None:
+    _check_spec(path, index, store_spec(config, vocab))
+    if _num_tokens(index) >= min_tokens:
+      return TokenStore(path)
+  if not may_build:
+    have = 0 if index is None else _num_tokens(index)
+    raise UserError(
+        f"config.data.store={config.data.store!r}: the store at {path} holds "
+        f"{have:,} clean tokens, the run needs {int(min_tokens):,}; build it "
+        "first: `poisonjax data build-store --config=... "
+        f"--tokens={int(min_tokens)}`")
+  return build(config, vocab, min_tokens, path=path)

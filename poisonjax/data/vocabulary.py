@@ -29,6 +29,7 @@ import sentencepiece as spm
 from poisonjax import files
 from poisonjax import preemption
 from poisonjax.data import poison_language
+from poisonjax.data import sources
 from poisonjax.errors import UserError, field_error
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -69,7 +70,6 @@ def vocab_seed(config) -> int:
 
 
 def _vocab_source(config):
-  from poisonjax.data import sources  # pylint: disable=g-import-not-at-top
   return sources.get_source(config, seed=vocab_seed(config))
 
 

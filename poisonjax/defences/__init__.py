@@ -3,9 +3,10 @@
 A filter gives every document a score, higher = more suspicious; a flagged
 set is the documents whose score is >= a threshold. Because the stream's
 spans say exactly which documents are poisons, each filter's recall and
-false-positive rate are counted, not estimated.
+false-positive rate are counted, not estimated. The stream split into
+labelled documents is poisonjax/data/documents.py (filter-then-train,
+data/filtered.py, reads the same split).
 
-  documents.py   the stream split into documents, each labelled poison/clean
   textstats.py   zlib compression ratio and token entropy in sliding windows
   quality.py     word-level quality heuristics (alphabetic share, ...)
   perplexity.py  per-token NLL under a clean reference run's checkpoint

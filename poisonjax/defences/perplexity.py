@@ -26,6 +26,8 @@ import numpy as np
 
 from poisonjax import files
 from poisonjax import model as model_lib
+from poisonjax import rundir
+from poisonjax import sharding
 from poisonjax.defences import textstats
 from poisonjax.errors import UserError
 
@@ -55,11 +57,11 @@ class ReferenceScorer:
   """A reference run's model, scoring documents' tokens in batches."""
 
   def __init__(self, workdir: str, vocab, rows_per_batch: int = 64):
-    from poisonjax import restore, sharding
-    if not (files.as_path(workdir) / "config.json").is_file():
+    from poisonjax import restore  # Orbax: for this filter only.
+    if not (files.as_path(workdir) / rundir.CONFIG).is_file():
       raise UserError(f"--reference={workdir}: no run there (no config.json); "
                       "pass the workdir of a finished clean `poisonjax train` run")
-    self.mesh = restore._default_mesh()  # pylint: disable=protected-access
+    self.mesh = sharding.data_parallel_mesh()
     self.model_cfg, self.params = restore.load_scorer(
         workdir, vocab.vocab_size, self.mesh, vocab=vocab)
     self.seq_len = int(self.model_cfg.max_seq_len)
@@ -93,7 +95,6 @@ class ReferenceScorer:
     return out
 
   def _run(self, rows: list[np.ndarray]) -> np.ndarray:
-    from poisonjax import sharding
     tokens = np.zeros((self.rows, self.seq_len), np.int32)  # Pad id 0.
     for r, row in enumerate(rows):
       tokens[r, :len(row)] = row

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from poisonjax import budget
 from poisonjax import files
-from poisonjax.defences import documents, filters as filters_lib, report, scoring
+from poisonjax.data import documents
+from poisonjax.data import overlay, vocabulary
+from poisonjax.defences import filters as filters_lib, report, scoring
 from poisonjax.defences import textstats
 from poisonjax.errors import UserError
 
@@ -31,8 +34,6 @@ class Result:
 
 def stream_of(config):
   """The run's training stream (per-run cache or store overlay)."""
-  from poisonjax import budget
-  from poisonjax.data import overlay, vocabulary
   vocab = vocabulary.get_vocabulary(config)
   T = int(budget.clean_token_budget(config, vocab.vocab_size))
   return overlay.training_stream(config, T)

@@ -83,7 +83,7 @@ def markdown(rows: list[dict], fprs=(0.01,)) -> str:
 def plot_curves(table, path: str, title: str = "") -> None:
   """ROC (log FPR axis; FPR 0 at its left edge) and precision-recall, one
   line per filter."""
-  plt = plots._plt()  # pylint: disable=protected-access
+  plt = plots.pyplot()
   fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
   y = table.labels
   floor = 1.0 / max(int((~y).sum()), 1)  # One clean document.

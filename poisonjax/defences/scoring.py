@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import time
 
 import numpy as np
@@ -68,7 +69,6 @@ def write_scores_csv(table: ScoreTable, path: str) -> None:
 
 
 def _write_csv(path: str, rows: list[list]) -> None:
-  import io
   buf = io.StringIO()
   csv.writer(buf, lineterminator="\n").writerows(rows)
   files.write_text_atomic(path, buf.getvalue())

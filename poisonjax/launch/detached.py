@@ -26,6 +26,8 @@ import sys
 import time
 import urllib.request
 
+from poisonjax import files
+
 STATE_DIR = os.path.join("~", ".poisonjax", "run")
 _METADATA = "/computeMetadata/v1/instance/attributes/agent-worker-number"
 
@@ -89,8 +91,7 @@ class _Reporter:
   """Copies the local log and a status record to LOG_DIR, best effort."""
 
   def __init__(self, log_dir: str, host: str, local_log: str):
-    from poisonjax import files  # pylint: disable=g-import-not-at-top
-    self.files, self.local_log = files, local_log
+    self.local_log = local_log
     self.dir = files.as_path(log_dir)
     self.host, self.beat = host, 0
 

@@ -18,6 +18,7 @@ import importlib.metadata
 import os
 import re
 
+from poisonjax import rundir
 from poisonjax.errors import UserError
 from poisonjax.launch import quoting
 from poisonjax.launch.workload import Workload
@@ -278,10 +279,10 @@ def dry_run(tpu: Slice, setup, run, workdirs, babysit: bool,
   for what, argv in list(setup) + [run]:
     out += [f"# {what}", quoting.line(argv)]
   every = f"every {poll_s:g} s, until"
-  finished = (f"{workdirs[0]}/summary.json"
+  finished = (f"{workdirs[0]}/{rundir.SUMMARY}"
               f"{' (and the others)' if len(workdirs) > 1 else ''} exists")
   out += [f"# watch: {every} {finished}; the run's heartbeat is read from its "
-          "log folder and lock.json",
+          f"log folder and {rundir.LOCK}",
           quoting.line(tpu.describe())]
   if babysit:
     out += ["# when preempted, failed or gone: delete, create, then copy, "

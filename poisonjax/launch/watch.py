@@ -19,14 +19,13 @@ import json
 import time
 from typing import Callable
 
+from poisonjax import files, rundir
 from poisonjax.launch.workload import Workload, join
 
 
 def read_store(workload: Workload, hosts: int) -> tuple[dict, ...]:
   """Each host's status record, and the first unfinished run's lock (by
   name: a listing can be cached by the file system client)."""
-  from poisonjax import files  # pylint: disable=g-import-not-at-top
-
   def load(path) -> dict:
     try:
       return json.loads(path.read_text())
@@ -37,8 +36,8 @@ def read_store(workload: Workload, hosts: int) -> tuple[dict, ...]:
   records = [load(log_dir / f"host-{k}.json") for k in range(hosts)]
   records = [r for r in records if r]
   for workdir in workload.workdirs:
-    if not files.as_path(join(workdir, "summary.json")).exists():
-      lock = load(files.as_path(join(workdir, "lock.json")))
+    if not files.as_path(join(workdir, rundir.SUMMARY)).exists():
+      lock = load(files.as_path(join(workdir, rundir.LOCK)))
       if lock:
         records.append({"lock": lock.get("heartbeat")})
       break

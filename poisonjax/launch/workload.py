@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from poisonjax import files, rundir
+from poisonjax import study as study_lib
 from poisonjax.errors import UserError
 from poisonjax.launch import quoting
 
@@ -71,8 +73,6 @@ def run_label(run) -> str:
 def grid(config_file: str, study, root: str, only: str = "",
          one_slice: bool = False, sets=()) -> list[Workload]:
   """The study's runs (names containing `only`) as workloads under root."""
-  from poisonjax import study as study_lib  # pylint: disable=g-import-not-at-top
-
   quoting.check_value("--config", config_file)
   quoting.check_value("--root", root)
   quoting.check_value("--only", only)
@@ -91,6 +91,5 @@ def grid(config_file: str, study, root: str, only: str = "",
 def finished(workdirs, read=None) -> bool:
   """Whether every workdir has summary.json (train writes it at the end)."""
   if read is None:
-    from poisonjax import files  # pylint: disable=g-import-not-at-top
     read = lambda path: files.as_path(path).exists()
-  return all(read(join(w, "summary.json")) for w in workdirs)
+  return all(read(join(w, rundir.SUMMARY)) for w in workdirs)

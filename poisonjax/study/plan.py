@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from poisonjax import budget
 from poisonjax import hardware
 from poisonjax import units
 from poisonjax.errors import UserError
@@ -52,7 +53,6 @@ def _model_costs(cfg, vocab: int, cache: dict):
 
 
 def _run_row(study, run: grids.Run, chips: dict, mfu: float, cache: dict) -> dict:
-  from poisonjax import budget
 
   cfg = grids.run_config(study, run)
   vocab = cfg.model.vocab_size or cfg.vocab.size

@@ -56,7 +56,7 @@ def regime(runs: analysis.Runs, dropped: dict, reg: dict) -> list[str]:
   return lines
 
 
-def _fit_words(row: dict) -> str:
+def fit_words(row: dict) -> str:
   est = row["estimate"]
   return {"fit": f"logistic, slope {est.slope:.2f} per log N",
           "separated": "separated: no ML fit, the limit is a step",
@@ -99,7 +99,7 @@ def thresholds(rows: list[dict], threshold: float) -> list[str]:
         f"{r['n_runs']} ({r['n_success']}) | {_names(r['counts'])} | "
         f"{analysis.format_n50(r['estimate'])} | "
         f"{analysis.format_interval(r['interval'], r['counts'])} | "
-        f"{_firth_cells(r)} | {_fit_words(r)} | {kinds} |")
+        f"{_firth_cells(r)} | {fit_words(r)} | {kinds} |")
   lines += [""] + [overlap(rows, m) for m in sorted({r["data_multiplier"] for r in rows})
                    if sum(1 for r in rows if r["data_multiplier"] == m
                           and r["estimate"] is not None) > 1]

@@ -19,7 +19,7 @@ from poisonjax.study import analysis
 from poisonjax.study import report_sections as sections
 from poisonjax.study import variants as variants_lib
 
-_FINAL_COLS = ["variant"] + plots._FINAL_COLS  # pylint: disable=protected-access
+_FINAL_COLS = ["variant"] + plots.FINAL_COLS
 _N50_COLS = ["variant", "size", "data_multiplier", "params", "n_runs",
              "n_success", "counts", "kind", "n50", "n50_lo", "n50_hi",
              "ci_lo", "ci_hi"]
@@ -67,7 +67,7 @@ def _n50_lines(th: list[dict]) -> list[str]:
     est = r["estimate"]
     n50 = analysis.format_n50(est) if est else "not fitted (< 2 runs)"
     ci = analysis.format_interval(r["interval"], r["counts"]) if est else ""
-    fit = sections._fit_words(r) if est else ""  # pylint: disable=protected-access
+    fit = sections.fit_words(r) if est else ""
     lines.append(f"| {r['variant']} | {r['data_multiplier']:g}x | {r['size']} | "
                  f"{r['n_runs']} ({r['n_success']}) | "
                  f"{', '.join(map(str, r['counts']))} | {n50} | {ci} | {fit} |")
@@ -99,19 +99,19 @@ def _final_lines(table: list[dict]) -> list[str]:
 
 def _figure(table: list[dict], threshold: float, path: str) -> None:
   """Final increase vs poison count, a line per variant, a panel per group."""
-  plt = plots._plt()  # pylint: disable=protected-access
+  plt = plots.pyplot()
   groups = sorted({(r["data_multiplier"] != 1.0, r["params"], r["data_multiplier"],
                     r["size"]) for r in table})
   names = list(dict.fromkeys(r["variant"] for r in table))
-  colors = plots._colors(names)  # pylint: disable=protected-access
-  fig, axes = plots._panels(groups)  # pylint: disable=protected-access
+  colors = plots.palette(names)
+  fig, axes = plots.panels(groups)
   for ax, (_, _, mult, size) in zip(axes, groups):
     for name in names:
       pts = sorted((r for r in table if (r["size"], r["data_multiplier"],
                                          r["variant"]) == (size, mult, name)),
                    key=lambda r: r["poison_count"])
       if pts:
-        plots._spread_errorbar(ax, pts, "poison_count", colors[name], name)  # pylint: disable=protected-access
+        plots.spread_errorbar(ax, pts, "poison_count", colors[name], name)
     ax.axhline(threshold, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
     counts = sorted({r["poison_count"] for r in table})

@@ -21,6 +21,7 @@ import ml_collections
 from poisonjax import backdoor
 from poisonjax import files
 from poisonjax import run_history
+from poisonjax import rundir
 from poisonjax.errors import UserError
 from poisonjax.study import grids
 
@@ -34,7 +35,7 @@ CSV_COLUMNS = COORD_COLUMNS + (
 
 
 def is_finished(workdir) -> bool:
-  return (files.as_path(workdir) / "summary.json").exists()
+  return (files.as_path(workdir) / rundir.SUMMARY).exists()
 
 
 _PARAM_CACHE: dict = {}
@@ -44,7 +45,7 @@ def _params_from_workdir(workdir) -> dict:
   """Parameter counts from the run's resolved config.json (shapes only)."""
   from poisonjax import model as model_lib
 
-  path = files.as_path(workdir) / "config.json"
+  path = files.as_path(workdir) / rundir.CONFIG
   if not path.exists():
     return {"total": "", "non_embedding": ""}
   cfg = ml_collections.ConfigDict(run_history.read_config(path))
@@ -59,7 +60,7 @@ def _params_from_workdir(workdir) -> dict:
 def _runs_under(root) -> list[grids.Run]:
   """The runs with an eval.jsonl under root (other folders are ignored)."""
   runs = []
-  for path in sorted(files.as_path(root).glob("*/eval.jsonl")):
+  for path in sorted(files.as_path(root).glob(f"*/{rundir.EVAL}")):
     try:
       runs.append(grids.parse_run_name(path.parent.name))
     except UserError:
@@ -72,7 +73,7 @@ def _run_rows(run: grids.Run, workdir, by_step: dict) -> list[dict]:
   finished = is_finished(workdir)
   num_steps = max(by_step)
   if finished:
-    summary = _json_object(files.as_path(workdir) / "summary.json")
+    summary = _json_object(files.as_path(workdir) / rundir.SUMMARY)
     num_steps = int(summary.get("num_steps", num_steps))
     if isinstance(summary.get("params"), dict):
       counts = summary["params"]
@@ -126,12 +127,12 @@ def collect(root, runs: list[grids.Run] | None = None, *, strict: bool = False,
     workdir = root / run.name
     try:
       by_step = {int(row["step"]): row
-                 for row in files.read_jsonl(workdir / "eval.jsonl", strict=True)}
+                 for row in files.read_jsonl(workdir / rundir.EVAL, strict=True)}
       if by_step:
         out += _run_rows(run, workdir, by_step)
     except (UserError, ValueError, KeyError, TypeError) as e:
       what = str(e) if isinstance(e, (UserError, ValueError)) else \
-          f"{workdir / 'eval.jsonl'}: a row without a numeric step ({e!r})"
+          f"{workdir / rundir.EVAL}: a row without a numeric step ({e!r})"
       if strict:
         raise UserError(f"run {run.name}: {what}; fix or remove that file "
                         "(without --strict the run is skipped)") from None

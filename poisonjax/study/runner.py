@@ -21,6 +21,7 @@ import os
 import time
 
 from poisonjax import files
+from poisonjax import runlock
 from poisonjax import units
 from poisonjax.errors import UserError
 from poisonjax.study import grids
@@ -62,12 +63,10 @@ def run_grid(study, root, only: str = "", log=print,
   Raises UserError if another live `study run` holds root. worker: share
   root with other workers (see the module docstring).
   """
-  from poisonjax import runlock
-
   runs = grids.select(grids.expand(study), only)
   root = files.as_path(root)
   root.mkdir(parents=True, exist_ok=True)
-  from poisonjax import distributed
+  from poisonjax import distributed  # JAX: not on `study plan|status`'s path.
   primary = distributed.is_primary()  # With several processes: process 0.
   timeout_s = lock_timeout_s(study)
   if worker:
@@ -87,7 +86,7 @@ def run_grid(study, root, only: str = "", log=print,
 def _claim(root, run_name: str, timeout_s: float):
   """Takes ROOT/.claims/RUN for the run's training: a runlock.Lock (None on
   processes other than 0), or False if a live process holds it."""
-  from poisonjax import distributed, runlock
+  from poisonjax import distributed  # JAX: not on `study plan|status`'s path.
   lock = None
   if distributed.is_primary():
     try:

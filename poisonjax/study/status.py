@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from poisonjax import files, runlock, units
+from poisonjax import files, rundir, runlock, units
 from poisonjax.study import results
 from poisonjax.study.plan import plan as plan_study
 from poisonjax.study.runner import lock_timeout_s
@@ -27,7 +27,7 @@ STATES = ("finished", "training", "interrupted", "pending")
 def _metrics_tail(workdir) -> tuple[int, float | None]:
   """The last logged step, and the training speed (steps/s, evaluations
   excluded) over the last five logged rows (None if none logged it)."""
-  path = files.as_path(workdir) / "metrics.jsonl"
+  path = files.as_path(workdir) / rundir.METRICS
   rows = files.read_jsonl(path)[-5:] if path.exists() else []
   rates = [r["steps_per_s"] for r in rows if r.get("steps_per_s")]
   return (int(rows[-1]["step"]) if rows else 0,
@@ -35,8 +35,7 @@ def _metrics_tail(workdir) -> tuple[int, float | None]:
 
 
 def _saved_step(workdir) -> int:
-  from poisonjax import restore  # pylint: disable=g-import-not-at-top
-  steps = restore.checkpoint_steps(str(workdir))
+  steps = rundir.checkpoint_steps(str(workdir))
   return steps[-1] if steps else 0
 
 
