@@ -9,13 +9,11 @@ Side by side with experiments/fit_check.py --estimate: MaxText (PyPI
 virtual environment (default /work/maxtext-venv). maxtext 0.2.5 declares
 Python >= 3.12 and its `tpu` extra wants jax >= 0.11.1, whose jaxlib has
 no Python 3.11 wheel; 0.2.4 (also declared >= 3.12, but its pure-Python
-wheel has only two Python 3.12-only statements on its train step's path)
-has a `tpu` extra naming jax 0.10.2 and libtpu 0.0.42.1: the very compiler
-poisonjax's fit check uses. So: maxtext 0.2.4 with --ignore-requires-python,
-jax/jaxlib 0.10.2, libtpu 0.0.42.1, its `tpu` extra's other requirements
-without their version floors (the floors name releases without 3.11
-wheels) and without its dev tools, and the two `type X = Y` aliases made
-plain assignments (shim()).
+wheel imports on 3.11) has a `tpu` extra naming jax 0.10.2 and libtpu
+0.0.42.1: the very compiler poisonjax's fit check uses. So: maxtext 0.2.4
+with --ignore-requires-python, jax/jaxlib 0.10.2, libtpu 0.0.42.1, and its
+`tpu` extra's other requirements without their version floors (the floors
+name releases without 3.11 wheels) and without its dev tools.
 
 For each size, MaxText's train_compile (maxtext.trainers.pre_train.
 train_compile.main, its defaults: base.yml, remat_policy=full, attention
@@ -41,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -90,48 +87,7 @@ def setup(venv: str) -> int:
     if name not in SKIP and not name.startswith("nvidia-"):
       names.append(name)
   subprocess.run(pip + PINS + names, check=True)
-  subprocess.run([py, os.path.abspath(__file__), "--shim"], check=True)
   print(f"maxtext_compare: {MAXTEXT} and {len(names)} requirements in {venv}")
-  return 0
-
-
-def py311(text: str) -> str:
-  """PEP 695 `type X = Y` statements as the assignment `X = Y`."""
-  return re.sub(r"(?m)^type (\w+) = ", r"\1 = ", text)
-
-
-def shim() -> int:
-  """In MaxText's venv: its Python 3.12-only lines made 3.11's, no more.
-
-  maxtext 0.2.4 has two PEP 695 type-alias statements (`type X = Y`, in
-  maxtext/kernels/mhc/, imported by its train step); on 3.11 they are a
-  SyntaxError. Each becomes the plain assignment `X = Y` (an alias used
-  in annotations only: nothing runs differently). Other files that do not
-  parse (an example script) are listed, not touched.
-  """
-  import ast
-  import pathlib
-
-  import maxtext
-
-  root = pathlib.Path(maxtext.__file__).parent
-  for path in sorted(root.rglob("*.py")):
-    text = path.read_text()
-    try:
-      ast.parse(text)
-      continue
-    except SyntaxError:
-      pass
-    fixed = py311(text)
-    try:
-      ast.parse(fixed)
-    except SyntaxError as e:
-      print(f"maxtext_compare: left as is (not Python 3.11): "
-            f"{path.relative_to(root.parent)}:{e.lineno}")
-      continue
-    path.write_text(fixed)
-    print(f"maxtext_compare: type alias -> assignment in "
-          f"{path.relative_to(root.parent)}")
   return 0
 
 
@@ -154,12 +110,11 @@ def maxtext_args(size: str, depth: int | None, extra: list[str]) -> list[str]:
 
 def child(argv: list[str]) -> int:
   """In MaxText's venv: its train_compile, the compiled step's figures."""
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # The host; TPU: abstract.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   import maxtext
   from maxtext.trainers.pre_train import train_compile
 
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   captured = {}
   compile_fn = train_compile.jit_and_compile
 
@@ -250,8 +205,6 @@ def model_flops_per_step(size: str) -> float:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  if argv[:1] == ["--shim"]:
-    return shim()
   if argv[:1] == ["--child"]:
     return child(argv[2:] if argv[1:2] == ["--"] else argv[1:])
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
