@@ -20,9 +20,11 @@ from poisonjax import files
 from poisonjax import plots
 from poisonjax.study import analysis
 from poisonjax.study import analysis_compare
+from poisonjax.study import analysis_size
 from poisonjax.study import grids
 from poisonjax.study import report
 from poisonjax.study import report_sections
+from poisonjax.study import report_size
 from poisonjax.study import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,10 +184,15 @@ def test_report_numbers_are_the_fits(tmp_path):
   again, _ = analysis.final_runs(plots.read_csv(csv_path))
   th = analysis.thresholds(again, 50.0, 60, 5)
   comp = analysis_compare.compare(again, 50.0, 60, 5)
+  size = analysis_size.size_exponent(again, 50.0, 60, 5)
+  # The report opens with beta and its seed-clustered interval.
+  assert size["fitted"] and text.splitlines()[2] == report_size.headline(size)[0]
+  assert text.splitlines()[2].startswith(f"**beta = {size['beta']:.2f}, seed-clustered")
   for row in th:
     cells = (f"| {row['data_multiplier']:g}x | {row['size']} | {row['params']:,} | "
              f"{row['n_runs']} ({row['n_success']}) |")
-    line = next(l for l in text.splitlines() if l.startswith(cells))
+    section = text[text.index("## Poison threshold N50"):]
+    line = next(l for l in section.splitlines() if l.startswith(cells))
     assert f"| {analysis.format_n50(row['estimate'])} |" in line
     assert f"| {analysis.format_interval(row['interval'], row['counts'])} |" in line
   for key, m in comp["models"].items():

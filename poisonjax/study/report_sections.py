@@ -271,11 +271,11 @@ def caveats(runs, dropped, th_rows, comp, reg, finals) -> list[str]:
     out.append(f"{comp['floored']} run(s) with a final increase below "
                f"{analysis_compare.INCREASE_FLOOR:g} are floored at it on the log "
                "scale.")
-    k = comp["n_clusters"]
-    out.append(f"Every bootstrap resamples the {k} seeds as clusters "
-               f"({analysis.distinct_resamples(k)} distinct resamples)"
-               + ("; with so few clusters its percentile intervals are coarse "
-                  "and tend to be too narrow." if k < 5 else "."))
+  k = len(set(int(s) for s in runs.seed))
+  out.append(f"Every bootstrap resamples the {k} seed(s) as clusters "
+             f"({analysis.distinct_resamples(k)} distinct resamples)"
+             + ("; with so few clusters its percentile intervals are coarse "
+                "and tend to be too narrow." if k < 5 else "."))
   if reg.get("num_excerpts"):
     out.append(f"Success is a fixed cut on the mean increase over "
                f"{reg['num_excerpts']} prompts per evaluation.")
