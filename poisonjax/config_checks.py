@@ -2,7 +2,10 @@
 
 Split from config.py so that the fields and their documentation stand alone
 there. Each check raises `UserError` with one line naming the field and the
-fix; config.validate() calls them in order.
+fix; config.validate() calls them in order. The data modules that check
+their own fields are imported inside the checks: the CLI reads every
+config through here before anything runs, and numpy, sentencepiece and the
+data package would double its start-up.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ import numpy as np
 
 from poisonjax import model as model_lib
 from poisonjax import sampler as sampler_lib
+from poisonjax.data import sources
+from poisonjax.data import vocabulary
 from poisonjax.data.vocabulary import PAD_ID
 from poisonjax.errors import UserError, field_error
 
@@ -82,7 +84,6 @@ def excerpts(config, vocab, settings: ScanSettings) -> tuple[np.ndarray, np.ndar
   The evaluator's held-out documents, in its order, keeping those with at
   least P + G tokens.
   """
-  from poisonjax.data import sources  # pylint: disable=g-import-not-at-top
   p, g, n = settings.prompt_tokens, settings.continuation_tokens, settings.prompts
   pool = sources.heldout_documents(config, 4 * n)
   rows = [ids for ids in (vocab.encode(d) for d in pool) if len(ids) >= p + g][:n]
@@ -96,7 +97,6 @@ def excerpts(config, vocab, settings: ScanSettings) -> tuple[np.ndarray, np.ndar
 
 def allowed_ids(vocab, model_vocab_size: int) -> np.ndarray:
   """Token ids a candidate may hold: the tokenizer's ordinary pieces."""
-  from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
   sp = vocab.tokenizer
   special = vocabulary.special_ids(sp)
   size = min(sp.GetPieceSize(), model_vocab_size)
@@ -218,7 +218,6 @@ def scan(config, model_cfg, params, vocab, settings: ScanSettings,
   among the searched candidates) and matched against the candidates; None:
   a blind scan only.
   """
-  from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
   settings.check()
   prompts, conts = excerpts(config, vocab, settings)
   trig_ids = tuple(vocabulary.trigger_ids(vocab.tokenizer, trigger)) if trigger else ()
@@ -262,6 +261,7 @@ def check_candidates(config, model_cfg, params, vocab, mesh, result: dict,
   config.eval.threshold; `increase` and `success_share` are recorded too.
   A candidate whose text is blank is not evaluated (fires None).
   """
+  # Orbax (through evaluate): not on `defend scan --help`'s path.
   from poisonjax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   threshold = float(config.eval.threshold)
   for row in result["top"][:count]:

@@ -43,7 +43,7 @@ _PARAM_CACHE: dict = {}
 
 def _params_from_workdir(workdir) -> dict:
   """Parameter counts from the run's resolved config.json (shapes only)."""
-  from poisonjax import model as model_lib
+  from poisonjax import model as model_lib  # JAX: only for these counts.
 
   path = files.as_path(workdir) / rundir.CONFIG
   if not path.exists():
@@ -165,6 +165,7 @@ def make_figures(root, out=None) -> dict:
   The success threshold and the regime come from the study (ROOT/study.json)
   when there is one; else the threshold is analysis.SUCCESS_INCREASE.
   """
+  # scipy and matplotlib: not on `study run|status`'s path.
   from poisonjax.study import analysis  # pylint: disable=g-import-not-at-top
   from poisonjax.study import report  # pylint: disable=g-import-not-at-top
 
