@@ -10,6 +10,7 @@ gives a partial report, which says how many runs it holds.
 
 from __future__ import annotations
 
+import math
 import os
 
 from poisonjax import files
@@ -50,8 +51,9 @@ def _fmt(c: dict) -> str:
 
 
 def _table(cells: list[dict], rows_key: str, cols_key: str, head: str) -> list[str]:
-  cols = sorted({c[cols_key] for c in cells}, key=str)
-  keys = sorted({c[rows_key] for c in cells}, key=str)
+  order = lambda v: (isinstance(v, str), v)  # noqa: E731  Numbers numerically.
+  cols = sorted({c[cols_key] for c in cells}, key=order)
+  keys = sorted({c[rows_key] for c in cells}, key=order)
   at = {(c[rows_key], c[cols_key]): c for c in cells}
   out = [f"| {head} | " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v)
                                      for v in cols) + " |",
@@ -78,19 +80,28 @@ def _verdict(fit: dict) -> str:
   return "is undecided: the interval holds both 0 (count) and 1 (share)"
 
 
+def _num(x: float) -> str:
+  """Two decimals, or two significant digits for a small non-zero value."""
+  return f"{x:.1e}" if 0 < abs(x) < 0.005 else f"{x:.2f}"
+
+
 def answer_section(fit: dict, boot: dict) -> list[str]:
   if not fit.get("identified"):
     return ["**Answer: not yet identified** (the pooled model needs at least two "
             "set sizes and two counts with attack success rising in N)."]
   n50 = ", ".join(f"{s:,} clean: {v:.3g}" for s, v in fit["n50"].items())
+  open_end = ("" if math.isfinite(fit["lo"]) and math.isfinite(fit["hi"]) else
+              " An infinite end means the runs do not bound β on that side "
+              "(e.g. no success at some set size within the counts tried).")
   return [
       f"**Answer:** attack success {_verdict(fit)}. The count needed, N50, "
       f"grows with the clean set size S as S^β with **β = {fit['beta']:.2f}** "
-      f"(95% profile interval [{fit['lo']:.2f}, {fit['hi']:.2f}], "
+      f"(95% profile interval [{_num(fit['lo'])}, {_num(fit['hi'])}], "
       f"quasi-binomial, dispersion {fit['dispersion']:.1f}; seed-cluster "
-      f"bootstrap [{boot['lo']:.2f}, {boot['hi']:.2f}] over {boot['seeds']} "
+      f"bootstrap [{_num(boot['lo'])}, {_num(boot['hi'])}] over {boot['seeds']} "
       f"seeds). Test of β = 0 (count): p = {fit['p_count']:.2g}; of β = 1 "
-      f"(share): p = {fit['p_share']:.2g}; {fit['runs']} runs with poisons.",
+      f"(share): p = {fit['p_share']:.2g}; {fit['runs']} runs with poisons."
+      + open_end,
       "", f"N50 from the pooled model (poisoned samples for 50% attack success): "
       f"{n50}."]
 
