@@ -492,6 +492,13 @@ def main(argv=None) -> int:
                  help="mesh data-axis sizes the search tries (fsdp: the rest)")
   p.add_argument("--remats", default="full,dots,none",
                  help="remat policies the search tries, in this order")
+  p.add_argument("--one_depth", action="store_true",
+                 help="settings after the first (--search) or the --set "
+                      "setting (--estimate) compiled at 2 layers only, with "
+                      "the first's / the preset's part outside the layers")
+  p.add_argument("--no_verify", action="store_true",
+                 help="skip the full-depth scanned compile of the chosen "
+                      "setting (its bytes: the extrapolated guess)")
   args = p.parse_args(argv)
   if why := libtpu_missing():
     print(f"fit_check: {why}", file=sys.stderr)
@@ -540,6 +547,7 @@ def _estimates(module, plan_rows, sizes, topos, overrides, args) -> int:
   for size in sizes:
     rows += step_estimate.run_size(module, plan_rows, size, topos[size],
                                    overrides, args.search, datas, remats,
+                                   args.one_depth, not args.no_verify,
                                    log=lambda *a: print(*a, flush=True))
   print("\n" + step_estimate.TABLE_HEAD + "\n" + "\n".join(rows) + "\n")
   print("Step s: XLA's TPU cost model (compiled.cost_analysis()"

@@ -9,11 +9,13 @@ Side by side with experiments/fit_check.py --estimate: MaxText (PyPI
 virtual environment (default /work/maxtext-venv). maxtext 0.2.5 declares
 Python >= 3.12 and its `tpu` extra wants jax >= 0.11.1, whose jaxlib has
 no Python 3.11 wheel; 0.2.4 (also declared >= 3.12, but its pure-Python
-wheel imports on 3.11) has a `tpu` extra naming jax 0.10.2 and libtpu
-0.0.42.1: the very compiler poisonjax's fit check uses. So: maxtext 0.2.4
-with --ignore-requires-python, jax/jaxlib 0.10.2, libtpu 0.0.42.1, and its
-`tpu` extra's other requirements without their version floors (the floors
-name releases without 3.11 wheels) and without its dev tools.
+wheel has only two Python 3.12-only statements on its train step's path)
+has a `tpu` extra naming jax 0.10.2 and libtpu 0.0.42.1: the very compiler
+poisonjax's fit check uses. So: maxtext 0.2.4 with --ignore-requires-python,
+jax/jaxlib 0.10.2, libtpu 0.0.42.1, its `tpu` extra's other requirements
+without their version floors (the floors name releases without 3.11
+wheels) and without its dev tools, and the two `type X = Y` aliases made
+plain assignments (shim()).
 
 For each size, MaxText's train_compile (maxtext.trainers.pre_train.
 train_compile.main, its defaults: base.yml, remat_policy=full, attention
@@ -39,6 +41,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -87,7 +90,48 @@ def setup(venv: str) -> int:
     if name not in SKIP and not name.startswith("nvidia-"):
       names.append(name)
   subprocess.run(pip + PINS + names, check=True)
+  subprocess.run([py, os.path.abspath(__file__), "--shim"], check=True)
   print(f"maxtext_compare: {MAXTEXT} and {len(names)} requirements in {venv}")
+  return 0
+
+
+def py311(text: str) -> str:
+  """PEP 695 `type X = Y` statements as the assignment `X = Y`."""
+  return re.sub(r"(?m)^type (\w+) = ", r"\1 = ", text)
+
+
+def shim() -> int:
+  """In MaxText's venv: its Python 3.12-only lines made 3.11's, no more.
+
+  maxtext 0.2.4 has two PEP 695 type-alias statements (`type X = Y`, in
+  maxtext/kernels/mhc/, imported by its train step); on 3.11 they are a
+  SyntaxError. Each becomes the plain assignment `X = Y` (an alias used
+  in annotations only: nothing runs differently). Other files that do not
+  parse (an example script) are listed, not touched.
+  """
+  import ast
+  import pathlib
+
+  import maxtext
+
+  root = pathlib.Path(maxtext.__file__).parent
+  for path in sorted(root.rglob("*.py")):
+    text = path.read_text()
+    try:
+      ast.parse(text)
+      continue
+    except SyntaxError:
+      pass
+    fixed = py311(text)
+    try:
+      ast.parse(fixed)
+    except SyntaxError as e:
+      print(f"maxtext_compare: left as is (not Python 3.11): "
+            f"{path.relative_to(root.parent)}:{e.lineno}")
+      continue
+    path.write_text(fixed)
+    print(f"maxtext_compare: type alias -> assignment in "
+          f"{path.relative_to(root.parent)}")
   return 0
 
 
@@ -110,11 +154,12 @@ def maxtext_args(size: str, depth: int | None, extra: list[str]) -> list[str]:
 
 def child(argv: list[str]) -> int:
   """In MaxText's venv: its train_compile, the compiled step's figures."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # The host; TPU: abstract.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   import maxtext
   from maxtext.trainers.pre_train import train_compile
 
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   captured = {}
   compile_fn = train_compile.jit_and_compile
 
@@ -179,19 +224,33 @@ def run_one(venv: str, args: list[str], cache: dict, log=print) -> dict:
 
 
 def figures(venv: str, size: str, extra: list[str], cache: dict,
-            log=print) -> dict:
-  """Step s and FLOPs extrapolated from 2 and 4 unrolled layers; bytes."""
+            mode: str = "full", log=print) -> dict:
+  """Step s, FLOPs and bytes per chip of MaxText's step for `size`.
+
+  mode "full": step s and FLOPs from 2 and 4 unrolled layers extrapolated,
+  bytes from the full-depth scanned program; "2+4": bytes extrapolated
+  too (no full-depth compile); "2": the 2-layer program's own figures.
+  """
   layers = SHAPES[size]["layers"]
+  depths = DEPTHS[:1] if mode == "2" else DEPTHS
   rows = [run_one(venv, maxtext_args(size, d, extra), cache, log)
-          for d in DEPTHS]
-  full = run_one(venv, maxtext_args(size, None, extra), cache, log)
-  out = {"size": size, "bytes": full.get("bytes", math.nan),
-         "error": full.get("error") or next(
-             (r["error"] for r in rows if r.get("error")), "")}
-  if not any(r.get("error") for r in rows):
-    (a, b), (d1, d2) = rows, DEPTHS
-    for k in ("seconds", "flops"):
-      out[k] = a[k] + (layers - d1) * (b[k] - a[k]) / (d2 - d1)
+          for d in depths]
+  out = {"size": size, "compiled": {"full": "2+4 layers, bytes: full depth",
+                                    "2+4": "2+4 layers",
+                                    "2": "2 layers only"}[mode],
+         "error": next((r["error"] for r in rows if r.get("error")), "")}
+  if out["error"]:
+    return out
+  if mode == "2":
+    out.update({k: rows[0][k] for k in ("seconds", "flops", "bytes")})
+    return out
+  (a, b), (d1, d2) = rows, DEPTHS
+  for k in ("seconds", "flops", "bytes"):
+    out[k] = a[k] + (layers - d1) * (b[k] - a[k]) / (d2 - d1)
+  if mode == "full":
+    full = run_one(venv, maxtext_args(size, None, extra), cache, log)
+    out["bytes"] = full.get("bytes", math.nan)
+    out["error"] = full.get("error", "")
   return out
 
 
@@ -205,12 +264,18 @@ def model_flops_per_step(size: str) -> float:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if argv[:1] == ["--shim"]:
+    return shim()
   if argv[:1] == ["--child"]:
     return child(argv[2:] if argv[1:2] == ["--"] else argv[1:])
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--setup", action="store_true")
   p.add_argument("--venv", default=VENV)
   p.add_argument("--sizes", default="600m,7b")
+  p.add_argument("--mode", choices=("full", "2+4", "2"), default="full",
+                 help="full: 2+4 unrolled layers extrapolated and the full-depth "
+                      "program's bytes; 2+4: bytes extrapolated too; 2: the "
+                      "2-layer program alone (to set beside poisonjax's)")
   p.add_argument("--set", action="append", default=[], dest="extra",
                  help="a MaxText key=value on every compile (e.g. "
                       "attention=dot_product); repeatable")
@@ -227,22 +292,26 @@ def main(argv=None) -> int:
           f"{', '.join(SHAPES)}", file=sys.stderr)
     return 2
   cache = load_results()
-  print("| size | slice | MaxText setting | step s (est.) | MFU (est.) | "
-        "FLOPs/chip/step | GiB/chip |\n|---|---|---|---|---|---|---|")
+  print("| size | slice | MaxText setting | compiled | step s (est.) | "
+        "MFU (est.) | FLOPs/chip/step | GiB/chip |\n"
+        "|---|---|---|---|---|---|---|---|")
   for size in args.sizes.split(","):
-    f = figures(args.venv, size, args.extra, cache,
+    f = figures(args.venv, size, args.extra, cache, args.mode,
                 log=lambda *a: print(*a, file=sys.stderr, flush=True))
     topo, chips = TOPOLOGIES[size]
     setting = ", ".join(["defaults"] + args.extra)
     if "seconds" not in f:
-      print(f"| {size} | {topo} | {setting} | failed: {f['error'][:200]} "
-            "| | | |")
+      print(f"| {size} | {topo} | {setting} | {f['compiled']} | failed: "
+            f"{f['error'][:200]} | | | |")
       continue
-    mfu = model_flops_per_step(size) / (chips * 459e12 * f["seconds"])
-    print(f"| {size} | {topo} | {setting} | {f['seconds']:.3f} | {mfu:.3f} | "
-          f"{f['flops']:.3e} | {f['bytes'] / 2**30:.1f} |")
-  print("XLA's TPU cost model (optimal_seconds), 2 and 4 unrolled layers "
-        "extrapolated; not a measured run. v5p bf16 peak 459 TFLOP/s.")
+    mfu = (model_flops_per_step(size) / (chips * 459e12 * f["seconds"])
+           if args.mode != "2" else math.nan)
+    print(f"| {size} | {topo} | {setting} | {f['compiled']} | "
+          f"{f['seconds']:.3f} | {mfu:.3f} | {f['flops']:.3e} | "
+          f"{f['bytes'] / 2**30:.1f} |")
+  print("XLA's TPU cost model (optimal_seconds; unrolled layers, extrapolated "
+        "per layer unless --mode=2); not a measured run. MFU: model FLOPs "
+        "(6N + attention, poisonjax's formula) / (chips x 459 TFLOP/s).")
   return 0
 
 

@@ -12,6 +12,12 @@ same extrapolation gives a first guess of the bytes per chip (a filter);
 the chosen setting is then compiled as training runs it (scanned, full
 depth) for its real memory_analysis.
 
+--one_depth halves the compiles of a search: the first setting is compiled
+at both depths, the others at 2 layers only, their part outside the layers
+(embedding, output head and loss, optimizer update: what remat and the
+mesh split do not touch) taken from the first setting's line at 0 layers.
+Each row says which way it was estimated.
+
 Every compile is appended to a JSONL cache (docs/results/fit_check/
 compiles.jsonl), keyed by what changes the program, so a search resumes
 where it stopped and the tables rebuild without recompiling.
@@ -65,6 +71,8 @@ class Estimate:
   hbm: float = math.nan
   error: str = ""  # Why there is no estimate (e.g. out of memory at depth 4).
   verified_bytes: float = math.nan  # Full-depth scanned compile, when done.
+  outside: dict | None = None  # The line's value at 0 layers, per figure.
+  method: str = "2+4"  # "2+4" layers, or "2+outside" (--one_depth).
 
   @property
   def fits_guess(self) -> bool:
@@ -138,27 +146,40 @@ def extrapolate(v1: float, v2: float, d1: int, d2: int, layers: int) -> float:
   return v1 + (layers - d1) * (v2 - v1) / (d2 - d1)
 
 
+FIGURES = (("seconds", "step_s"), ("flops", "flops"), ("bytes", "bytes_guess"))
+
+
 def estimate(config, setting: Setting, topology: str, vocab: int, steps: int,
-             cache: dict, log=print) -> Estimate:
-  """The setting's step time: unrolled compiles at DEPTHS, extrapolated."""
+             cache: dict, outside: dict | None = None,
+             log=print) -> Estimate:
+  """The setting's step time: unrolled compiles at DEPTHS, extrapolated.
+
+  With `outside` (another setting's figures at 0 layers), one compile at
+  DEPTHS[0] gives the per-layer slope: (v - outside) / depth.
+  """
   from poisonjax import model as model_lib
 
   cfg = fit_check.with_overrides(config, setting.overrides())
   layers = model_lib.ModelConfig.from_config(cfg, vocab).num_layers
   rows = []
-  for depth in DEPTHS:
+  for depth in DEPTHS[:1] if outside else DEPTHS:
     c = fit_check.with_overrides(cfg, {"model.num_layers": depth,
                                        "model.scan_layers": False})
     rows.append(compiled(c, topology, vocab, steps, True, cache, log=log))
   est = Estimate(setting, chips=rows[0]["chips"], num_layers=layers,
-                 hbm=rows[0]["hbm"])
+                 hbm=rows[0]["hbm"], method="2+outside" if outside else "2+4")
   if any(r["error"] for r in rows):
     est.error = next(r["error"] for r in rows if r["error"])
     return est
-  (a, b), (d1, d2) = rows, DEPTHS
-  est.step_s = extrapolate(a["seconds"], b["seconds"], d1, d2, layers)
-  est.flops = extrapolate(a["flops"], b["flops"], d1, d2, layers)
-  est.bytes_guess = extrapolate(a["bytes"], b["bytes"], d1, d2, layers)
+  if outside:
+    points = [(0, outside), (DEPTHS[0], rows[0])]
+  else:
+    points = list(zip(DEPTHS, rows))
+  (da, a), (db, b) = points
+  est.outside = {}
+  for key, field in FIGURES:
+    setattr(est, field, extrapolate(a[key], b[key], da, db, layers))
+    est.outside[key] = extrapolate(a[key], b[key], da, db, 0)
   return est
 
 
@@ -191,6 +212,7 @@ def next_microbatches(est: Estimate, batch: int, shards: int) -> int:
 
 def smallest_fitting(config, remat: str, data: int, topology: str,
                      vocab: int, steps: int, cache: dict,
+                     outside: dict | None = None,
                      log=print) -> list[Estimate]:
   """Estimates for k = 1 and up until the guessed bytes leave headroom.
 
@@ -201,7 +223,7 @@ def smallest_fitting(config, remat: str, data: int, topology: str,
   tries, k = [], 1
   while k:
     est = estimate(config, Setting(remat, data, k), topology, vocab, steps,
-                   cache, log=log)
+                   cache, outside, log=log)
     tries.append(est)
     if est.fits_guess:
       break
@@ -210,27 +232,37 @@ def smallest_fitting(config, remat: str, data: int, topology: str,
 
 
 def search(config, topology: str, vocab: int, steps: int, cache: dict,
-           datas=(1,), remats=REMATS, log=print) -> tuple[list, Estimate]:
-  """All estimates tried, and the fastest setting verified to fit.
+           datas=(1,), remats=REMATS, one_depth: bool = False,
+           verify_winner: bool = True, log=print) -> tuple[list, Estimate]:
+  """All estimates tried, and the fastest setting that leaves the headroom.
 
   Stage 1: each remat policy on the whole slice as fsdp (data=1); stage 2:
   the best of stage 1 with the other data splits. The fastest by estimate
   is then compiled as training runs it; if its real bytes do not leave the
-  headroom, the next fastest is verified, and so on.
+  headroom, the next fastest is verified, and so on. Without
+  verify_winner the fastest by the extrapolated bytes is returned.
   """
   chips = math.prod(fit_check.parse_topology(topology)[1])
-  tried = []
+  tried, outside = [], None
+
+  def stage(remat, data):
+    nonlocal outside
+    log(f"  {Setting(remat, data).label(chips)}:")
+    ests = smallest_fitting(config, remat, data, topology, vocab, steps,
+                            cache, outside, log)
+    if one_depth and outside is None:
+      outside = next((e.outside for e in ests if e.outside), None)
+    return ests
+
   for remat in remats:
-    log(f"  {Setting(remat, 1).label(chips)}:")
-    tried += smallest_fitting(config, remat, 1, topology, vocab, steps, cache,
-                              log)
+    tried += stage(remat, 1)
   ranked = sorted((e for e in tried if e.fits_guess), key=lambda e: e.step_s)
   if ranked:
     for data in [d for d in datas if d != 1 and chips % d == 0]:
-      log(f"  {Setting(ranked[0].setting.remat, data).label(chips)}:")
-      tried += smallest_fitting(config, ranked[0].setting.remat, data,
-                                topology, vocab, steps, cache, log)
+      tried += stage(ranked[0].setting.remat, data)
   ranked = sorted((e for e in tried if e.fits_guess), key=lambda e: e.step_s)
+  if not verify_winner:
+    return tried, (ranked[0] if ranked else None)
   for est in ranked:
     log(f"  verifying {est.setting.label(chips)} as trained (scanned):")
     if verify(config, est, topology, vocab, steps, cache, log).fits:
@@ -244,9 +276,9 @@ def search(config, topology: str, vocab: int, steps: int, cache: dict,
 
 
 TABLE_HEAD = (
-    "| size | topology | setting | step s (est.) | tokens/s | MFU (est.) "
-    "| GiB/chip extrapolated | GiB/chip compiled | >= 10% free | "
-    "grid chip-hours |\n" + "|" + "---|" * 10)
+    "| size | topology | setting | layers compiled | step s (est.) | "
+    "tokens/s | MFU (est.) | GiB/chip extrapolated | GiB/chip compiled | "
+    ">= 10% free | grid chip-hours |\n" + "|" + "---|" * 11)
 
 
 def row(size: str, topology: str, est: Estimate, model_flops: float,
@@ -258,20 +290,27 @@ def row(size: str, topology: str, est: Estimate, model_flops: float,
                                      f"{b / fit_check.GiB:.1f}")
   label = est.setting.label(est.chips)
   if est.error:
-    return (f"| {size} | {topology} | {label} | - | - | - | - | - | "
-            f"no: {est.error[:120]} | - |")
+    return (f"| {size} | {topology} | {label} | {est.method} | - | - | - | "
+            f"- | - | no: {est.error[:120]} | - |")
   mfu = model_flops / (est.chips * peak * est.step_s)
   free = ("yes" if est.fits else "NO") if est.verified_bytes == \
       est.verified_bytes else ("guess yes" if est.fits_guess else "guess no")
   hours = grid_steps * est.step_s * est.chips / 3600
-  return (f"| {size} | {topology} | {label} | {est.step_s:.3f} | "
+  return (f"| {size} | {topology} | {label} | {est.method} | {est.step_s:.3f} | "
           f"{units.human(tokens / est.step_s)} | {mfu:.3f} | "
           f"{g(est.bytes_guess)} | {g(est.verified_bytes)} | {free} | "
           f"{hours:,.0f} |")
 
 
+def preset_of(config) -> Setting:
+  """The Setting a run config holds."""
+  return Setting(config.model.remat, int(config.mesh.data),
+                 int(config.train.get("microbatches", 1)))
+
+
 def run_size(module, plan_rows, size: str, topology: str, overrides: dict,
              do_search: bool, datas=(1,), remats=REMATS,
+             one_depth: bool = False, do_verify: bool = True,
              log=print) -> list[str]:
   """One size: the preset's estimate (and verified bytes), or the search."""
   from poisonjax import hardware
@@ -292,19 +331,24 @@ def run_size(module, plan_rows, size: str, topology: str, overrides: dict,
   log(f"{size} on {topology}:")
   if do_search:
     tried, chosen = search(cfg, topology, vocab, steps, cache, datas, remats,
-                           log=log)
+                           one_depth, do_verify, log=log)
   else:
-    preset = Setting(cfg.model.remat, int(cfg.mesh.data),
-                     int(cfg.train.get("microbatches", 1)))
-    chosen = estimate(cfg, preset, topology, vocab, steps, cache, log=log)
-    if not chosen.error:
+    tried, outside = [], None
+    if one_depth and overrides:  # The outside part: the study's own preset's.
+      base = module.get_config(f"run={name}")
+      tried.append(estimate(base, preset_of(base), topology, vocab, steps,
+                            cache, log=log))
+      outside = tried[0].outside
+    chosen = estimate(cfg, preset_of(cfg), topology, vocab, steps, cache,
+                      outside, log=log)
+    if not chosen.error and do_verify:
       verify(cfg, chosen, topology, vocab, steps, cache, log=log)
-    tried = [chosen]
+    tried.append(chosen)
   rows = [row(size, topology, e, model_flops, tokens, grid_steps, peak)
           for e in tried]
   if do_search:
     rows.append(f"| **{size}: chosen** | {topology} | nothing fits with 10% "
-                "free | | | | | | | |" if chosen is None else
+                "free | | | | | | | | |" if chosen is None else
                 row(f"**{size}: chosen**", topology, chosen, model_flops,
                     tokens, grid_steps, peak))
   return rows

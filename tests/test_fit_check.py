@@ -199,6 +199,8 @@ def test_maxtext_shapes_are_poisonjaxs():
     mcfg = model_lib.ModelConfig.from_config(c, 32000)
     assert mc.model_flops_per_step(name) == pytest.approx(
         model_lib.flops_per_token(mcfg, 2048) * 256 * 2048)
+  assert mc.py311('type K = tuple[int, int]\nx = 1\n') == (
+      'K = tuple[int, int]\nx = 1\n')
   args = mc.maxtext_args("600m", 2, [])
   assert "per_device_batch_size=64" in args and "scan_layers=false" in args
   assert "compile_topology=v5p-8" in args
