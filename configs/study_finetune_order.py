@@ -27,6 +27,12 @@ _spec = importlib.util.spec_from_file_location(
 main_study = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(main_study)
 
+# Around N50 at 4,000 clean samples: the main study's seed 0 (spread) gave
+# attack success 0.17 with 20 poisoned samples at 1,000 clean samples and 0.00
+# with 20 at 4,000, so N50(4k) > 20; 50 and 100 bracket it under the count
+# hypothesis (N50 ~ 25-50) and under the share one (~100).
+COUNTS = (50, 100)
+
 VARIANTS = {
     "start": {"poison": {"placement": "first", "placement_fraction": 0.1}},
     "spread": {"poison": {"placement": "uniform"}},
@@ -38,6 +44,6 @@ def get_config(arg=None):
   s = main_study.study("finetune_order")
   s.base.finetune.clean_after = 2000
   s.base.finetune.eval_after = "50,100,200,500,1000,2000"
-  s.grid = study_lib.grid((main_study.SIZE,), (10, 30), (0, 1, 2), (4.0,))
+  s.grid = study_lib.grid((main_study.SIZE,), COUNTS, (0, 1, 2), (4.0,))
   study_lib.set_variants(s, VARIANTS)
   return study_lib.config_for_arg(s, arg)
