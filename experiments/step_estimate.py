@@ -87,7 +87,11 @@ class Estimate:
 def versions() -> str:
   import importlib.metadata as md
 
-  return f"jax {md.version('jax')}, libtpu {md.version('libtpu')}"
+  try:
+    libtpu = md.version("libtpu")
+  except md.PackageNotFoundError:  # Cached figures can be read without it.
+    libtpu = "none"
+  return f"jax {md.version('jax')}, libtpu {libtpu}"
 
 
 def cache_key(config, topology: str) -> str:
