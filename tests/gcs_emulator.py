@@ -117,6 +117,12 @@ def emulated_gcs():
   _clear_client_caches()
 
 
+def forget_listings() -> None:
+  """Drops the clients' cached listings (gcsfs caches a folder's listing,
+  so an object written after it was listed can read as absent)."""
+  _clear_client_caches()
+
+
 def bucket_objects() -> dict[str, int]:
   """{object name: size} of the bucket, listed by google-cloud-storage."""
   from google.cloud import storage
@@ -182,7 +188,9 @@ def unreachable_gcs():
                {"token": "anon", "endpoint_url": f"http://{closed}"})
     _clear_client_caches()
     try:
-      yield f"gs://{BUCKET}"
+      # Not BUCKET: poisonjax.files remembers buckets that answered (an
+      # emulator's, earlier in this process) and would not look again.
+      yield "gs://poisonjax-unreachable"
     finally:
       _clear_client_caches()
   _clear_client_caches()

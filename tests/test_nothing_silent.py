@@ -41,7 +41,7 @@ from poisonjax.data import stream as stream_lib
 from poisonjax.data import synthetic
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
-from gcs_emulator import emulated_gcs, no_remote_connections, unreachable_gcs
+from gcs_emulator import emulated_gcs, forget_listings, no_remote_connections, unreachable_gcs
 from train_common import ROOT, tiny_config, train_cache  # noqa: F401
 
 
@@ -203,6 +203,7 @@ def test_on_gs_the_stored_crc32c_catches_a_rewritten_object(tmp_path, capsys):
     for step in (1, 2):
       ckpt.save(step, _state(step))  # A 2 MiB object: once sized, not read.
     ckpt.close()
+    forget_listings()
     saved = files.read_json(f"{wd}/{rundir.CHECKPOINT_DIGESTS}/2.json")
     name = max(saved, key=lambda n: saved[n][0] if "/d/" in n else -1)
     obj = files.as_path(f"{wd}/checkpoints/2/{name}")
