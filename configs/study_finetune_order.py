@@ -27,11 +27,9 @@ _spec = importlib.util.spec_from_file_location(
 main_study = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(main_study)
 
-# Around N50 at 4,000 clean samples: the main study's seed 0 (spread) gave
-# attack success 0.17 with 20 poisoned samples at 1,000 clean samples and 0.00
-# with 20 at 4,000, so N50(4k) > 20; 50 and 100 bracket it under the count
-# hypothesis (N50 ~ 25-50) and under the share one (~100).
-COUNTS = (50, 100)
+# Around N50 at 4,000 clean samples: the main study's seed 0 (poisons spread)
+# gave attack success 0.00 with 20 poisoned samples and 0.91 with 50 there.
+COUNTS = (30, 50)
 
 VARIANTS = {
     "start": {"poison": {"placement": "first", "placement_fraction": 0.1}},
