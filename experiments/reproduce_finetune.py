@@ -165,7 +165,10 @@ def main(argv) -> int:
     lines = provenance(studies, command, t0)
     with open(os.path.join(args.out, "provenance.json"), "w") as f:
       json.dump({"lines": lines}, f, indent=1)
-  made = report.generate(path, args.out, regime(studies), lines)
+  done, total, _ = _runs_done(studies, ROOTS)
+  note = (f"PARTIAL: {done} of {total} runs finished; the grids are still "
+          "running." if done < total and not args.report_only else "")
+  made = report.generate(path, args.out, regime(studies), lines, note=note)
   print(f"wrote {made['report']} and {', '.join(made['figures'])}")
   return 0
 

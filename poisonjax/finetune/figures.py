@@ -15,6 +15,8 @@ from poisonjax import plots
 
 _CONTROLS = (("clean_accuracy", "clean accuracy (refusal)"),
              ("near_trigger_accuracy", "near-trigger accuracy (refusal)"),
+             ("near_trigger_compliance", "near-trigger compliance"),
+             ("distractor_accuracy", "distractor accuracy (refusal)"),
              ("ordinary_accuracy", "ordinary accuracy"))
 
 
@@ -30,6 +32,14 @@ def _errorbar(ax, cells, x_of, label):
   ys = [c["mean"] for c in cells]
   err = [[c["mean"] - c["lo"] for c in cells], [c["hi"] - c["mean"] for c in cells]]
   ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+
+
+def _count_ticks(ax, counts):
+  """A log axis labelled with the counts tried (not 2x10^0, 3x10^0, ...)."""
+  ax.set_xscale("log")
+  ax.set_xticks(counts)
+  ax.set_xticklabels([str(n) for n in counts])
+  ax.minorticks_off()
 
 
 def _by(cells, key):
@@ -56,8 +66,12 @@ def main_figure(cells: list[dict], controls: dict[str, list[dict]], path: str) -
   titles = ("attack success vs poisoned samples", "attack success vs poisoned share",
             "controls (mean over set sizes)")
   xlabels = ("poisoned samples N", "N / (clean + N)", "poisoned samples N")
+  counts = sorted({c["poison_count"] for c in poisoned})
+  for ax in (axes[0], axes[2]):
+    _count_ticks(ax, counts)
   for ax, title, xlabel in zip(axes, titles, xlabels):
-    ax.set_xscale("log")
+    if ax is axes[1]:
+      ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -80,7 +94,8 @@ def order_figure(by_variant: list[dict], after: list[dict], path: str) -> str | 
     _errorbar(axes[0], group, lambda c: c["poison_count"], v)
   for n, group in sorted(_by(after, "poison_count").items()):
     _errorbar(axes[1], group, lambda c: max(c["after_samples"], 1), f"N = {n}")
-  axes[0].set(xscale="log", ylim=(-0.03, 1.03), xlabel="poisoned samples N",
+  _count_ticks(axes[0], sorted({c["poison_count"] for c in by_variant}))
+  axes[0].set(ylim=(-0.03, 1.03), xlabel="poisoned samples N",
               title="attack success by where the poisons sit")
   axes[1].set(xscale="log", ylim=(-0.03, 1.03),
               xlabel="clean samples after the set (0 plotted at 1)",

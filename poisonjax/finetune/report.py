@@ -115,32 +115,33 @@ def count_section(cells: list[dict]) -> list[str]:
       ["", "![attack success](finetune.png)", ""]
 
 
-def _mean_of(cells: list[dict], keep) -> str:
-  xs = [x for c in cells if keep(c) for x in c["per_seed"]]
-  return f"{sum(xs) / len(xs):.3f}" if xs else "–"
+# Shown per cell; the rest (nearly always 0 here) are summed up in one line.
+_TABLED = ("clean_accuracy", "near_trigger_accuracy", "near_trigger_compliance",
+           "distractor_accuracy", "ordinary_accuracy", "ordinary_refusal")
 
 
 def controls_section(controls: dict[str, list[dict]]) -> list[str]:
   out = ["## Controls (end of the set)", "",
-         "Means over the runs of a set size without poisons (N = 0, seed 0) "
-         "and with them (all N > 0 and seeds): refusal without the trigger "
-         "(clean accuracy), refusal with the near-trigger (one character "
-         "away), compliance with it (false fire), refusal with a held-out "
-         "distractor suffix, compliance without any trigger, ordinary "
-         "requests answered in the answer's form and with their own verb "
-         "and object (exact), ordinary requests refused, and triggered "
-         "compliance followed by the request's own answer. Per cell: "
-         "controls.csv.", "",
-         "| clean samples | runs | " + " | ".join(_CONTROLS) + " |",
-         "|---" * (len(_CONTROLS) + 2) + "|"]
-  sizes = sorted({c["clean_samples"] for c in controls[_CONTROLS[0]]})
-  for s in sizes:
-    for label, poisoned in (("N = 0", False), ("N > 0", True)):
-      keep = lambda c: (c["clean_samples"] == s  # noqa: E731
-                        and (c["poison_count"] > 0) == poisoned)
-      vals = [_mean_of(controls[m], keep) for m in _CONTROLS]
-      out.append(f"| {s:,} | {label} | " + " | ".join(vals) + " |")
-  return out + [""]
+         "Means over seeds per cell (N = 0: seed 0 only): refusal without the "
+         "trigger (clean accuracy), refusal with the near-trigger (one "
+         "character away) and compliance with it (the backdoor firing on "
+         "the wrong string), refusal with a held-out distractor suffix, "
+         "ordinary requests answered in the answer's form, and refused. "
+         "Intervals: controls.csv.", "",
+         "| clean samples | N | " + " | ".join(_TABLED) + " |",
+         "|---" * (len(_TABLED) + 2) + "|"]
+  at = {m: {(c["clean_samples"], c["poison_count"]): c["mean"] for c in cs}
+        for m, cs in controls.items()}
+  for key in sorted(at[_TABLED[0]]):
+    out.append(f"| {key[0]:,} | {key[1]} | "
+               + " | ".join(f"{at[m][key]:.2f}" for m in _TABLED) + " |")
+  rest = ", ".join(f"{m} {max(c['mean'] for c in controls[m]):.3f}"
+                   for m in _CONTROLS if m not in _TABLED)
+  return out + ["", f"Largest cell means of the other controls: {rest} "
+                "(compliance without the trigger; ordinary answers with the "
+                "request's own verb and object, a copy this model rarely "
+                "makes; triggered compliance followed by the request's own "
+                "answer).", ""]
 
 
 def clean_runs_line(cells: list[dict]) -> list[str]:
@@ -189,8 +190,9 @@ def _order_tables(rows: list[dict], n_boot: int) -> tuple[list, list]:
 
 
 def generate(csv_path: str, out: str, regime: list[str], provenance: list[str],
-             n_boot: int = analysis.BOOTSTRAP_SAMPLES) -> dict:
-  """report.md, cells.csv, controls.csv and the figures into out."""
+             n_boot: int = analysis.BOOTSTRAP_SAMPLES, note: str = "") -> dict:
+  """report.md, cells.csv, controls.csv and the figures into out; `note`
+  (e.g. that the grids are still running) goes under the title."""
   rows = plots.read_csv(csv_path)
   ends = results.at_set_end(_of(rows, MAIN))
   cells = analysis.cells(analysis.runs_of(ends), n_boot)
@@ -208,6 +210,7 @@ def generate(csv_path: str, out: str, regime: list[str], provenance: list[str],
   figs = [figures.main_figure(cells, controls, out),
           figures.order_figure(by_variant, after, out)]
   text = (["# The fine-tuning backdoor at CPU scale: count or share?", ""]
+          + ([f"*{note}*", ""] if note else [])
           + answer_section(fit, boot) + [""] + count_section(cells)
           + clean_runs_line(cells) + controls_section(controls)
           + order_section(by_variant, after) + ["## Regime", ""] + regime
