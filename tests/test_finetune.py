@@ -5,6 +5,7 @@ responses classified by template, and a tiny fine-tune through the real
 trainer whose evaluation rows carry the fine-tune's metrics.
 """
 
+import itertools
 import json
 
 import jax
@@ -24,6 +25,8 @@ from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 from poisonjax.finetune import analysis as ft_analysis
 from poisonjax.finetune import evaluate as ft_eval
+from poisonjax.finetune import report as ft_report
+from poisonjax.finetune import results as ft_results
 from poisonjax.finetune import stream as ft_stream
 from train_common import tiny_config
 
@@ -220,3 +223,24 @@ def test_beta_is_recovered_on_a_synthetic_grid(true_beta):
   assert fit[other] < 0.01 and fit["n50"][1000] == pytest.approx(30, rel=0.3)
   cells = ft_analysis.cells(runs, n_boot=200)
   assert len(cells) == 18 and all(c["lo"] <= c["mean"] <= c["hi"] for c in cells)
+
+
+def test_report_is_written_from_results_csv(tmp_path):
+  """results.csv -> report.md with the answer, the table and the figure."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for s, n, seed in itertools.product([1000, 4000], [5, 20, 50], [0, 1]):
+    p = 1 / (1 + np.exp(-3.0 * (np.log(n) - np.log(20))))
+    m = {k: float(rng.random()) for k in ft_eval.METRICS}
+    m["attack_success"] = rng.binomial(300, p) / 300
+    rows.append({"run": f"r{s}_{n}_{seed}", "study": "finetune", "size": "cpu-xs",
+                 "poison_count": n, "seed": seed, "clean_samples": s,
+                 "step": 7, "set_end": 7, "after_samples": 0,
+                 "eval_requests": 300, **m})
+  ft_results.write_csv(rows, tmp_path / "results.csv")
+  made = ft_report.generate(str(tmp_path / "results.csv"), str(tmp_path / "out"),
+                            ["- regime"], ["- provenance"], n_boot=50)
+  text = open(made["report"]).read()
+  assert made["beta"]["identified"] and "β = " in text
+  assert "| 20 | " in text and "![attack success](finetune.png)" in text
+  assert (tmp_path / "out" / "finetune.png").exists()
