@@ -182,14 +182,16 @@ def beta_bootstrap(runs: Runs, n_boot: int = 200,
   rng, betas = np.random.default_rng(seed), []
   for _ in range(n_boot):
     pick = rng.choice(seeds, len(seeds))
-    idx = np.concatenate([np.flatnonzero(runs.seed == s) for s in pick])
-    sub = runs.take(idx)
-    X = np.c_[np.ones(len(sub)), np.log(sub.poisons), np.log(sub.clean)]
-    (_, b, c), _ = fit(X, sub.complied, sub.requests)
-    betas.append(-c / b if b > 0 else math.nan)
+    sub = runs.take(np.concatenate([np.flatnonzero(runs.seed == s) for s in pick]))
+    betas.append(math.nan)
+    if len(set(sub.clean.tolist())) > 1 and len(set(sub.poisons.tolist())) > 1:
+      X = np.c_[np.ones(len(sub)), np.log(sub.poisons), np.log(sub.clean)]
+      (_, b, c), _ = fit(X, sub.complied, sub.requests)
+      betas[-1] = -c / b if b > 0 else math.nan
   betas = np.array(betas)
-  bad = np.isnan(betas)
+  bad = ~np.isfinite(betas)
   lo = np.concatenate([betas[~bad], np.full(bad.sum(), -np.inf)])
   hi = np.concatenate([betas[~bad], np.full(bad.sum(), np.inf)])
-  return {"lo": float(np.quantile(lo, 0.025)), "hi": float(np.quantile(hi, 0.975)),
+  return {"lo": float(np.quantile(lo, 0.025, method="lower")),
+          "hi": float(np.quantile(hi, 0.975, method="higher")),
           "seeds": len(seeds), "n_boot": n_boot, "no_fit": int(bad.sum())}

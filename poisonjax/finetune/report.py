@@ -90,6 +90,9 @@ def answer_section(fit: dict, boot: dict) -> list[str]:
     return ["**Answer: not yet identified** (the pooled model needs at least two "
             "set sizes and two counts with attack success rising in N)."]
   n50 = ", ".join(f"{s:,} clean: {v:.3g}" for s, v in fit["n50"].items())
+  sizes = sorted(fit["n50"])
+  span = sizes[-1] / sizes[0]
+  growth = fit["n50"][sizes[-1]] / fit["n50"][sizes[0]]
   open_end = ("" if math.isfinite(fit["lo"]) and math.isfinite(fit["hi"]) else
               " An infinite end means the runs do not bound β on that side "
               "(e.g. no success at some set size within the counts tried).")
@@ -103,7 +106,8 @@ def answer_section(fit: dict, boot: dict) -> list[str]:
       f"(share): p = {fit['p_share']:.2g}; {fit['runs']} runs with poisons."
       + open_end,
       "", f"N50 from the pooled model (poisoned samples for 50% attack success): "
-      f"{n50}."]
+      f"{n50}. Over the {span:.0f}x range of set sizes the count needed grows "
+      f"{growth:.1f}x (count hypothesis: 1x; share: {span:.0f}x)."]
 
 
 def count_section(cells: list[dict]) -> list[str]:
