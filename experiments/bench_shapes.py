@@ -78,9 +78,9 @@ def shape_config(shape: Shape) -> ml_collections.ConfigDict:
 
 def preset_config(size: str) -> ml_collections.ConfigDict:
   """configs/cpu_micro.py at model size `size` (a CPU preset)."""
-  from poisonjax.commands import parsing  # The CLI's own config loader.
+  from poisonjax import config_files
 
-  c = parsing.load_config_file(PRESET_CONFIG)
+  c = config_files.load(PRESET_CONFIG)
   c.model.size = size
   c.model.vocab_size = c.vocab.size
   return c

@@ -67,6 +67,7 @@ COMMANDS = {
     ("study", "status"): "poisonjax.commands.study:STATUS",
     ("study", "collect"): "poisonjax.commands.study:COLLECT",
     ("study", "figures"): "poisonjax.commands.study:FIGURES",
+    ("study", "reproduce"): "poisonjax.commands.study:REPRODUCE",
     ("launch", "tpu"): "poisonjax.commands.launch:LAUNCH_TPU",
     ("launch", "gpu"): "poisonjax.commands.launch:LAUNCH_GPU",
     ("defend", "score"): "poisonjax.commands.defend:SCORE",

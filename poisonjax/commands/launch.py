@@ -35,7 +35,7 @@ def _workload_flags(fv) -> None:
 def _workloads(fv, remote_config, one_slice: bool):
   """The workloads named by --config with --workdir or --root."""
   from poisonjax import study  # pylint: disable=g-import-not-at-top
-  from poisonjax.commands import parsing  # pylint: disable=g-import-not-at-top
+  from poisonjax import config_files  # pylint: disable=g-import-not-at-top
   from poisonjax.launch import workload  # pylint: disable=g-import-not-at-top
 
   if not fv.config:
@@ -44,7 +44,7 @@ def _workloads(fv, remote_config, one_slice: bool):
   if bool(fv.workdir) == bool(fv.root):
     raise UserError("--workdir/--root: give exactly one (--workdir for one "
                     "run, --root for a study grid)")
-  config = parsing.load_config_file(fv.config)
+  config = config_files.load(fv.config)
   if fv.workdir:
     if study.is_study_config(config):
       raise UserError(f"--config={fv.config}: a study config; pick one run "

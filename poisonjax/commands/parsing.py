@@ -10,13 +10,12 @@ with status 2.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from poisonjax import config_files
 from poisonjax.commands import NO_CONFIG, RUN_CONFIG, STUDY_CONFIG, Args, Command
 from poisonjax.errors import UserError, field_error
 
@@ -115,42 +114,13 @@ def _base_config(cmd: Command, fv):
   """(config before overrides, FILE or None)."""
   spec = fv["config"].value if "config" in fv else None
   if spec:
-    return load_config_file(spec), spec.split(":", 1)[0]
+    return config_files.load(spec), spec.split(":", 1)[0]
   if cmd.default_config is not None:
     return cmd.default_config(fv), None
   if cmd.config_required:
     raise UserError(f"--config: required; pass e.g. "
                     f"--config={EXAMPLE_CONFIG[cmd.config]}")
   return None, None
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """FILE's get_config(ARG) for spec FILE[:ARG], or one UserError line."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise field_error("--config", spec, "no such file",
-                      "pass a config file, e.g. --config=configs/cpu_micro.py")
-  try:
-    module_spec = importlib.util.spec_from_file_location("poisonjax_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    get_config = module.get_config
-  except UserError:
-    raise
-  except Exception as e:  # Any error of a user's Python file.
-    raise UserError(f"--config={spec}: cannot load it ({_last_line(e)}); fix "
-                    "the file (it must define get_config())") from None
-  try:
-    config = get_config(arg) if arg else get_config()
-  except UserError:
-    raise
-  except Exception as e:  # Any error of a user's Python file.
-    raise UserError(f"--config={spec}: get_config({arg!r}) failed "
-                    f"({_last_line(e)}); fix the file or the :ARG") from None
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise UserError(f"--config={spec}: get_config() returned "
-                    f"{type(config).__name__}; it must return a ConfigDict")
-  return config
 
 
 def _override_path(arg: str) -> str:

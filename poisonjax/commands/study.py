@@ -110,6 +110,45 @@ def figures(args) -> int:
   return 0
 
 
+def _reproduce_flags(fv) -> None:
+  flags.DEFINE_string("root", None, "Grid directory (default: the study's "
+                      "`root`, else runs/study_<name>).", flag_values=fv)
+  flags.DEFINE_string("out", None, "Results, figures and report.md (default: "
+                      "the study's `out`, else docs/results/<name>).",
+                      flag_values=fv)
+  flags.DEFINE_bool("partial", False, "Run nothing: collect and report the "
+                    "runs finished so far (the report says how many).",
+                    flag_values=fv)
+  flags.DEFINE_bool("report_only", False, "Run and collect nothing: rewrite "
+                    "the report from OUT's results files (provenance kept).",
+                    flag_values=fv)
+  flags.DEFINE_bool("worker", False, "Share ROOT with other --worker "
+                    "processes, each training the next run nobody holds "
+                    "(poisonjax/study/runner.py).", flag_values=fv)
+  flags.DEFINE_integer("bootstrap", None, "Bootstrap resamples of the fits "
+                       "(default: poisonjax.study.analysis.BOOTSTRAP_SAMPLES).",
+                       flag_values=fv)
+
+
+def reproduce(args) -> int:
+  import shlex  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import reproduce as reproduce_lib  # pylint: disable=g-import-not-at-top
+  s, fv = args.config, args.flags
+  root = fv.root or reproduce_lib.default_root(s)
+  out = fv.out or reproduce_lib.default_out(s)
+  files.check_reachable(root, "--root")
+  files.check_reachable(out, "--out")
+  command = "poisonjax " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+  if fv.report_only:
+    print(f"wrote {reproduce_lib.regenerate(s, out, command, fv.bootstrap)}")
+    return 0
+  return reproduce_lib.reproduce(
+      s, args.config_file, root=root, out=out, command=command,
+      partial=fv.partial, worker=fv.worker, n_boot=fv.bootstrap,
+      log=lambda m: print(m, flush=True))
+
+
 PLAN = Command(
     usage="poisonjax study plan --config=STUDY.py [--mfu=0.4]",
     summary="Prints every run of a study with its parameters, tokens, steps, "
@@ -141,3 +180,11 @@ FIGURES = Command(
     summary="Draws the study's figures and report.md from ROOT/results.csv "
             "(collected first if absent).",
     run=figures, define_flags=_figures_flags, config=NO_CONFIG)
+
+REPRODUCE = Command(
+    usage="poisonjax study reproduce --config=STUDY.py [--root=DIR] [--out=DIR] "
+          "[--partial | --report_only] [--worker]",
+    summary="Plans, runs (resumable), collects and reports one study or "
+            "experiment: the command behind every report under docs/results/.",
+    run=reproduce, define_flags=_reproduce_flags, config=STUDY_CONFIG,
+    early_signals=True)

@@ -24,6 +24,7 @@ from poisonjax import files
 from poisonjax import runlock
 from poisonjax import units
 from poisonjax.errors import UserError
+from poisonjax.study import experiment
 from poisonjax.study import grids
 from poisonjax.study import results
 # The function, by its module: the package's name `plan` is the function.
@@ -106,6 +107,7 @@ def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float) -> list[
   from poisonjax import train
 
   costs = {r["run"]: r["flops"] for r in plan_study(study)["runs"]}
+  after_run = experiment.hook(study, "after_run")
   t0, done_cost, out = time.time(), 0.0, []
   remaining_cost = sum(costs[r.name] for r in runs)
   fmt = units.format_duration
@@ -114,6 +116,8 @@ def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float) -> list[
     remaining_cost -= costs[run.name]
     if _finished(workdir):
       log(f"{tag}: finished before, skipped")
+      if after_run is not None:  # Finishes what an interrupted rerun left.
+        after_run(study, run, workdir, log)
       out.append({"run": run.name, "status": "skipped"})
       continue
     claim = _claim(root, run.name, timeout_s)
@@ -136,6 +140,8 @@ def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float) -> list[
           "the same command to resume")
       out.append({"run": run.name, "status": "stopped", "summary": summary})
       return out
+    if after_run is not None:
+      after_run(study, run, workdir, log)
     done_cost += costs[run.name]
     elapsed = time.time() - t0
     eta = elapsed / done_cost * remaining_cost if done_cost else 0.0

@@ -1,0 +1,158 @@
+"""A study from config to report: plan -> run -> collect -> report.
+
+`poisonjax study reproduce --config=STUDY.py` runs the grid in ROOT
+(resumable; `--worker` shares ROOT with other processes), collects the
+finished runs into OUT and writes OUT/report.md with its figures. An
+experiment with its own measurements supplies its collect/report steps
+(experiment.py); everything else uses results.csv and report.generate.
+How the results were made (command, machine, wall time) is kept in
+OUT/provenance.json, so `--report_only` regenerates the report from the
+committed files in OUT without the runs or any training.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+from poisonjax import files
+from poisonjax import rundir
+from poisonjax.errors import UserError
+from poisonjax.study import experiment
+from poisonjax.study import grids
+
+PROVENANCE = "provenance.json"
+_OLD_PROVENANCE = "## How this was made"  # Reports from before provenance.json.
+
+
+def default_root(study) -> str:
+  return study.get("root", "") or os.path.join("runs", f"study_{study.name}")
+
+
+def default_out(study) -> str:
+  return study.get("out", "") or os.path.join("docs", "results", study.name)
+
+
+def machine() -> str:
+  """CPU model, cores, OS, Python, JAX and its platform: one line."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} "
+          f"{platform.release()}, Python {platform.python_version()}, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+
+
+def finished_runs(root, runs: list[grids.Run]) -> list[grids.Run]:
+  root = files.as_path(root)
+  return [r for r in runs if (root / r.name / rundir.SUMMARY).exists()]
+
+
+def train_wall_s(root, runs: list[grids.Run]) -> float:
+  """Sum of the finished runs' own wall times, over all their sessions."""
+  root = files.as_path(root)
+  return sum(float(files.read_json(root / r.name / rundir.SUMMARY)
+                   .get("wall_time_s", 0.0)) for r in finished_runs(root, runs))
+
+
+def provenance_lines(command: str, config_path: str, finished: int, total: int,
+                     wall_s: float, t0: float) -> list[str]:
+  return [
+      f"- Command (from the repository root): `{command}`",
+      f"- Study config: `{os.path.relpath(config_path)}` ({total} runs; plan "
+      "in plan.txt)",
+      f"- Runs finished and shown here: {finished} of {total}"
+      + ("" if finished == total else
+         " (PARTIAL: the grid was still running; rerun without --partial to "
+         "finish it)"),
+      f"- Machine: {machine()}",
+      f"- Wall time: {wall_s / 3600:.2f} h summed over the runs' own sessions; "
+      f"this invocation {(time.time() - t0) / 60:.1f} min (runs finished by "
+      "earlier invocations were skipped).",
+      f"- Written by `poisonjax study reproduce` on "
+      f"{time.strftime('%Y-%m-%d %H:%M %Z')}; nothing edited by hand."]
+
+
+def stored_provenance(out) -> list[str]:
+  """OUT/provenance.json's lines, else an older report's provenance section."""
+  out = files.as_path(out)
+  if (out / PROVENANCE).exists():
+    return list(files.read_json(out / PROVENANCE)["lines"])
+  report = out / "report.md"
+  if not report.exists() or _OLD_PROVENANCE not in report.read_text():
+    return []
+  section = report.read_text().split(_OLD_PROVENANCE, 1)[1].split("\n## ", 1)[0]
+  return [l for l in section.splitlines()
+          if l.startswith("- ") and not l.startswith("- Report regenerated")]
+
+
+def write_report(study, out, provenance: list[str], n_boot: int | None = None) -> str:
+  """OUT/report.md from the files in OUT: the experiment's, else the standard."""
+  files.write_json(files.as_path(out) / PROVENANCE, {"lines": list(provenance)})
+  custom = experiment.hook(study, "report")
+  if custom is not None:
+    return custom(study, out, provenance)
+  from poisonjax.study import analysis, report  # pylint: disable=g-import-not-at-top
+  made = report.generate(
+      str(files.as_path(out) / "results.csv"), str(out),
+      threshold=float(study.base.eval.threshold), study=study,
+      provenance=provenance, n_boot=n_boot or analysis.BOOTSTRAP_SAMPLES)
+  return made["report"]
+
+
+def collect(study, root, runs: list[grids.Run], out) -> None:
+  """OUT's results files from the finished runs in ROOT."""
+  custom = experiment.hook(study, "collect")
+  if custom is not None:
+    custom(study, files.as_path(root), runs, files.as_path(out))
+    return
+  from poisonjax.study import results  # pylint: disable=g-import-not-at-top
+  results.write_csv(results.collect(root, runs), str(files.as_path(out) / "results.csv"))
+
+
+def regenerate(study, out, command: str, n_boot: int | None = None) -> str:
+  """--report_only: the report from OUT's committed files, provenance kept."""
+  if not files.as_path(out).is_dir():
+    raise UserError(f"--out={out}: no such directory; run without "
+                    "--report_only first")
+  lines = stored_provenance(out) + [
+      f"- Report regenerated from the results in {out} by `{command}` on "
+      f"{time.strftime('%Y-%m-%d %H:%M %Z')} (no training)."]
+  return write_report(study, out, lines, n_boot)
+
+
+def reproduce(study, config_path: str, *, root, out, command: str,
+              partial: bool = False, worker: bool = False,
+              n_boot: int | None = None, log=print) -> int:
+  """Runs (unless partial), collects and reports one study; the exit status."""
+  from poisonjax import hardware  # pylint: disable=g-import-not-at-top
+  # The functions, by their module: the package's name `plan` is the function.
+  from poisonjax.study.plan import format_plan, plan as plan_study  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import runner  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  runs = grids.expand(study)
+  plan = plan_study(study, cpu_flops=hardware.measure_cpu_flops())
+  log(f"# study {study.name}: {len(runs)} runs")
+  log(format_plan(plan))
+  if not partial:
+    runner.run_grid(study, root, log=log, worker=worker)
+  done = finished_runs(root, runs)
+  if len(done) < len(runs) and not partial:
+    log(f"{len(done)}/{len(runs)} runs finished; run the same command to go on")
+    return 1
+  if not done:
+    log("no finished runs yet")
+    return 1
+  files.as_path(out).mkdir(parents=True, exist_ok=True)
+  collect(study, root, done, out)
+  files.write_text_atomic(files.as_path(out) / "plan.txt",
+                          format_plan(plan) + "\n")
+  lines = provenance_lines(command, config_path, len(done), len(runs),
+                           train_wall_s(root, runs), t0)
+  log(f"wrote {write_report(study, out, lines, n_boot)} and the results in {out}")
+  return 0
