@@ -2,7 +2,8 @@
 
 A study config holds a `base` run config and a `grid` (plus optional named
 `extra` grids, and optional `variants`: named config overrides crossed with
-every grid point, poisonjax/study/variants.py). `expand()` turns it into
+every grid point, or with the points of the blocks that list it in their
+`variants`: poisonjax/study/variants.py). `expand()` turns it into
 runs; each run has coordinates, a stable filesystem-safe name
 (`size=cpu-s_n=25_seed=1_data=1.0`, plus `_var=NAME` for a variant) and a
 full run config. The name alone rebuilds the run config from the study config,
@@ -52,8 +53,13 @@ SEED_THINGS = {"init": ("seed", 1), "poisons": ("poison.seed", 2),
                "data_order": ("data.seed", 3)}
 
 
-def grid(sizes=(), poison_counts=(), seeds=(0,), data_multipliers=(1.0,)):
-  """One grid block: the cross product of its four lists."""
+def grid(sizes=(), poison_counts=(), seeds=(0,), data_multipliers=(1.0,),
+         variants=()):
+  """One grid block: the cross product of its four lists.
+
+  variants: the names of study.variants this block runs (default: all), for
+  a variant that fits some counts only (a trigger trained at one dose).
+  """
   g = ml_collections.ConfigDict()
   # Tuples, not lists: ml_collections can override tuples from the command
   # line (--config.grid.seeds='(0, 1)').
@@ -61,6 +67,8 @@ def grid(sizes=(), poison_counts=(), seeds=(0,), data_multipliers=(1.0,)):
   g.poison_counts = tuple(int(n) for n in poison_counts)
   g.seeds = tuple(int(s) for s in seeds)
   g.data_multipliers = tuple(float(m) for m in data_multipliers)
+  if variants:  # Absent otherwise: older blocks stay as they were.
+    g.variants = tuple(variants)
   return g
 
 
@@ -171,7 +179,17 @@ def _block_runs(label: str, block, variants: list[str]) -> list[Run]:
   return [Run(s, int(n), int(k), float(m), v)
           for s, n, k, m, v in itertools.product(
               block.sizes, block.poison_counts, block.seeds,
-              block.data_multipliers, variants)]
+              block.data_multipliers, _block_variants(label, block, variants))]
+
+
+def _block_variants(label: str, block, variants: list[str]) -> list[str]:
+  """The study's variants this block runs: those it lists, else all."""
+  chosen = tuple(block.get("variants", ()) or ())
+  for name in chosen:
+    if name not in variants:
+      raise UserError(f"{label}.variants: {name!r} is not in study.variants "
+                      f"({', '.join(variants)}); list some of those")
+  return [v for v in variants if v in chosen] if chosen else variants
 
 
 def expand(study) -> list[Run]:
