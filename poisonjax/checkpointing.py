@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import functools
 import hashlib
 import json
+import os
 import sys
 import time
 
@@ -357,18 +359,22 @@ def _file_hash(path: Path, kind: str | None) -> str | None:
   return f"crc32c:{crc:08x}"
 
 
-_STORAGE_CLIENT = []
+@functools.lru_cache(maxsize=4)
+def _storage_client(emulator_host: str | None):
+  """One client per endpoint: the client reads STORAGE_EMULATOR_HOST once,
+  when made, so a client made for another endpoint is never reused."""
+  del emulator_host  # The cache key only.
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  return storage.Client()
 
 
 def _object_digest(step_dir: Path) -> dict[str, list]:
   """A step on gs://: each object's size and stored crc32c, from one listing."""
-  from google.cloud import storage  # pylint: disable=g-import-not-at-top
-  if not _STORAGE_CLIENT:
-    _STORAGE_CLIENT.append(storage.Client())
+  client = _storage_client(os.environ.get("STORAGE_EMULATOR_HOST"))
   bucket, _, prefix = str(step_dir).split("://", 1)[1].partition("/")
   prefix = prefix.rstrip("/") + "/"
   out = {}
-  for blob in _STORAGE_CLIENT[0].list_blobs(bucket, prefix=prefix):
+  for blob in client.list_blobs(bucket, prefix=prefix):
     if blob.name.endswith("/"):  # A folder placeholder.
       continue
     crc = int.from_bytes(base64.b64decode(blob.crc32c), "big")
