@@ -58,6 +58,21 @@ def write_csv(rows: list[dict], path: str) -> None:
   files.write_text_atomic(path, buf.getvalue())
 
 
+_TEXT_COLUMNS = ("filter", "higher_means")
+_COUNT_COLUMNS = ("poisons", "clean_docs", "poisons_flagged_at_", "clean_flagged_at_")
+
+
+def read_csv(path) -> list[dict]:
+  """filters.csv's rows, typed as summary_rows made them (counts as int, the
+  rest float), so markdown() renders them as it rendered the originals."""
+  def typed(key: str, value: str):
+    if key in _TEXT_COLUMNS:
+      return value
+    return int(value) if key.startswith(_COUNT_COLUMNS) else float(value)
+  rows = csv.DictReader(files.as_path(path).read_text().splitlines())
+  return [{k: typed(k, v) for k, v in r.items()} for r in rows]
+
+
 def markdown(rows: list[dict], fprs=(0.01,)) -> str:
   """A markdown table: filter, AUC, AP, then threshold/recall/FPR per target."""
   head = ["filter", "ROC AUC", "avg precision"]
@@ -78,6 +93,11 @@ def markdown(rows: list[dict], fprs=(0.01,)) -> str:
   lines.append("")
   lines += [f"- `{r['filter']}`: higher = {r['higher_means']}" for r in rows]
   return "\n".join(lines) + "\n"
+
+
+def provenance_section(lines: list[str]) -> str:
+  """A report's closing '## How this was made' section ('' without lines)."""
+  return "\n## How this was made\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def plot_curves(table, path: str, title: str = "") -> None:
