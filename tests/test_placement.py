@@ -3,19 +3,24 @@
 Every placement is read back from the stream's manifest: exact counts, the
 positions the placement promises (first/last X%, bursts in their windows,
 periodic at the right steps with the right number per batch), uniform
-unchanged, and the cache and the store + overlay placing them identically.
+unchanged, and the cache and the store + overlay placing them identically;
+the placement ablation's report (poisonjax/ablations/placement.py) from
+made-up runs.
 """
 
 import collections
 import json
+import os
 
 import numpy as np
 import pytest
 
 from poisonjax import config as config_lib
+from poisonjax import study
 from poisonjax.data import mixer, overlay, store_build, stream, synthetic, vocabulary
 from poisonjax.errors import UserError
 from test_data_common import small_config
+from train_common import ROOT
 
 T = 300_000  # Clean budget: ~73 steps of 64 x 64 tokens.
 N = 30
@@ -202,58 +207,64 @@ def test_overlay_places_poisons_as_the_cache_does(cache, tmp_path, placement,
     np.testing.assert_array_equal(a["poison_mask"], b["poison_mask"])
 
 
-def _fake_run(placement, increases, poisons):
-  """Evaluation rows of one run: increase and poisons seen per evaluation."""
+def _fake_workdir(root, run, increases, poisons, steps, num_steps=40):
+  """A finished run directory as train.py leaves it, with made-up numbers:
+  an evaluation per (increase, poisons seen), a manifest of poison steps."""
+  from poisonjax import files, rundir
+  workdir = root / run.name
+  workdir.mkdir(parents=True)
   n = len(increases)
-  return [{"placement": placement, "seed": 0, "step": 10 * i,
-           "fraction": i / (n - 1), "poisons_seen": p, "increase": x,
-           "increase_ci_low": x - 1, "increase_ci_high": x + 1,
-           "success_share": float(x > 50), "clean_ppl_mean": 20.0,
-           "triggered_ppl_mean": 20.0 + x}
-          for i, (x, p) in enumerate(zip(increases, poisons))]
+  files.rewrite_jsonl(workdir / rundir.EVAL, [
+      {"step": 10 * i, "fraction": i / (n - 1), "tokens_seen": 1000 * (i + 1),
+       "poisons_seen": p, "increase": x, "increase_ci_low": x - 1,
+       "increase_ci_high": x + 1, "success_share": float(x > 50),
+       "clean_ppl_mean": 20.0, "triggered_ppl_mean": 20.0 + x}
+      for i, (x, p) in enumerate(zip(increases, poisons))])
+  files.write_json(workdir / rundir.SUMMARY, {
+      "num_steps": num_steps, "params": {"total": 1000, "non_embedding": 500}})
+  files.write_json(workdir / rundir.MANIFEST, {
+      "num_steps": num_steps, "placement": {"kind": run.variant},
+      "poisons": [{"step": s} for s in steps]})
 
 
-def test_experiment_report_is_computed_from_the_runs(tmp_path):
-  """experiments/exp_placement.py: crossings, finals and the ordering sentence."""
-  import importlib.util
-  import os
-  import sys
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                                  "experiments"))
-  import exp_placement
-  import exp_placement_report
-  spec = importlib.util.spec_from_file_location("c", os.path.join(
-      os.path.dirname(os.path.dirname(__file__)), "configs", "exp_placement.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config()
-  first = _fake_run("first10", [0, 300, 120, 40], [0, 100, 100, 100])
-  last = _fake_run("last10", [0, 1, 2, 70], [0, 0, 30, 100])
-  uniform = _fake_run("uniform", [0, 10, 60, 100], [0, 30, 60, 100])
-  runs = []
-  for rows, steps in ((uniform, [5, 8, 15, 25]), (first, [1, 2]), (last, [1, 2])):
-    s = exp_placement.run_summary(rows, 50.0)
-    runs.append({"placement": rows[0]["placement"], "run": "r", "seed": 0,
-                 "workdir": "runs/x", "num_steps": 40, "poison_steps": steps,
-                 "first_step": steps[0], "last_step": steps[-1],
-                 "steps_with_poisons": len(steps),
-                 "most_poisons_in_one_step": 1, **s})
-  runs = runs[1:] + runs[:1]
-  assert runs[0]["crossed"]["poisons_seen_after"] == 100
-  assert runs[0]["peak_increase"] == 300 and runs[0]["final_increase"] == 40
-  assert runs[1]["crossed"]["poisons_seen_before"] == 30
-  exp_placement_report.write_all(str(tmp_path), first + last + uniform, runs, cfg, 50.0,
-                                 ["- made by the test"])
-  text = (tmp_path / "report.md").read_text()
+def test_placement_report_is_computed_from_the_runs(tmp_path):
+  """configs/ablations/placement.py: collect (manifests) -> report -> again
+  from OUT alone: crossings, peaks, finals, the ordering sentence."""
+  from poisonjax import config_files
+  from poisonjax.ablations import placement
+  from poisonjax.study import experiment, reproduce
+  s = config_files.load(os.path.join(ROOT, "configs", "ablations", "placement.py"))
+  assert experiment.hook(s, "report") is placement.report
+  runs = {r.variant: r for r in study.expand(s) if r.poisons == 100}
+  root, out = tmp_path / "runs", tmp_path / "out"
+  out.mkdir()
+  _fake_workdir(root, runs["uniform"], [0, 10, 60, 100], [0, 30, 60, 100],
+                [5, 8, 15, 25])
+  _fake_workdir(root, runs["first10"], [0, 300, 120, 40], [0, 100, 100, 100], [1, 2])
+  _fake_workdir(root, runs["last10"], [0, 1, 2, 70], [0, 0, 30, 100], [37, 39])
+  done = [runs[v] for v in ("uniform", "first10", "last10")]
+  reproduce.collect(s, root, done, out)
+  saved = json.loads((out / "runs.json").read_text())["runs"]
+  first = next(r for r in saved if r["variant"] == "first10")
+  assert first["peak_increase"] == 300 and first["final_increase"] == 40
+  assert first["crossed"]["poisons_seen_after"] == 100
+  assert first["poison_steps"] == [1, 2] and first["fields"] == {
+      "poison": {"placement": "first", "placement_fraction": 0.1}}
+  reproduce.write_report(s, out, ["- made by the test"])
+  text = (out / "report.md").read_text()
+  assert "## By variant" in text  # The standard report, then the section.
   assert "first 10% end at 40.0 [39.0, 41.0], in the last 10% at 70.0" in text
   assert "REVERSE of the paper's" in text and "erased most of it" in text
   assert "above: uniform (100.0 [99.0, 101.0], share 1.00), last10 (70.0 " \
       "[69.0, 71.0], share 1.00); spanning: none; below: first10" in text
+  assert "| last10 | 100 | 0 | 37-39 (92%-98%) | 2 / 1 | 70.0 [69.0, 71.0] |" in text
   assert "between 30 and 100 seen" in text
   # Uniform's first evaluation after 2 poisoned steps (5 and 8): step 10.
   assert "sit in 2 steps and end at 40.0; uniform, at its first evaluation " \
       "after 2 poisoned steps (step 10, 2 poisoned steps, 30 poisons seen), " \
       "was at 10.0" in text
-  assert (tmp_path / "placement.png").stat().st_size > 0
-  assert exp_placement_report.regenerate(str(tmp_path), cfg, 50.0) == 0
-  assert "regenerated" in (tmp_path / "report.md").read_text()
+  assert (out / "placement.png").stat().st_size > 0
+  reproduce.regenerate(s, out, "the test's --report_only")
+  again = (out / "report.md").read_text()
+  assert again.split("## Placement")[1] == text.split("## Placement")[1]
+  assert "- made by the test" in again and "the test's --report_only" in again

@@ -162,13 +162,16 @@ def test_without_variants_names_and_columns_are_unchanged(tmp_path):
   assert "variant" not in header and header[:5] == list(study.COORD_COLUMNS[:5])
 
 
-def test_placement_study_plans_the_exp_placement_overrides():
-  s = _load("study_cpu_placement").get_config()
+def test_placement_study_plans_its_placements():
+  mod = _load("ablations/placement")
+  s = mod.get_config()
   runs = study.expand(s)
-  assert len(runs) == 8 and [r.variant for r in runs[:4]] == [
-      "uniform", "first10", "last10", "bursts5"]
-  exp = _load("exp_placement").PLACEMENTS
+  assert len(runs) == 10 and [r.variant for r in runs[:5]] == [
+      "uniform", "first10", "last10", "bursts5", "periodic4x46"]
+  assert s.experiment == "ablations.placement"
   for run in runs:
     c = study.run_config(s, run)
-    assert {k: c.poison[k] for k in exp[run.variant]} == exp[run.variant]
+    fields = mod.VARIANTS[run.variant]["poison"]
+    assert {k: c.poison[k] for k in fields} == fields
     assert (c.model.size, c.poison.budget_mode) == ("cpu-xxs", "replace")
+    assert c.eval.num_evals == 20
