@@ -64,46 +64,14 @@ def _settings(fv):
   return s
 
 
-def run_scan(config, workdir: str, step: int | None, settings, check: int,
-             log=None, trigger: str | None = None) -> dict:
-  """The scan of a run's checkpoint, checked against its own trigger.
-
-  trigger: the string to score and match beside the search; default the
-  run's own (none for a clean run).
-  """
-  # pylint: disable=g-import-not-at-top
-  from poisonjax import model as model_lib
-  from poisonjax import restore
-  from poisonjax import sharding
-  from poisonjax.data import vocabulary
-  from poisonjax.defences import scan
-
-  vocab = vocabulary.get_vocabulary(config)
-  model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
-  mesh = sharding.make_mesh(config.mesh)
-  params, step = restore.restore_params(workdir, model_cfg, step, mesh)
-  if trigger is None and int(config.poison.count) > 0:
-    trigger = str(config.poison.trigger)
-  result = scan.scan(config, model_cfg, params, vocab, settings, trigger=trigger,
-                     log=log)
-  if check:
-    scan.check_candidates(config, model_cfg, params, vocab, mesh, result, check)
-  result.update(workdir=str(workdir), step=int(step),
-                poison_count=int(config.poison.count),
-                run_trigger=str(config.poison.trigger),
-                threshold=float(config.eval.threshold),
-                recovered=scan.recovered(result) if trigger else None)
-  return result
-
-
 def scan_command(args) -> int:
   from poisonjax import files, rundir  # pylint: disable=g-import-not-at-top
   from poisonjax.defences import scan  # pylint: disable=g-import-not-at-top
 
   fv, config = args.flags, args.config
   settings = _settings(fv)
-  result = run_scan(config, fv.workdir, fv.step, settings, fv.check,
-                    log=lambda s: print(s, flush=True))
+  result = scan.scan_run(config, fv.workdir, fv.step, settings, fv.check,
+                         log=lambda s: print(s, flush=True))
   out = files.as_path(fv.out or str(files.as_path(fv.workdir) / rundir.DEFENCES))
   out.mkdir(parents=True, exist_ok=True)
   files.write_json(out / "scan.json", result)

@@ -276,6 +276,30 @@ def check_candidates(config, model_cfg, params, vocab, mesh, result: dict,
                success_share=float(metrics["success_share"]))
 
 
+def scan_run(config, workdir: str, step: int | None, settings: ScanSettings,
+             check: int, log=None, trigger: str | None = None) -> dict:
+  """The scan of a run's checkpoint (newest: step None), checked against a
+  trigger: `trigger`, else the run's own (none for a clean run)."""
+  # Orbax (through restore): not on `defend scan --help`'s path.
+  from poisonjax import restore  # pylint: disable=g-import-not-at-top
+  from poisonjax import sharding  # pylint: disable=g-import-not-at-top
+  vocab = vocabulary.get_vocabulary(config)
+  model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
+  mesh = sharding.make_mesh(config.mesh)
+  params, step = restore.restore_params(workdir, model_cfg, step, mesh)
+  if trigger is None and int(config.poison.count) > 0:
+    trigger = str(config.poison.trigger)
+  result = scan(config, model_cfg, params, vocab, settings, trigger=trigger, log=log)
+  if check:
+    check_candidates(config, model_cfg, params, vocab, mesh, result, check)
+  result.update(workdir=str(workdir), step=int(step),
+                poison_count=int(config.poison.count),
+                run_trigger=str(config.poison.trigger),
+                threshold=float(config.eval.threshold),
+                recovered=recovered(result) if trigger else None)
+  return result
+
+
 def recovered(result: dict) -> bool:
   """True if the top candidate is the trigger, holds it, or fires."""
   if not result["top"]:
