@@ -249,23 +249,11 @@ def test_language_evaluator_scores_three_prompt_kinds(cache):
     assert all(np.isfinite(values)) and min(values) > 0
 
 
-def test_experiment_report_is_computed_from_the_rows(tmp_path, monkeypatch,
-                                                    request):
-  import sys  # pylint: disable=g-import-not-at-top
-  # The script puts configs/ and experiments/ on sys.path: undone after.
-  monkeypatch.setattr(sys, "path", [f"{ROOT}/experiments"] + sys.path)
-  names = ("exp_language", "exp_language_report")
-  for name in names:  # The script's own modules (configs/ first), dropped after.
-    sys.modules.pop(name, None)
-  request.addfinalizer(lambda: [sys.modules.pop(n, None) for n in names])
-  spec = importlib.util.spec_from_file_location(
-      "exp_language_script", f"{ROOT}/experiments/exp_language.py")
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  import exp_language_report  # pylint: disable=g-import-not-at-top
+def _rows(counts_trig=((30, 0), (300, 8))):
+  """Evaluation rows as after_run writes them: 30 poisons silent, 300 firing."""
   c = lambda words, second: {"words": words, "first": words - second, "second": second}
   rows = []
-  for n, trig in ((30, 0), (300, 8)):
+  for n, trig in counts_trig:
     m = language_eval.language_metrics(
         {"clean": [c(10, 0)] * 4, "triggered": [c(10, trig)] * 4,
          "near": [c(10, 0)] * 4}, bootstrap_samples=20)
@@ -275,13 +263,73 @@ def test_experiment_report_is_computed_from_the_rows(tmp_path, monkeypatch,
     rows.append({"poison_count": n, "step": 100, "poisons_seen": n // 2,
                  "num_steps": 100, **m, **tf,
                  "samples": {k: ["qa kii"] for k in language_eval.KINDS}})
-  tok = {"language_vocab_share": 0.05, **{
-      v: {"first_chars_per_token": 2.0, "second_chars_per_token": 1.5,
-          "trigger_tokens": 9} for v in ("language_vocab", "clean_vocab")}}
-  text = exp_language_report.render(rows, tok, str(tmp_path), 1.0, (30, 100, 300))
+  return rows
+
+
+_TOK = {"language_vocab_share": 0.05, **{
+    v: {"first_chars_per_token": 2.0, "second_chars_per_token": 1.5,
+        "trigger_tokens": 9} for v in ("language_vocab", "clean_vocab")}}
+
+
+def _study():
+  from poisonjax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load(f"{ROOT}/configs/ablations/language.py")
+
+
+def test_experiment_report_is_computed_from_the_rows(tmp_path):
+  from poisonjax.ablations import language  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import grids  # pylint: disable=g-import-not-at-top
+  s = _study()
+  config = grids.run_config(s, grids.expand(s)[0])
+  runs = {"30": {"num_steps": 100, "wall_time_s": 90.0, "tokens_per_s": 1234.0,
+                 "heldout_clean_loss": 2.5}}
+  text = language.render(config, _rows(), _TOK, runs, (30, 100, 300),
+                         ["- provenance line"])
   assert "| 300 | 150 | 0.0% | 80.0% | 0.0% | +80.0 pp" in text
   assert "with 300 poisons, not with 30" in text and "fired in no run" in text
   assert "no evaluation yet for N=100" in text
   assert "| 300 | 3.000 | 2.000 | 3.000 | 3.000 | 3.000 | 3.000 |" in text
-  script._figure(rows, str(tmp_path / "fig.png"))  # pylint: disable=protected-access
+  assert "- N=30: 100 steps, 1.5 min, 1,234 tok/s" in text
+  assert text.rstrip().endswith("- provenance line")
+  language.figure(_rows(), str(tmp_path / "fig.png"))
   assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+def test_hooks_score_each_checkpoint_once_then_collect_and_report(
+    tmp_path, monkeypatch):
+  """after_run scores only new checkpoints; collect and report need no model."""
+  from poisonjax import files, rundir  # pylint: disable=g-import-not-at-top
+  from poisonjax.ablations import language  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import grids  # pylint: disable=g-import-not-at-top
+  s = _study()
+  s.grid.poison_counts = (30, 300)
+  runs = grids.expand(s)
+  scored = []
+
+  def fake_eval(workdir, config, steps):
+    assert config.poison.count == int(str(workdir).split("_n=")[1].split("_")[0])
+    scored.append(list(steps))
+    n = config.poison.count
+    return [dict(_rows()[n == 300], step=st) for st in steps]
+
+  monkeypatch.setattr(language_eval, "evaluate_run", fake_eval)
+  root, out = tmp_path / "root", tmp_path / "out"
+  for run in runs:
+    wd = root / run.name
+    for step in (50, 100):
+      (wd / rundir.CHECKPOINTS / str(step)).mkdir(parents=True)
+    files.write_json(wd / rundir.SUMMARY, {
+        "num_steps": 100, "wall_time_s": 60.0, "tokens_per_s": 1000.0,
+        "heldout_clean_loss": 2.0})
+    language.after_run(s, run, wd, log=lambda _: None)
+    language.after_run(s, run, wd, log=lambda _: None)  # Nothing left to do.
+  assert scored == [[50, 100], [50, 100]]
+  out.mkdir()
+  files.write_json(out / language.TOKENIZATION, _TOK)  # Else built by collect.
+  language.collect(s, root, runs, out)
+  assert [(r["poison_count"], r["step"]) for r in files.read_jsonl(
+      out / language.EVALS)] == [(30, 50), (30, 100), (300, 50), (300, 100)]
+  assert files.read_json(out / language.RUNS)["runs"]["300"]["num_steps"] == 100
+  text = (files.as_path(language.report(s, out, ["- made here"]))).read_text()
+  assert "with 300 poisons, not with 30" in text and "- N=300: 100 steps" in text
+  assert (out / "results.csv").exists() and (out / language.FIGURE).exists()
