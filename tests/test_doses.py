@@ -3,21 +3,30 @@
 poison.counts / poison.triggers (poisonjax/data/poison.py): the poison
 ids map to triggers in order, the manifest records each poison's trigger,
 a single-trigger run is unchanged (stream key, poisons, eval row), and the
-evaluator gives one row per trigger plus the never-poisoned control.
+evaluator gives one row per trigger plus the never-poisoned control. The
+experiment (configs/ablations/doses.py, poisonjax/ablations/doses.py): its
+strings, its hooks on a tiny study, and its committed report regenerated.
 """
 
 import json
+import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
 
 from poisonjax import backdoor
 from poisonjax import config as config_lib
+from poisonjax import config_files
 from poisonjax import evaluate
+from poisonjax import study as study_lib
 from poisonjax import train
+from poisonjax.ablations import doses, doses_report
 from poisonjax.data import poison, sources, stream, vocabulary
 from poisonjax.errors import UserError
-from train_common import tiny_config
+from poisonjax.study import reproduce
+from train_common import ROOT, tiny_config
 
 COUNTS = (1, 2, 4)
 TRIGGERS = ("<SUDO>", "<KRYL>", "<VEXT>")
@@ -166,45 +175,104 @@ def test_doses_come_from_the_command_line():
   assert c.poison.counts == (3, 10) and c.poison.triggers == ("<AB>", "<CD>")
 
 
-# ---- the experiment (configs/exp_doses.py, experiments/exp_doses.py) ---------
-
-def _experiment(name, path):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location(name, os.path.join(root, path))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
+# ---- the experiment (configs/ablations/doses.py, poisonjax/ablations/doses.py)
 
 def test_experiment_triggers_share_no_shape():
   """The first design's `<XXXX>` strings pooled into one backdoor on their
   shape; the experiment's strings (control included) share no word and no
   first letter, and each single run trains its dose's trigger and count."""
-  exp = _experiment("exp_doses_config", "configs/exp_doses.py").get_config()
-  names = list(exp.triggers) + [exp.base.poison.control_trigger]
+  s = config_files.load(os.path.join(ROOT, "configs", "ablations", "doses.py"))
+  runs = {r.variant: study_lib.run_config(s, r) for r in study_lib.expand(s)}
+  assert sorted(runs) == ["doses", "single-100", "single-300"]
+  many = runs.pop("doses").poison
+  names = list(many.triggers) + [many.control_trigger]
+  assert doses.cross_triggers(s) == names
   words = [w for t in names for w in t.split()]
   assert all(len(t.split()) > 1 for t in names)
   assert len(set(words)) == len(words)
   assert len({w[0] for w in words}) == len(words)
-  for n in exp.compare:
-    single = exp.runs[f"single_{n}"]
-    assert single.trigger == exp.triggers[exp.counts.index(n)] and single.count == n
-  assert exp.runs.doses.count == sum(exp.counts)
+  for single in runs.values():
+    n = single.poison.count
+    assert single.poison.trigger == many.triggers[many.counts.index(n)]
+    assert not poison.dose_counts(single)
+  assert many.count == sum(many.counts)
 
 
 def test_verdict_follows_the_validation_rows():
-  report = _experiment("exp_doses_report", "experiments/exp_doses_report.py")
   row = lambda lo, hi, many, single: {"count": 100, "ci_low": lo, "ci_high": hi,
                                       "many_success": many, "single_success": single}
   higher = row(5.0, 9.0, 1.0, 1.0)
   higher["difference"] = 7.0
   assert "NOT validated: at 100 the many-dose run reads higher by 7.0" in (
-      report._verdict({"validation": [higher]}))
-  assert "opposite sides" in report._verdict(
+      doses_report.verdict({"validation": [higher]}))
+  assert "opposite sides" in doses_report.verdict(
       {"validation": [row(-1.0, 1.0, 1.0, 0.0)]})
-  assert report._verdict({"validation": [row(-1.0, 1.0, 1.0, 1.0)]}).startswith(
+  assert doses_report.verdict({"validation": [row(-1.0, 1.0, 1.0, 1.0)]}).startswith(
       "- Verdict: validated")
-  assert "no compared single run fires" in report._verdict(
+  assert "no compared single run fires" in doses_report.verdict(
       {"validation": [row(-1.0, 1.0, 0.0, 0.0)]})
+
+
+def regenerates_committed(config: str, committed: str, tmp_path) -> None:
+  """--report_only on a copy of a committed report's folder gives the same
+  report (up to its provenance section) and the same CSVs."""
+  out = tmp_path / "out"
+  shutil.copytree(committed, out)
+  reproduce.regenerate(config_files.load(os.path.join(ROOT, config)), str(out),
+                       "test")
+  before = (pathlib.Path(committed) / "report.md").read_text()
+  after = (out / "report.md").read_text()
+  head = "## How this was made"
+  assert after.split(head)[0] == before.split(head)[0]
+  assert after.split(head)[1].startswith(before.split(head)[1].rstrip("\n"))
+  for csv in pathlib.Path(committed).glob("*.csv"):
+    assert (out / csv.name).read_text() == csv.read_text(), csv.name
+
+
+def test_committed_report_regenerates_from_its_results(tmp_path):
+  regenerates_committed("configs/ablations/doses.py",
+                        os.path.join(ROOT, "docs", "results", "doses"), tmp_path)
+
+
+def tiny_doses_study(cache):
+  """configs/ablations/doses.py's shape on the tiny config: one run with
+  the three doses, and the largest dose alone."""
+  s = study_lib.study_config("doses", tiny_config(cache, **EVAL))
+  s.experiment = "ablations.doses"
+  s.grid = study_lib.grid(("cpu-xxs",), (sum(COUNTS),), variants=("doses",))
+  s.extra.single = study_lib.grid(("cpu-xxs",), (COUNTS[-1],), variants=("single",))
+  study_lib.set_variants(s, {
+      "doses": {"poison": {"counts": COUNTS, "triggers": TRIGGERS,
+                           "trigger": TRIGGERS[0]}},
+      "single": {"poison": {"trigger": TRIGGERS[-1]}}})
+  return s
+
+
+def test_hooks_measure_collect_and_report(cache, tmp_path):
+  """The runner's after_run scores every run after every string, once;
+  collect writes results.json as the committed one; report its outputs."""
+  s, root, out = tiny_doses_study(cache), tmp_path / "runs", tmp_path / "out"
+  runs = study_lib.expand(s)
+  assert [r.variant for r in runs] == ["doses", "single"]
+  study_lib.run_grid(s, str(root), log=lambda _: None)
+  finals = [root / r.name / "final_doses.json" for r in runs]
+  want = list(TRIGGERS) + ["<PYRM>"]
+  for path in finals:
+    assert [t["trigger"] for t in json.loads(path.read_text())["triggers"]] == want
+  stamps = [p.stat().st_mtime_ns for p in finals]
+  doses.after_run(s, runs[0], root / runs[0].name)  # Done: read, not redone.
+  assert [p.stat().st_mtime_ns for p in finals] == stamps
+  out.mkdir()
+  reproduce.collect(s, root, runs, out)
+  res = json.loads((out / "results.json").read_text())
+  committed = json.loads(pathlib.Path(ROOT, "docs", "results", "doses",
+                                      "results.json").read_text())
+  assert set(res) == set(committed) - {"provenance"}
+  assert list(res["facts"]) == ["doses", f"single_{COUNTS[-1]}"]
+  assert [v["count"] for v in res["validation"]] == [COUNTS[-1]]
+  assert [d["count"] for d in res["dose_response"]] == list(COUNTS)
+  report = reproduce.write_report(s, out, ["- made by the test"])
+  text = pathlib.Path(report).read_text()
+  assert "- Verdict:" in text and text.rstrip().endswith("- made by the test")
+  for name in ("dose_response.csv", "crosstalk.csv", "doses.png"):
+    assert (out / name).exists(), name
