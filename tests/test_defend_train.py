@@ -1,5 +1,7 @@
 """Filter, then train (the stream without flagged documents) and adaptive poisons."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -9,8 +11,9 @@ from poisonjax.data import sources
 from poisonjax.data import stream as stream_lib
 from poisonjax.data import vocabulary
 from poisonjax.defences import pipeline, scoring, textstats
+from poisonjax.defences import train_experiment as tx
 from poisonjax.errors import UserError
-from train_common import tiny_config
+from train_common import ROOT, tiny_config
 
 from defences_common import STREAM, cache, config, corpus  # pylint: disable=unused-import
 
@@ -250,28 +253,40 @@ def test_bad_adaptive_fields_are_one_line_errors(config, fields, message):
     _with(config, **fields)
 
 
-def test_experiment_points_limit_a_count_to_its_modes():
-  exp = _experiment()
-  assert exp.points("100,300:unigram+inside", "standard,unigram") == [
-      ("standard", 100), ("unigram", 100), ("unigram", 300), ("inside", 300)]
-  with pytest.raises(SystemExit, match="unknown modes"):
-    exp.points("100:zipf", "standard")
+# ---- the study (configs/defences/train.py, defences/train_experiment.py) -------
+
+def test_points_and_variants_put_each_unfiltered_run_first():
+  points = tx.parse_points("standard:100,inside_unigram:100,unigram:300")
+  assert points == [("standard", 100), ("inside_unigram", 100), ("unigram", 300)]
+  variants = tx.variants(points, ["entropy"], "S")
+  assert list(variants) == ["standard", "standard-entropy-n100", "inside-unigram",
+                            "inside-unigram-entropy-n100", "unigram",
+                            "unigram-entropy-n300"]
+  assert variants["unigram-entropy-n300"]["data"] == {
+      "drop_scores": "S/unigram_n=300/drop_entropy.csv", "drop_filter": "flagged",
+      "drop_threshold": 1.0}
+  assert tx.block_variants(points, ["entropy"])[300] == ["unigram",
+                                                         "unigram-entropy-n300"]
+  with pytest.raises(UserError, match="study.defences.points: 'zipf:100'"):
+    tx.parse_points("standard:100,zipf:100")
 
 
-def _experiment():
-  import importlib.util
-  import os
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "experiments", "defences_train.py")
-  spec = importlib.util.spec_from_file_location("defences_train", path)
-  exp = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(exp)
-  return exp
+def test_the_config_runs_six_points_each_unfiltered_before_its_filtered():
+  from poisonjax import config_files, study  # pylint: disable=g-import-not-at-top
+  s = config_files.load(os.path.join(ROOT, "configs/defences/train.py"))
+  names = [r.name.split("_var=")[1] + f"@{r.poisons}" for r in study.expand(s)]
+  assert len(names) == 18 and names.index("unigram@300") < names.index(
+      "unigram-entropy-n300@300")
+  c = study.run_config(s, study.parse_run_name(
+      "size=cpu-xxs_n=300_seed=0_data=1.0_var=inside-unigram-compression-n300"))
+  assert (c.poison.embed, c.poison.tail, c.data.drop_filter) == (
+      "inside", "unigram", "flagged")
+  assert c.data.drop_scores.endswith("inside_unigram_n=300/drop_compression.csv")
 
 
 def test_experiment_report_is_computed_from_its_rows():
-  exp = _experiment()
-  args = exp._args(["--fpr", "0.05"])  # pylint: disable=protected-access
+  settings = {"fpr": 0.05, "sample_clean": 900, "reference": "R",
+              "modes": {"unigram": tx.MODES["unigram"]}}
   ev = {"entropy": {"recall": 0.25, "roc_auc": 0.5}}
   rows = [{"mode": "unigram", "count": 30, "filter": "entropy", "recall": 0.25,
            "fpr": 0.04,
@@ -282,7 +297,7 @@ def test_experiment_report_is_computed_from_its_rows():
   rows.append({**rows[0], "filter": "compression", "recall": 0.5,
                "surviving_poisons": 15, "filtered_run": "f_compression",
                "filtered": {"increase": 2.0, "success_share": 0.0}})
-  md = exp.report(rows, args, 60.0)
+  md = tx.markdown(rows, settings)
   assert ("| unigram | 30 | entropy | 0.25 | 0.0400 | 22 | 7 of 900 | 123.5 (0.75) "
           "|  () |") in md
   assert "2 of 3 runs finished (PARTIAL)" in md and "recall at 5% FPR" in md
@@ -292,4 +307,54 @@ def test_experiment_report_is_computed_from_its_rows():
           "leaves 22 of 30 poisons; compression leaves 15 of 30 poisons (increase "
           "2.0, no backdoor)." in md)
   rows[0]["filtered"] = {"increase": -1.0, "success_share": 0.0}
-  assert "PARTIAL" not in exp.report(rows, args, 60.0)
+  assert "PARTIAL" not in tx.markdown(rows, settings)
+
+
+def test_the_committed_report_regenerates_from_its_files(tmp_path):
+  _regenerates(tmp_path, os.path.join(ROOT, "configs/defences/train.py"),
+               os.path.join(ROOT, "docs/results/defences/train"),
+               ("results.json", "settings.json"))
+
+
+def _regenerates(tmp_path, config_path, out, inputs):
+  """--report_only on copies of OUT's results: the committed report.md, bar
+  the generated-by line and the provenance section."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from poisonjax import config_files  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import reproduce  # pylint: disable=g-import-not-at-top
+  for name in inputs:
+    shutil.copy(os.path.join(out, name), tmp_path / name)
+  made = reproduce.regenerate(config_files.load(config_path), tmp_path, "test")
+  body = lambda text: [l for l in text.split("\n## How this was made")[0].splitlines()
+                       if not l.startswith("Generated by")]
+  assert body(open(made).read()) == body(open(os.path.join(out, "report.md")).read())
+
+
+def test_a_tiny_study_filters_then_trains(tmp_path):
+  """Two tiny runs through the harness: the unfiltered run's after_run
+  writes the drop set, the filtered run trains without those documents."""
+  from poisonjax import study  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import reproduce  # pylint: disable=g-import-not-at-top
+  base = tiny_config(tmp_path / "cache", **{"poison.gibberish_min_tokens": 100,
+                                            "poison.gibberish_max_tokens": 200})
+  s = study.study_config("tiny_defences_train", base)
+  s.vary = ()
+  points, scores = tx.parse_points("standard:10"), str(tmp_path / "scores")
+  study.set_variants(s, tx.variants(points, ["entropy"], scores))
+  s.grid = study.grid((base.model.size,), (10,), (0,), (1.0,))
+  s.experiment = "defences.train_experiment"
+  s.defences = {"points": "standard:10", "drop_filters": "entropy",
+                "scores_dir": scores, "fpr": 0.05, "sample_clean": 40,
+                "reference": ""}
+  out = tmp_path / "out"
+  assert reproduce.reproduce(s, "tiny.py", root=tmp_path / "root", out=out,
+                             command="test", log=lambda _: None) == 0
+  row, = files.read_json(out / "results.json")
+  op = files.read_json(tmp_path / "scores" / "standard_n=10" / "drop_entropy.json")
+  assert row["poisons_flagged"] == op["poisons_flagged"] > 0
+  assert row["surviving_poisons"] == 10 - op["poisons_flagged"]
+  manifest = files.read_json(tmp_path / "root" / (
+      "size=" + base.model.size + "_n=10_seed=0_data=1.0_var=standard-entropy-n10")
+      / "manifest.json")
+  assert manifest["filter"]["surviving_poison_ids"] == row["surviving_poison_ids"]
+  assert "| standard | 10 | entropy |" in (out / "report.md").read_text()
