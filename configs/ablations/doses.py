@@ -8,13 +8,13 @@ backdoor it gives alone? Report: docs/results/doses/report.md (measured and
 written by poisonjax/ablations/doses.py).
 
 Regime: the CPU Chinchilla study's cpu-xxs run at grid seed 0
-(configs/study_cpu_chinchilla.py's base, presets.cpu_chinchilla(): 20 clean
+(configs/paper/cpu_chinchilla.py's base, presets.cpu_chinchilla(): 20 clean
 tokens per parameter, 4.76M tokens, 1,162 steps of 32 x 128, poisons
 REPLACING clean tokens, the study's vocabulary and held-out prompts, its
 derived seeds), 128 prompts.
 
 Triggers: invented three-word names, built like the language experiment's
-`Servius Astrumando Harmoniastra` (configs/exp_language.py), whose
+`Servius Astrumando Harmoniastra` (configs/ablations/language.py), whose
 never-trained near-trigger did not fire. The first design used
 `<XXXX>`-shaped strings and every one of them, the never-poisoned control
 included, fired alike: the model learnt the shape `< capitals >`, not the
