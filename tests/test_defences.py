@@ -257,3 +257,24 @@ def test_cli_bad_input_is_one_line(tmp_path, cache, capsys, flags, message):
                  f"--config={_config_file(tmp_path, cache)}", *flags])
   err = capsys.readouterr().err.strip()
   assert rc == 2 and err.startswith(f"poisonjax: error: {message}") and "\n" not in err
+
+
+# ---- the studies' reports (configs/defences/) ----------------------------------
+
+@pytest.mark.parametrize("name, inputs", [
+    ("filters", ("scoring.json", "filters.csv")), ("scan", ("scan.json",))])
+def test_the_committed_report_regenerates_from_its_files(tmp_path, name, inputs):
+  from test_defend_train import _regenerates  # pylint: disable=g-import-not-at-top
+  from train_common import ROOT  # pylint: disable=g-import-not-at-top
+  _regenerates(tmp_path, os.path.join(ROOT, f"configs/defences/{name}.py"),
+               os.path.join(ROOT, f"docs/results/defences/{name}"), inputs)
+
+
+def test_scan_models_are_named_by_their_poisons():
+  from poisonjax.defences import scan_experiment  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import grids  # pylint: disable=g-import-not-at-top
+  runs = [grids.Run("cpu-xxs", n, 0, 1.0) for n in (100, 0)]
+  assert list(scan_experiment.model_names(runs).values()) == ["poisoned", "clean"]
+  runs.append(grids.Run("cpu-xxs", 30, 0, 1.0))
+  assert list(scan_experiment.model_names(runs).values()) == [
+      "poisoned_n100", "clean", "poisoned_n30"]

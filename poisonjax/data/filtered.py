@@ -11,7 +11,7 @@ every document of the stream (scored without sampling, --max_clean_docs=0)
 and its (start, end, poison id) rows must equal this stream's document
 split (data/documents.py); anything else is refused in one line.
 The threshold applies to scores.csv's numbers as written (6 significant
-digits): take it from them (experiments/defences_train.py does, with
+digits): take it from them (poisonjax/defences/train_experiment.py does, with
 defences.metrics.threshold_at_fpr), not from filters.csv's rounded
 column, or a poison scored at the threshold may round below it and stay.
 

@@ -325,7 +325,7 @@ def header(rows: list[dict], settings: dict) -> str:
       f"with the best recall among those flagging <= {pct} of clean documents "
       "(chosen with the manifest's labels: the defender's best case); the "
       "filtered run trains on the stream without every flagged document "
-      "(dropped tokens not replaced). Stream: configs/study_cpu_chinchilla.py's "
+      "(dropped tokens not replaced). Stream: configs/paper/cpu_chinchilla.py's "
       "cpu-xxs run, seed 0, 1x data (20 clean tokens per parameter, poisons "
       "replacing clean tokens); modes (config.poison fields over it): "
       + "; ".join(f"{m} {fields or '(none)'}" for m, fields in settings["modes"].items())
