@@ -17,4 +17,9 @@ data/filtered.py, reads the same split).
   report.py      the table (CSV + markdown) and the ROC/PR figure
   pipeline.py    a config's stream scored and written (`defend score`)
   scan.py        scanning a trained model for its trigger (`defend scan`)
+The defences studies' steps (configs/defences/*.py name them in
+study.experiment: after_run/collect/report, poisonjax/study/experiment.py):
+  filters_experiment.py  the filters on one stream vs a reference model
+  train_experiment.py    filter, then train; adaptive poisons
+  scan_experiment.py     the blind scan of a study's trained runs
 """
