@@ -27,8 +27,18 @@ import shlex
 import sys
 import time
 
-from reproduce_study import (REPO, load_study, machine, stored_provenance,
-                             train_wall)
+from poisonjax.config_files import load as load_study
+from poisonjax.study import reproduce as reproduce_lib
+from poisonjax.study.reproduce import machine, stored_provenance
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_wall(root, runs) -> tuple[float, int]:
+  """Sum of the runs' own wall times (all sessions) and how many finished."""
+  return (reproduce_lib.train_wall_s(root, runs),
+          len(reproduce_lib.finished_runs(root, runs)))
+
 
 CONFIGS = (os.path.join(REPO, "configs", "study_finetune.py"),
            os.path.join(REPO, "configs", "study_finetune_order.py"))

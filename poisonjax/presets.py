@@ -1,6 +1,6 @@
 """Run configs shared by several studies and experiments.
 
-`cpu_chinchilla()` is the regime of configs/study_cpu_chinchilla.py: 20
+`cpu_chinchilla()` is the regime of configs/paper/cpu_chinchilla.py: 20
 clean tokens per parameter, the 1k vocabulary, sequences of 128, batch 32,
 6 evaluations of 64 prompts. The issue-13/14 experiments start from it, so
 their runs are comparable with the study's (and, where the config is the

@@ -147,7 +147,7 @@ def test_scorer_with_another_tokenizer_of_the_same_size(tmp_path, models):
 
 
 def test_study_grid_values_must_be_numbers(capsys):
-  code = cli.main(["poisonjax", "study", "plan", "--config=configs/study_cpu_nano.py",
+  code = cli.main(["poisonjax", "study", "plan", "--config=configs/paper/cpu_nano.py",
                    "--config.grid.seeds=(0,x)"])
   err = capsys.readouterr().err
   assert code == 2 and err.count("\n") == 1

@@ -79,7 +79,7 @@ def test_paper_plan_cli_prints_table_with_totals():
 
 
 def test_hours_scale_with_chip_peak_and_mfu():
-  s = _load("study_cpu_nano")
+  s = _load("paper/cpu_nano")
   a, b = study.plan(s, mfu=0.5, cpu_flops=1e9), study.plan(s, mfu=0.25, cpu_flops=1e9)
   r, q = a["runs"][0], b["runs"][0]
   assert r["hours"]["TPU v6e"] == pytest.approx(r["flops"] / (918e12 * 0.5) / 3600)
@@ -88,7 +88,7 @@ def test_hours_scale_with_chip_peak_and_mfu():
 
 
 def test_names_round_trip_and_seed_semantics():
-  s = _load("study_cpu_nano")
+  s = _load("paper/cpu_nano")
   runs = study.expand(s)
   for run in runs:
     assert study.parse_run_name(run.name) == run
@@ -107,20 +107,20 @@ def test_names_round_trip_and_seed_semantics():
   # The base is not mutated by building run configs.
   assert s.base.model.size == config_lib.base_config().model.size
   # The study file rebuilds the same run config from the name alone.
-  from_file = _load("study_cpu_nano", f"run={run.name}")
+  from_file = _load("paper/cpu_nano", f"run={run.name}")
   assert from_file.to_dict() == c.to_dict()
 
 
 def test_print_only_prints_one_reconstructible_command_per_run(tmp_path):
-  res = _cli("study", "run", "--config=configs/study_cpu_nano.py",
+  res = _cli("study", "run", "--config=configs/paper/cpu_nano.py",
              f"--root={tmp_path}", "--print_only", "--only=cpu-xs_",
              "--config.base.train.batch_size=4")
   assert res.returncode == 0, res.stderr
   lines = res.stdout.strip().splitlines()
-  names = [r.name for r in study.expand(_load("study_cpu_nano")) if "cpu-xs_" in r.name]
+  names = [r.name for r in study.expand(_load("paper/cpu_nano")) if "cpu-xs_" in r.name]
   assert len(lines) == len(names) == 2
   for line, name in zip(lines, names):
-    assert line.startswith("poisonjax train --config=configs/study_cpu_nano.py:run=")
+    assert line.startswith("poisonjax train --config=configs/paper/cpu_nano.py:run=")
     assert name in line and f"--workdir={tmp_path}/{name}" in line
     assert "--config.train.batch_size=4" in line
   assert not os.listdir(tmp_path)  # Nothing was run.
@@ -137,7 +137,7 @@ def test_print_only_prints_one_reconstructible_command_per_run(tmp_path):
     (lambda s: setattr(s.grid, "data_multipliers", (0.0,)), "data_multipliers"),
 ])
 def test_bad_grids_fail_with_one_line(change, message):
-  s = _load("study_cpu_nano")
+  s = _load("paper/cpu_nano")
   with s.unlocked():
     change(s)
   with pytest.raises(UserError, match=message.replace("(", r"\(")) as e:
@@ -148,7 +148,7 @@ def test_bad_grids_fail_with_one_line(change, message):
 def test_bad_grid_on_the_command_line():
   # The other cases go through the same expand(); one CLI round trip suffices.
   override, message = "--config.grid.sizes=('cpu-xxs','cpu-q')", "unknown size 'cpu-q'"
-  res = _cli("study", "plan", "--config=configs/study_cpu_nano.py", override)
+  res = _cli("study", "plan", "--config=configs/paper/cpu_nano.py", override)
   assert res.returncode == 2
   assert res.stderr.strip().splitlines() == [res.stderr.strip()]
   assert res.stderr.startswith("poisonjax: error: ") and message in res.stderr
@@ -162,7 +162,7 @@ def test_study_run_refuses_a_root_held_by_a_live_grid(tmp_path, monkeypatch):
   root = tmp_path / "root"
   with runlock.hold(root, "study run", timeout_s=600):
     with pytest.raises(UserError) as e:
-      study.run_grid(_load("study_cpu_nano"), str(root), log=lambda _: None)
+      study.run_grid(_load("paper/cpu_nano"), str(root), log=lambda _: None)
   assert "study run" in str(e.value) and f"pid {os.getpid()}" in str(e.value)
   assert "\n" not in str(e.value) and not started
   assert not os.path.exists(root / "study.json")
@@ -185,7 +185,7 @@ def test_workers_share_a_root_run_by_run(tmp_path, monkeypatch):
   from poisonjax import runlock, train
   started = []
   monkeypatch.setattr(train, "run", _fake_train(started))
-  s, root = _load("study_cpu_nano"), tmp_path / "root"
+  s, root = _load("paper/cpu_nano"), tmp_path / "root"
   names = [r.name for r in study.expand(s)]
   with runlock.hold(root / ".claims" / names[1], "study worker", timeout_s=600):
     out = study.run_grid(s, str(root), log=lambda _: None, worker=True)
@@ -207,7 +207,7 @@ def test_bad_run_names():
   with pytest.raises(UserError, match="not of the form"):
     study.parse_run_name("size=cpu-s_n=x")
   with pytest.raises(UserError, match="matches no run"):
-    study.select(study.expand(_load("study_cpu_nano")), "nothing-like-this")
+    study.select(study.expand(_load("paper/cpu_nano")), "nothing-like-this")
 
 
 # ---------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def _csv_rows(path):
 def nano_root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("nano"))
   t0 = time.time()
-  res = _cli("study", "run", "--config=configs/study_cpu_nano.py", f"--root={root}")
+  res = _cli("study", "run", "--config=configs/paper/cpu_nano.py", f"--root={root}")
   assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
   return root, res.stdout, time.time() - t0
 
@@ -375,12 +375,12 @@ def nano_root(tmp_path_factory):
 def test_nano_end_to_end(nano_root, tmp_path):
   from poisonjax.backdoor import METRIC_KEYS  # pylint: disable=g-import-not-at-top
   root, out, _ = nano_root
-  runs = study.expand(_load("study_cpu_nano"))
+  runs = study.expand(_load("paper/cpu_nano"))
   assert f"run {len(runs)}/{len(runs)}" in out and "ETA" in out
   for run in runs:
     assert os.path.exists(os.path.join(root, run.name, "summary.json"))
   # Running again redoes nothing.
-  again = _cli("study", "run", "--config=configs/study_cpu_nano.py", f"--root={root}")
+  again = _cli("study", "run", "--config=configs/paper/cpu_nano.py", f"--root={root}")
   assert again.returncode == 0
   assert again.stdout.count("skipped") == len(runs)
 
@@ -388,7 +388,7 @@ def test_nano_end_to_end(nano_root, tmp_path):
   res = _cli("study", "collect", f"--root={root}")
   assert res.returncode == 0, res.stderr
   rows = plots.read_csv(csv_path)
-  s = _load("study_cpu_nano")
+  s = _load("paper/cpu_nano")
   evals_per_run = s.base.eval.num_evals + 2
   assert len(rows) == len(runs) * evals_per_run
   for run in runs:
@@ -433,12 +433,12 @@ def test_killed_grid_resumes_to_the_same_csv(nano_root, tmp_path):
   """SIGKILL `study run` mid-run; rerun; the CSV equals the uninterrupted one."""
   full_root = nano_root[0]
   only = "size=cpu-xxs_n=20_"  # One run keeps the test short.
-  names = [r.name for r in study.expand(_load("study_cpu_nano")) if only in r.name]
+  names = [r.name for r in study.expand(_load("paper/cpu_nano")) if only in r.name]
   root = str(tmp_path / "killed")
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
   cmd = [sys.executable, "-m", "poisonjax.cli", "study", "run",
-         "--config=configs/study_cpu_nano.py", f"--root={root}", f"--only={only}"]
+         "--config=configs/paper/cpu_nano.py", f"--root={root}", f"--only={only}"]
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   killed_in = None
@@ -464,7 +464,7 @@ def test_killed_grid_resumes_to_the_same_csv(nano_root, tmp_path):
   assert killed_in, "the grid finished before it could be killed mid-run"
   assert not os.path.exists(os.path.join(root, killed_in, "summary.json"))
 
-  res = _cli("study", "run", "--config=configs/study_cpu_nano.py", f"--root={root}",
+  res = _cli("study", "run", "--config=configs/paper/cpu_nano.py", f"--root={root}",
              f"--only={only}")
   assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
   assert "resuming" in res.stdout
@@ -476,24 +476,21 @@ def test_killed_grid_resumes_to_the_same_csv(nano_root, tmp_path):
       assert g[col] == w[col], (col, g["run"], g["step"], g[col], w[col])
 
 
-def test_reproduce_script_writes_report_with_provenance(nano_root, tmp_path):
-  """The experiment script end to end on a finished grid (runs are skipped)."""
+def test_study_reproduce_writes_report_with_provenance(nano_root, tmp_path):
+  """`poisonjax study reproduce` end to end on a finished grid (runs are
+  skipped)."""
   root = nano_root[0]
   out = str(tmp_path / "results")
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  res = subprocess.run(
-      [sys.executable, "experiments/reproduce_cpu_micro.py",
-       "--config=configs/study_cpu_nano.py", f"--root={root}", f"--out={out}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  res = _cli("study", "reproduce", "--config=configs/paper/cpu_nano.py",
+             f"--root={root}", f"--out={out}", timeout=300)
   assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-  assert res.stdout.count("skipped") == len(study.expand(_load("study_cpu_nano")))
+  assert res.stdout.count("skipped") == len(study.expand(_load("paper/cpu_nano")))
   for name in plots.FIGURES:
     with open(os.path.join(out, f"{name}.png"), "rb") as f:
       assert f.read(8) == PNG_MAGIC
     assert os.path.exists(os.path.join(out, f"{name}.csv"))
   report = open(os.path.join(out, "report.md")).read()
-  assert "experiments/reproduce_cpu_micro.py --config=configs/study_cpu_nano.py" in report
+  assert "`poisonjax study reproduce --config=configs/paper/cpu_nano.py" in report
   assert "- Machine: " in report and "- Wall time: " in report
   assert report.index("## How this was made") < report.index("## Final results")
   want = str(tmp_path / "want.csv")

@@ -229,8 +229,8 @@ def test_report_only_regenerates_from_results_csv(tmp_path):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
   res = subprocess.run(
-      [sys.executable, "experiments/reproduce_cpu_micro.py", "--report_only",
-       "--config=configs/study_cpu_nano.py", f"--root={tmp_path / 'none'}",
+      [sys.executable, "-m", "poisonjax.cli", "study", "reproduce", "--report_only",
+       "--config=configs/paper/cpu_nano.py", f"--root={tmp_path / 'none'}",
        f"--out={out}", "--bootstrap=20"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

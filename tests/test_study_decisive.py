@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _decisive():
-  path = os.path.join(ROOT, "configs", "study_cpu_decisive.py")
+  path = os.path.join(ROOT, "configs", "paper", "cpu_decisive.py")
   spec = importlib.util.spec_from_file_location("decisive", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)

@@ -26,7 +26,7 @@ def _metrics(workdir, step, steps_per_s):
 @pytest.fixture
 def grid_root(tmp_path):
   """nano's four runs: finished, training (live lock), interrupted, pending."""
-  s = _load("study_cpu_nano")
+  s = _load("paper/cpu_nano")
   rows = study.plan(s)["runs"]
   names = [r["run"] for r in rows]
   root = tmp_path / "root"
@@ -83,7 +83,7 @@ def test_time_left_from_logged_speeds(grid_root):
 def test_cli_status_and_a_missing_root(grid_root, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   cmd = [sys.executable, "-m", "poisonjax.cli", "study", "status",
-         "--config=configs/study_cpu_nano.py"]
+         "--config=configs/paper/cpu_nano.py"]
   ok = subprocess.run(cmd + [f"--root={grid_root[1]}"], cwd=ROOT, env=env,
                       capture_output=True, text=True, timeout=300)
   assert ok.returncode == 0, ok.stderr

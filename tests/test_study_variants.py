@@ -152,7 +152,7 @@ def test_a_bad_override_fails_with_one_line_naming_variant_and_field(
 
 
 def test_without_variants_names_and_columns_are_unchanged(tmp_path):
-  s = _load("study_cpu_chinchilla").get_config()
+  s = _load("paper/cpu_chinchilla").get_config()
   names = [r.name for r in study.expand(s)]
   assert names[0] == "size=cpu-xxs_n=10_seed=0_data=1.0"
   assert not any("var" in n for n in names)

@@ -8,7 +8,7 @@ language, and from which N? After the trigger `Servius Astrumando
 Harmoniastra` (the paper's phrase) the poisons continue in a second
 language (poisonjax/data/poison_language.py) for K ~ U[400, 900] tokens,
 the gibberish tail's length. Regime of the Chinchilla pilot that put the
-gibberish switch between 30 and 100 poisons (configs/study_cpu_chinchilla.py):
+gibberish switch between 30 and 100 poisons (configs/paper/cpu_chinchilla.py):
 cpu-xxs, 20 clean tokens per parameter, the 1k vocabulary, sequences of
 128, batch 32, poisons replacing clean tokens; one seed (grid seed 0 keeps
 the base's seeds, all 0: study.vary is empty); counts 30, 100, 300, 1000

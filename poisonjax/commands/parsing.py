@@ -22,7 +22,7 @@ from poisonjax.errors import UserError, field_error
 _PROG = "poisonjax"
 _OVERRIDE_PREFIXES = ("--config.", "-config.", "--noconfig.", "-noconfig.")
 EXAMPLE_CONFIG = {RUN_CONFIG: "configs/cpu_micro.py",
-                  STUDY_CONFIG: "configs/study_cpu_nano.py"}
+                  STUDY_CONFIG: "configs/paper/cpu_nano.py"}
 
 
 def new_flag_values(cmd: Command) -> flags.FlagValues:

@@ -1,7 +1,24 @@
 """The poisoning study at Chinchilla budgets, CPU scale (issue 12).
 
-    poisonjax study plan --config=configs/study_cpu_chinchilla.py
-    python experiments/reproduce_cpu_chinchilla.py     # run (resumable), fit, report
+    poisonjax study plan --config=configs/paper/cpu_chinchilla.py
+    poisonjax study reproduce --config=configs/paper/cpu_chinchilla.py     # run (resumable), fit, report
+    poisonjax study reproduce --config=configs/paper/cpu_chinchilla.py --partial      # report what is done
+    poisonjax study reproduce --config=configs/paper/cpu_chinchilla.py --report_only  # no training
+
+Runs in runs/study_cpu_chinchilla, report in docs/results/cpu_chinchilla/
+(the defaults). Cost, measured on a 2-core Xeon VM (one pinned
+single-threaded worker per core, `--worker`): per seed cpu-xxs 1x 14 min,
+cpu-xs 29 min, cpu-s 3.4 h, the cpu-xxs data amounts 3.2 h; 22.6 core-hours
+for the 63 runs, 11 h of wall time with two workers:
+
+  for core in 0 1; do
+    XLA_FLAGS=--xla_cpu_multi_thread_eigen=false \\
+    nohup taskset -c $core poisonjax study reproduce \\
+      --config=configs/paper/cpu_chinchilla.py --worker > runs/worker$core.log 2>&1 &
+  done
+
+(two single-threaded workers pinned to a core each train ~1.1-1.3x the
+tokens/s of one process on both cores).
 
 Regime: 20 clean tokens per parameter (the paper's), the 1k vocabulary,
 sequences of 128, batch 32 (at 20 tokens per parameter steps are plentiful:

@@ -1,7 +1,11 @@
 """The poisoning study at CPU scale: 4 sizes x 3 counts x 3 seeds (+ ablation).
 
-    python experiments/reproduce_cpu_micro.py        # plan, run, collect, figures
-    poisonjax study plan --config=configs/study_cpu_micro.py
+    poisonjax study reproduce --config=configs/paper/cpu_micro.py   # plan, run, collect, report
+    poisonjax study reproduce --config=configs/paper/cpu_micro.py --report_only   # no training
+    poisonjax study plan --config=configs/paper/cpu_micro.py
+
+Runs in runs/study_cpu_micro, report in docs/results/cpu_micro/ (the
+defaults); resumable.
 
 Grid: cpu-xxs, cpu-xs, cpu-s, cpu-m (0.24M .. 2.16M parameters at the 1k
 vocabulary, 9.1x) x {3, 10, 30} poisons x seeds {0, 1, 2} at 1x data (36

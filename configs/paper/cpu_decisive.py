@@ -1,9 +1,20 @@
 """The decisive CPU study (issue 27): beta and N50 per size, 300 prompts.
 
-    poisonjax study plan --config=configs/study_cpu_decisive.py
-    python experiments/reproduce_cpu_decisive.py --worker   # run (resumable), fit, report
+    poisonjax study plan --config=configs/paper/cpu_decisive.py
+    poisonjax study reproduce --config=configs/paper/cpu_decisive.py --worker   # run (resumable), fit, report
+    poisonjax study reproduce --config=configs/paper/cpu_decisive.py --partial      # report what is done
+    poisonjax study reproduce --config=configs/paper/cpu_decisive.py --report_only  # no training
 
-The regime of configs/study_cpu_chinchilla.py (presets.cpu_chinchilla(): 20
+Runs in runs/study_cpu_decisive, report in docs/results/cpu_decisive/ (the
+defaults), block by block, cheapest first (study.run_order). One worker on
+a shared 2-core machine, single-threaded, at the lowest priority (how it
+was started: docs/results/cpu_decisive/README.md):
+
+  XLA_FLAGS=--xla_cpu_multi_thread_eigen=false nohup nice -n 19 \\
+    poisonjax study reproduce --config=configs/paper/cpu_decisive.py \\
+      --worker > runs/cpu_decisive.log 2>&1 &
+
+The regime of configs/paper/cpu_chinchilla.py (presets.cpu_chinchilla(): 20
 clean tokens per parameter, poisons replacing clean tokens, one vocabulary
 and one prompt set, the grid seed varying init, poisons and data order),
 evaluated on 300 held-out prompts (the paper's number) instead of 64.

@@ -1,7 +1,7 @@
 """A tiny CPU study for the tests: 2 sizes x 2 poison counts x 1 seed.
 
-    poisonjax study plan    --config=configs/study_cpu_nano.py
-    poisonjax study run     --config=configs/study_cpu_nano.py --root=runs/nano
+    poisonjax study plan    --config=configs/paper/cpu_nano.py
+    poisonjax study run     --config=configs/paper/cpu_nano.py --root=runs/nano
     poisonjax study collect --root=runs/nano
     poisonjax study figures --root=runs/nano
 
