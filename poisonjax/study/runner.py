@@ -9,7 +9,7 @@ Workers (worker=True): several processes share one root, each taking the
 next run nobody has claimed (ROOT/.claims/<run name>/lock.json, held while
 it trains). On a small CPU machine two single-threaded workers pinned to a
 core each outrun one two-threaded process (measured: 1.13x at cpu-xxs,
-1.31x at cpu-s); see experiments/reproduce_study.py --worker. A worker
+1.31x at cpu-s); see `poisonjax study reproduce --worker`. A worker
 refuses a root held by a plain `study run`, and a plain run skips runs a
 worker holds.
 """
