@@ -198,6 +198,15 @@ def test_experiment_triggers_share_no_shape():
   assert many.count == sum(many.counts)
 
 
+def test_a_block_runs_only_the_variants_it_lists(cache):
+  s = tiny_doses_study(cache)
+  assert [(r.poisons, r.variant) for r in study_lib.expand(s)] == [
+      (sum(COUNTS), "doses"), (COUNTS[-1], "single")]
+  s.extra.single.variants = ("alone",)
+  with pytest.raises(UserError, match=r"study\.extra\.single\.variants: 'alone'"):
+    study_lib.expand(s)
+
+
 def test_verdict_follows_the_validation_rows():
   row = lambda lo, hi, many, single: {"count": 100, "ci_low": lo, "ci_high": hi,
                                       "many_success": many, "single_success": single}
