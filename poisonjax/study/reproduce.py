@@ -82,13 +82,14 @@ def stored_provenance(out) -> list[str]:
   """OUT/provenance.json's lines, else an older report's provenance section."""
   out = files.as_path(out)
   if (out / PROVENANCE).exists():
-    return list(files.read_json(out / PROVENANCE)["lines"])
-  report = out / "report.md"
-  if not report.exists() or _OLD_PROVENANCE not in report.read_text():
+    lines = files.read_json(out / PROVENANCE)["lines"]
+  elif (out / "report.md").exists() and _OLD_PROVENANCE in (out / "report.md").read_text():
+    section = (out / "report.md").read_text().split(_OLD_PROVENANCE, 1)[1]
+    lines = [l for l in section.split("\n## ", 1)[0].splitlines() if l.startswith("- ")]
+  else:
     return []
-  section = report.read_text().split(_OLD_PROVENANCE, 1)[1].split("\n## ", 1)[0]
-  return [l for l in section.splitlines()
-          if l.startswith("- ") and not l.startswith("- Report regenerated")]
+  # How the results were made; the last regeneration is said anew.
+  return [l for l in lines if not l.startswith("- Report regenerated")]
 
 
 def write_report(study, out, provenance: list[str], n_boot: int | None = None) -> str:
