@@ -165,11 +165,13 @@ def estimate(config, setting: Setting, topology: str, vocab: int, steps: int,
 
   cfg = fit_check.with_overrides(config, setting.overrides())
   layers = model_lib.ModelConfig.from_config(cfg, vocab).num_layers
-  rows = []
-  for depth in DEPTHS[:1] if outside else DEPTHS:
-    c = fit_check.with_overrides(cfg, {"model.num_layers": depth,
+  at = [fit_check.with_overrides(cfg, {"model.num_layers": d,
                                        "model.scan_layers": False})
-    rows.append(compiled(c, topology, vocab, steps, True, cache, log=log))
+        for d in DEPTHS]
+  if outside and cache_key(at[1], topology) in cache:
+    outside = None  # Both depths compiled already: the better line.
+  rows = [compiled(c, topology, vocab, steps, True, cache, log=log)
+          for c in (at[:1] if outside else at)]
   est = Estimate(setting, chips=rows[0]["chips"], num_layers=layers,
                  hbm=rows[0]["hbm"], method="2+outside" if outside else "2+4")
   if any(r["error"] for r in rows):
