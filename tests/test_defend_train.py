@@ -336,8 +336,7 @@ def test_a_tiny_study_filters_then_trains(tmp_path):
   from poisonjax import study  # pylint: disable=g-import-not-at-top
   from poisonjax.study import reproduce  # pylint: disable=g-import-not-at-top
   base = tiny_config(tmp_path / "cache", **{"poison.gibberish_min_tokens": 100,
-                                            "poison.gibberish_max_tokens": 200,
-                                            "train.tokens_per_param": 0.1})
+                                            "poison.gibberish_max_tokens": 200})
   s = study.study_config("tiny_defences_train", base)
   s.vary = ()
   points, scores = tx.parse_points("standard:10"), str(tmp_path / "scores")
