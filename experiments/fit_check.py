@@ -7,7 +7,7 @@
     python experiments/fit_check.py --estimate [--sizes=...]  # cost model
     python experiments/fit_check.py --search [--datas=1,4]    # presets
 
-For each size, the run config of configs/study_paper.py is built, and its
+For each size, the run config of configs/paper/paper.py is built, and its
 train step (poisonjax.train_step: the model, optimizer, shardings and remat
 exactly as training builds them) is AOT-compiled for a TPU topology that
 libtpu describes (`jax.experimental.topologies`: abstract devices, no chip).
@@ -21,7 +21,7 @@ MFU below by XLA's TPU cost model: `optimal_seconds` of the step compiled
 with 2 and 4 unrolled layers, extrapolated per layer (an estimate by the
 compiler, not a measured run); --search picks, per size, the remat policy,
 microbatches and mesh split with the smallest estimate that leaves 10% of
-HBM free (configs/study_paper.py's SIZE_PRESETS).
+HBM free (configs/paper/paper.py's SIZE_PRESETS).
 
 Projections: step time = the compiled FLOPs per chip / (MFU x the chip's
 bf16 peak), where --mfu is an ASSUMED fraction of peak the compiled program
@@ -56,7 +56,7 @@ TPU_CHIPS = {
 DEFAULT_TOPOLOGIES = {"600m": "v5p:2x2x1", "2b": "v5p:4x4x4",
                       "7b": "v5p:4x4x4", "13b": "v5p:4x4x4"}
 PAPER_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           "..", "configs", "study_paper.py")
+                           "..", "configs", "paper", "paper.py")
 
 
 def libtpu_missing() -> str:

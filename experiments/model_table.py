@@ -18,7 +18,7 @@ from poisonjax import model as model_lib
 from poisonjax import sizes
 from poisonjax import units
 
-# Paper sizes at the paper's 32k vocabulary and the configs/study_paper.py
+# Paper sizes at the paper's 32k vocabulary and the configs/paper/paper.py
 # batch (256 x 2048); the CPU ladder at the 1k CPU vocabulary and the
 # configs/cpu_micro.py batch (32 x 128).
 ROWS = [(n, 1024, 32, 128) for n in sizes.CPU_SIZES] + [

@@ -4,7 +4,7 @@
 
 Prints the plan (parameters, tokens, poison share, steps, FLOPs and
 chip-hours per run and in total) and then one `poisonjax train` command per
-run. `poisonjax launch tpu --config=configs/study_paper.py --root=ROOT ...`
+run. `poisonjax launch tpu --config=configs/paper/paper.py --root=ROOT ...`
 runs them on Cloud TPU slices (creating, installing, babysitting; see
 docs/tpu.md); `poisonjax launch gpu` on GPU hosts (docs/gpu.md). When the
 runs are done, on any machine that can read the root:
@@ -21,7 +21,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIG = os.path.join(os.path.dirname(HERE), "configs", "study_paper.py")
+CONFIG = os.path.join(os.path.dirname(HERE), "configs", "paper", "paper.py")
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,7 @@ def _dry(capsys, *args) -> list[str]:
 def test_dry_run_single_slice(capsys):
   out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-a",
              "--accelerator=v5p-64", f"--git={GIT}",
-             f"--config=configs/study_paper.py:run={RUN}",
+             f"--config=configs/paper/paper.py:run={RUN}",
              f"--workdir=gs://bkt/study/{RUN}")
   where = "--zone=us-east5-a"
   logs = f"gs://bkt/study/{RUN}/logs"
@@ -38,8 +38,8 @@ def test_dry_run_single_slice(capsys):
       "# create it (skipped when describe finds it READY: it is reused)",
       f"gcloud compute tpus tpu-vm create pj {where} "
       "--accelerator-type=v5p-64 --version=v2-alpha-tpuv5 --async",
-      "# copy study_paper.py, poisonjax_bootstrap.sh to every worker",
-      f"gcloud compute tpus tpu-vm scp configs/study_paper.py {BOOT} 'pj:~/' "
+      "# copy paper.py, poisonjax_bootstrap.sh to every worker",
+      f"gcloud compute tpus tpu-vm scp configs/paper/paper.py {BOOT} 'pj:~/' "
       f"{where} --worker=all",
       "# bootstrap every worker: ~/.poisonjax/venv with Python 3.11 (uv), "
       "jax[tpu] and poisonjax; seconds when already there",
@@ -50,7 +50,7 @@ def test_dry_run_single_slice(capsys):
       "resumes from the newest checkpoint; nothing if running)",
       f"gcloud compute tpus tpu-vm ssh pj {where} --worker=all "
       f"'--command={DETACHED} --log_dir={logs} --heartbeat_s=60 -- -m "
-      f"poisonjax.cli train --config=study_paper.py:run={RUN} "
+      f"poisonjax.cli train --config=paper.py:run={RUN} "
       f"--workdir=gs://bkt/study/{RUN}'",
       f"# watch: every 60 s, until gs://bkt/study/{RUN}/summary.json exists; "
       "the run's heartbeat is read from its log folder and lock.json",
@@ -62,7 +62,7 @@ def test_dry_run_queued_spot_slice_with_a_queued_grid(capsys):
              "--accelerator=v5litepod-16", "--spot", "--project=my-proj",
              "--wheel=gs://bkt/poisonjax-0.1-py3-none-any.whl", "--one_slice",
              "--python=3.12", "--jax=jax[tpu]==0.10.2",
-             "--config=configs/study_paper.py", "--root=gs://bkt/study",
+             "--config=configs/paper/paper.py", "--root=gs://bkt/study",
              "--only=size=600m_n=250_seed=0")
   where = "--zone=us-central1-a --project=my-proj"
   whl = "poisonjax-0.1-py3-none-any.whl"
@@ -73,8 +73,8 @@ def test_dry_run_queued_spot_slice_with_a_queued_grid(capsys):
       f"gcloud compute tpus queued-resources create pj --node-id=pj {where} "
       "--accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite "
       "--spot --async",
-      "# copy study_paper.py, poisonjax_bootstrap.sh to every worker",
-      f"gcloud compute tpus tpu-vm scp configs/study_paper.py {BOOT} 'pj:~/' "
+      "# copy paper.py, poisonjax_bootstrap.sh to every worker",
+      f"gcloud compute tpus tpu-vm scp configs/paper/paper.py {BOOT} 'pj:~/' "
       f"{where} --worker=all",
       "# bootstrap every worker: ~/.poisonjax/venv with Python 3.12 (uv), "
       "jax[tpu] and poisonjax; seconds when already there",
@@ -87,7 +87,7 @@ def test_dry_run_queued_spot_slice_with_a_queued_grid(capsys):
   assert out[8] == (
       f"gcloud compute tpus tpu-vm ssh pj {where} --worker=all '--command="
       f"{DETACHED} --log_dir=gs://bkt/study/logs --heartbeat_s=60 -- -m "
-      "poisonjax.cli study run --config=study_paper.py --root=gs://bkt/study "
+      "poisonjax.cli study run --config=paper.py --root=gs://bkt/study "
       "--only=size=600m_n=250_seed=0'")
   assert out[-1] == (f"gcloud compute tpus queued-resources describe pj {where} "
                      "'--format=value(state.state)'")
@@ -96,7 +96,7 @@ def test_dry_run_queued_spot_slice_with_a_queued_grid(capsys):
 def test_dry_run_babysat_run(capsys):
   out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-b",
              "--accelerator=v6e-8", f"--git={GIT}", "--babysit", "--poll_s=30",
-             f"--config=configs/study_paper.py:run={RUN}",
+             f"--config=configs/paper/paper.py:run={RUN}",
              f"--workdir=gs://bkt/study/{RUN}")
   assert out[0] == ("# slice pj: TPU VM v6e-8 (1 host), runtime v2-alpha-tpuv6e "
                     "(Ubuntu 22.04, Python 3.10)")
@@ -116,12 +116,12 @@ def test_dry_run_babysat_run(capsys):
 
 def test_dry_run_grid_one_slice_per_run(capsys):
   out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-a",
-             f"--git={GIT}", "--config=configs/study_paper.py",
+             f"--git={GIT}", "--config=configs/paper/paper.py",
              "--root=gs://bkt/study", "--only=size=600m_n=250_seed=0")
   creates = [l for l in out if l.startswith("gcloud") and " create " in l]
   assert [shlex.split(l)[5] for l in creates] == [
       "pj-600m-n250-s0-d1p0", "pj-600m-n250-s0-d0p5", "pj-600m-n250-s0-d2p0"]
-  assert any(f"--config=study_paper.py:run={RUN} --workdir=gs://bkt/study/{RUN}"
+  assert any(f"--config=paper.py:run={RUN} --workdir=gs://bkt/study/{RUN}"
              in l for l in out)
 
 
@@ -156,7 +156,7 @@ def _remote_of(line: str) -> str:
 def test_injection_is_quoted(workdir, capsys, tmp_path):
   """The remote strings, run by a real shell, pass each value as one word."""
   tpu_lines = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-a",
-                   f"--git={GIT}", f"--config=configs/study_paper.py:run={RUN}",
+                   f"--git={GIT}", f"--config=configs/paper/paper.py:run={RUN}",
                    f"--workdir={workdir}", f"--set=data.tfds.data_dir={workdir}")
   gpu_lines = _dry(capsys, "launch", "gpu", "--hosts=a,b",
                    f"--remote_dir={tmp_path}", "--config=configs/cpu_micro.py",
@@ -256,6 +256,6 @@ def test_tpu_help_lists_the_bootstrap_and_babysitter_flags(capsys):
 def test_any_zone_skips_the_zone_table(capsys):
   out = _dry(capsys, "launch", "tpu", "--name=pj", "--zone=us-east5-a",
              "--accelerator=v5litepod-8", "--any_zone", f"--git={GIT}",
-             f"--config=configs/study_paper.py:run={RUN}",
+             f"--config=configs/paper/paper.py:run={RUN}",
              f"--workdir=gs://bkt/study/{RUN}")
   assert "--accelerator-type=v5litepod-8" in out[2]

@@ -26,20 +26,20 @@ RUN = "size=600m_n=250_seed=0_data=1.0"
 COMMON = ["--project=poisonjax-parse-check", f"--git={GIT}"]
 DRY_RUNS = {
     "single-host slice": ["--name=pj", "--zone=us-east5-a", "--accelerator=v5p-8",
-                          f"--config=configs/study_paper.py:run={RUN}",
+                          f"--config=configs/paper/paper.py:run={RUN}",
                           f"--workdir=gs://bkt/study/{RUN}"],
     "multi-host slice": ["--name=pj", "--zone=us-east5-a", "--accelerator=v5p-64",
-                         f"--config=configs/study_paper.py:run={RUN}",
+                         f"--config=configs/paper/paper.py:run={RUN}",
                          f"--workdir=gs://bkt/study/{RUN}"],
     "queued spot slice": ["--name=pj", "--zone=us-central1-a", "--spot",
                           "--accelerator=v5litepod-16", "--one_slice",
-                          "--config=configs/study_paper.py",
+                          "--config=configs/paper/paper.py",
                           "--root=gs://bkt/study", "--only=size=600m_n=250"],
     "babysat run": ["--name=pj", "--zone=us-east5-b", "--accelerator=v6e-8",
-                    "--babysit", f"--config=configs/study_paper.py:run={RUN}",
+                    "--babysit", f"--config=configs/paper/paper.py:run={RUN}",
                     f"--workdir=gs://bkt/study/{RUN}"],
     "grid": ["--name=pj", "--zone=us-east5-a", "--accelerator=v5p-16", "--babysit",
-             "--spot", "--config=configs/study_paper.py", "--root=gs://bkt/study",
+             "--spot", "--config=configs/paper/paper.py", "--root=gs://bkt/study",
              "--only=size=600m_n=250_seed=0", "--max_parallel=2"],
 }
 NO_ACCOUNT = "You do not currently have an active account selected"

@@ -44,7 +44,7 @@ def _cli(*args, timeout=600, **kw):
 
 
 def test_paper_plan_has_72_runs_at_chinchilla_tokens():
-  s = _load("study_paper")
+  s = _load("paper/paper")
   p = study.plan(s)
   runs = p["runs"]
   assert len(runs) == 72
@@ -69,7 +69,7 @@ def test_paper_plan_has_72_runs_at_chinchilla_tokens():
 
 
 def test_paper_plan_cli_prints_table_with_totals():
-  res = _cli("study", "plan", "--config=configs/study_paper.py", "--mfu=0.5")
+  res = _cli("study", "plan", "--config=configs/paper/paper.py", "--mfu=0.5")
   assert res.returncode == 0, res.stderr
   lines = res.stdout.splitlines()
   assert sum(1 for l in lines if l.startswith("size=")) == 72

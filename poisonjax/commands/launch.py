@@ -15,7 +15,7 @@ from poisonjax.errors import UserError
 def _workload_flags(fv) -> None:
   flags.DEFINE_string("config", None, "Run config FILE[:ARG] (with --workdir), "
                       "or a study config (with --root; e.g. "
-                      "configs/study_paper.py). Copied to each worker as is: put "
+                      "configs/paper/paper.py). Copied to each worker as is: put "
                       "overrides in the file.", flag_values=fv)
   flags.DEFINE_string("workdir", None, "One run's workdir (gs://... on a "
                       "multi-host slice).", flag_values=fv)
@@ -39,7 +39,7 @@ def _workloads(fv, remote_config, one_slice: bool):
   from poisonjax.launch import workload  # pylint: disable=g-import-not-at-top
 
   if not fv.config:
-    raise UserError("--config: required; e.g. --config=configs/study_paper.py "
+    raise UserError("--config: required; e.g. --config=configs/paper/paper.py "
                     "--root=gs://BUCKET/study")
   if bool(fv.workdir) == bool(fv.root):
     raise UserError("--workdir/--root: give exactly one (--workdir for one "

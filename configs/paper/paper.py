@@ -3,9 +3,9 @@
 600m, 2b, 7b, 13b x {100, 250, 500} poisons x 3 seeds at 20 tokens/param
 (36 runs), plus 600m and 2b at 0.5x and 2x Chinchilla data (36 runs).
 
-    poisonjax study plan --config=configs/study_paper.py [--mfu=0.4]
-    poisonjax study run  --config=configs/study_paper.py --root=gs://B/study --print_only
-    poisonjax train --config=configs/study_paper.py:run=size=600m_n=250_seed=0_data=1.0 \
+    poisonjax study plan --config=configs/paper/paper.py [--mfu=0.4]
+    poisonjax study run  --config=configs/paper/paper.py --root=gs://B/study --print_only
+    poisonjax train --config=configs/paper/paper.py:run=size=600m_n=250_seed=0_data=1.0 \
         --workdir=gs://B/study/size=600m_n=250_seed=0_data=1.0
 
 Run-level settings the paper's public summaries do not give (sequence
