@@ -284,7 +284,7 @@ def _apply_size_overrides(study, run: Run, c) -> None:
   """study.size_overrides[SIZE]: that size's run-config settings (optional).
 
   For what only the hardware decides and differs by size (remat policy,
-  microbatches, mesh split: configs/study_paper.py's per-size presets);
+  microbatches, mesh split: configs/paper/paper.py's per-size presets);
   the grid's own fields stay the grid's.
   """
   per_size = study.get("size_overrides", {}).get(run.size)
