@@ -137,3 +137,91 @@ def test_a_from_step_without_a_checkpoint_is_refused(
   config = continued_config(cache, source, **{"continued.from_step": steps[0] + 1})
   with pytest.raises(UserError, match="config.continued.from_step=.*no checkpoint"):
     train.run(config, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# The study: continued runs as variants of their source's grid point.
+# ---------------------------------------------------------------------------
+
+
+def _config_module():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from train_common import ROOT  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "persistence_config", f"{ROOT}/configs/ablations/persistence.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_continued_runs_follow_their_source_and_read_it_under_the_root():
+  from poisonjax.study import grids  # pylint: disable=g-import-not-at-top
+  s = _config_module().get_config()
+  runs = grids.expand(s)
+  assert [r.variant for r in runs] == ["source", "lr1", "lr0p1"] * 3
+  assert [(r.size, r.poisons) for r in runs[::3]] == [
+      ("cpu-xxs", 100), ("cpu-xxs", 300), ("cpu-xs", 100)]
+  cont = runs[2]
+  assert grids.sources(s, cont) == [runs[0]] and grids.sources(s, runs[0]) == []
+  c = grids.run_config(s, cont, "/grid")
+  assert c.continued.from_workdir == f"/grid/{runs[0].name}"
+  assert c.poison.count == 0 and cont.name.startswith("size=cpu-xxs_n=100_")
+  assert c.train.learning_rate == pytest.approx(0.1 * s.base.train.learning_rate)
+  assert grids.run_config(s, cont).continued.from_workdir == (
+      f"runs/study_persistence/{runs[0].name}")  # The study's default root.
+  assert grids.parse_run_name(cont.name) == cont
+
+
+@pytest.mark.parametrize("variants, needle", [
+    ({"later": {"continued": {"from_workdir": "@variant:source"}},
+      "source": {}}, "list 'source' before 'later'"),
+    ({"source": {}, "lost": {"continued": {"from_workdir": "@variant:nope"}}},
+     "no variant 'nope'"),
+    ({"source": {}, "self": {"continued": {"from_workdir": "@variant:self"}}},
+     "does not train before"),
+    ({"source": {}, "more": {"poison": {"count": 3}}}, "set by the study's grid"),
+])
+def test_bad_continuations_are_refused_in_one_line(variants, needle):
+  from poisonjax import study as study_lib  # pylint: disable=g-import-not-at-top
+  from poisonjax.study import grids  # pylint: disable=g-import-not-at-top
+  s = _config_module().get_config()
+  study_lib.set_variants(s, variants)
+  with pytest.raises(UserError) as e:
+    for run in grids.expand(s):
+      grids.run_config(s, run, "/grid")
+  assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_study_trains_source_then_continued_run_collects_and_reports(
+    cache, tmp_path):
+  """One tiny source and its continued run through the study runner."""
+  from poisonjax import study as study_lib  # pylint: disable=g-import-not-at-top
+  from poisonjax.ablations import persistence  # pylint: disable=g-import-not-at-top
+  mod = _config_module()
+  s = mod.get_config()
+  s.base = tiny_config(cache, **{"vocab.seed": 0, "eval.heldout_seed": 0,
+                                 "eval.num_evals": 1, **EVAL_SMALL})
+  # cpu-xs: tiny_config's size, so the other tests' compiled programs serve.
+  s.grid = study_lib.grid(("cpu-xs",), (5,), (0,), (1.0,))
+  s.extra = {}
+  lr1 = mod.continued(1.0, s.base.train.learning_rate)
+  lr1["continued"].update(budget_multiple=0.25, eval_examples="8")
+  lr1["eval"]["num_evals"] = 1
+  study_lib.set_variants(s, {"source": {}, "lr1": lr1})
+  root, out = tmp_path / "root", tmp_path / "out"
+  first = study_lib.run_grid(s, str(root), only="var=lr1", log=lambda _: None)
+  assert [o["status"] for o in first] == ["waiting"]  # Its source is not done.
+  done = study_lib.run_grid(s, str(root), log=lambda _: None)
+  assert [o["status"] for o in done] == ["ran", "ran"]
+  src, cont = study_lib.expand(s)
+  record = files.read_json(root / cont.name / rundir.CONTINUED_FROM)
+  assert record["from_workdir"] == str(root / src.name)
+  out.mkdir()
+  persistence.collect(s, root, [src, cont], out)
+  rows = persistence.read_rows(out / "results.csv")
+  assert {r["phase"] for r in rows} == {"source", "continued"}
+  assert {r["lr_scale"] for r in rows if r["phase"] == "continued"} == {1.0}
+  assert all(r["poisons_seen"] == 0 for r in rows if r["phase"] == "continued")
+  text = files.as_path(persistence.report(s, out, ["- here"])).read_text()
+  assert "| cpu-xs N=5 lr x1 |" in text and "Runs finished: 2 of 2" in text
+  assert (out / "decay.png").exists() and (out / "results.json").exists()

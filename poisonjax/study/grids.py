@@ -26,6 +26,13 @@ What a grid seed varies, and what it never does (run_config):
     `study.vary` is held fixed at the base config's seed for every run
     (e.g. study.vary = ('init',) keeps the poisons and the data order).
   Every size of one seed shares its data order and its poisons.
+Runs that continue other runs: a variant's value `variant_run(NAME)`
+(e.g. for continued.from_workdir) names this grid point's run in variant
+NAME; run_config resolves it to ROOT/<that run's name> (ROOT: the grid's
+root, else default_root). Such a variant must come after NAME in the
+block's variants, so its source trains first; its name keeps the point's
+poison count (the poisons its source saw) and it may set its own
+poison.count (0: continued clean training, poisonjax/continued.py).
 The poison budget: a study's base uses poison.budget_mode='replace', so runs
 of one size and data amount have the same steps and learning-rate schedule
 whatever their poison count (why: poisonjax/budget.py). A study config may
@@ -37,6 +44,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import os
 import re
 import shlex
 
@@ -47,6 +55,8 @@ from poisonjax.errors import UserError
 from poisonjax.study import variants as variants_lib
 
 GRID_FIELDS = ("sizes", "poison_counts", "seeds", "data_multipliers")
+# A variant value naming another variant's run at the same grid point.
+RUN_REF = "@variant:"
 # What a grid seed can vary: the run config field it sets, and the stream
 # id k of its derived seed (module docstring).
 SEED_THINGS = {"init": ("seed", 1), "poisons": ("poison.seed", 2),
@@ -101,6 +111,17 @@ def study_config(name: str, base) -> ml_collections.ConfigDict:
   # over a mean of 650 drawn ids); at the 1k vocabulary it is 1.0 (measured).
   c.plan.text_mode_factor = 2.4
   return c
+
+
+def variant_run(name: str) -> str:
+  """A variant value naming this grid point's run in variant `name`
+  (resolved to that run's workdir by run_config)."""
+  return RUN_REF + name
+
+
+def default_root(study) -> str:
+  """ROOT of a study without --root: its `root`, else runs/study_<name>."""
+  return study.get("root", "") or os.path.join("runs", f"study_{study.name}")
 
 
 def is_study_config(config) -> bool:
@@ -214,7 +235,38 @@ def expand(study) -> list[Run]:
   rank = _block_rank(study, [label for label, _ in blocks])
   # Seed-major: a grid stopped part-way still covers every size and count
   # of the first seeds, which is what a partial figure needs.
-  return sorted(runs, key=lambda r: (rank[seen[r]], r.seed))
+  runs = sorted(runs, key=lambda r: (rank[seen[r]], r.seed))
+  _check_sources_first(study, runs)
+  return runs
+
+
+def sources(study, run: Run) -> list[Run]:
+  """The runs that `run` continues (its variant's variant_run values)."""
+  if not run.variant:
+    return []
+  overrides = dict(variants_lib.ordered(study)).get(run.variant, {})
+  out = []
+  for path, value in variants_lib.leaves(overrides):
+    if isinstance(value, str) and value.startswith(RUN_REF):
+      name = value[len(RUN_REF):]
+      if name not in variants_lib.names(study):
+        raise UserError(f"study.variants.{run.variant}.{path}={value!r}: "
+                        f"no variant {name!r}; name one of study.variants")
+      out.append(dataclasses.replace(run, variant=name))
+  return out
+
+
+def _check_sources_first(study, runs: list[Run]) -> None:
+  """Every source trains before the runs that continue it (UserError)."""
+  place = {r: i for i, r in enumerate(runs)}
+  for run in runs:
+    for src in sources(study, run):
+      if place.get(src, len(runs)) >= place[run]:
+        raise UserError(
+            f"study.variants.{run.variant}: continues variant {src.variant!r}, "
+            f"whose run {src.name} does not train before {run.name}; list "
+            f"{src.variant!r} before {run.variant!r} (study.variant_order and "
+            "the block's variants)")
 
 
 def _block_rank(study, labels: list[str]) -> dict:
@@ -245,12 +297,13 @@ def varied(study) -> tuple[str, ...]:
   return vary
 
 
-def run_config(study, run: Run):
+def run_config(study, run: Run, root=None):
   """The full run config of one grid point (a fresh copy of the base).
 
   The grid seed sets the derived seeds of the things in study.vary; the
   vocabulary and held-out seeds are the study's, fixed (module docstring).
-  The run's variant's overrides come last (variants.apply).
+  The run's variant's overrides come last (variants.apply), its variant_run
+  values resolved under root (default_root(study) if None).
   """
   from poisonjax import config as config_lib
 
@@ -273,7 +326,7 @@ def run_config(study, run: Run):
     node[name] = derived_seed(run.seed, thing)
   if not run.variant:
     return config_lib.validate(c)
-  _apply_variant(study, run, c)
+  _apply_variant(study, run, c, default_root(study) if root is None else root)
   try:
     return config_lib.validate(c)
   except UserError as e:
@@ -293,16 +346,33 @@ def _apply_size_overrides(study, run: Run, c) -> None:
                        ("model.size", "poison.count", "train.data_multiplier"))
 
 
-def _apply_variant(study, run: Run, c) -> None:
+def _apply_variant(study, run: Run, c, root) -> None:
   """The run's variant's overrides on its config (UserError if unknown)."""
   overrides = dict(variants_lib.ordered(study))
   if run.variant not in overrides:
     raise UserError(f"run {run.name}: variant {run.variant!r} is not in "
                     f"study.variants ({', '.join(n for n in overrides if n)}); "
                     "copy a name from `study plan`")
-  owned = ("model.size", "poison.count", "train.data_multiplier")
+  # A continuing run's n is its source's poisons; its own count is its own.
+  owned = ("model.size", "train.data_multiplier")
+  owned += () if sources(study, run) else ("poison.count",)
   owned += tuple(SEED_THINGS[t][0] for t in varied(study))
-  variants_lib.apply(c, run.variant, overrides[run.variant], owned)
+  variants_lib.apply(c, run.variant,
+                     _resolve_runs(overrides[run.variant], run, root), owned)
+
+
+def _resolve_runs(overrides: dict, run: Run, root) -> dict:
+  """The overrides with each variant_run value made ROOT/<that run's name>."""
+  out = {}
+  for key, value in overrides.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out[key] = _resolve_runs(dict(value), run, root)
+    elif isinstance(value, str) and value.startswith(RUN_REF):
+      src = dataclasses.replace(run, variant=value[len(RUN_REF):])
+      out[key] = os.path.join(str(root), src.name)
+    else:
+      out[key] = value
+  return out
 
 
 def config_for_arg(study, arg):

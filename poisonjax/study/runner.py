@@ -11,7 +11,8 @@ it trains). On a small CPU machine two single-threaded workers pinned to a
 core each outrun one two-threaded process (measured: 1.13x at cpu-xxs,
 1.31x at cpu-s); see `poisonjax study reproduce --worker`. A worker
 refuses a root held by a plain `study run`, and a plain run skips runs a
-worker holds.
+worker holds. A run that continues another (grids.sources) waits, skipped,
+until that one has finished.
 """
 
 from __future__ import annotations
@@ -120,6 +121,12 @@ def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float) -> list[
         after_run(study, run, workdir, log)
       out.append({"run": run.name, "status": "skipped"})
       continue
+    waiting = [r.name for r in grids.sources(study, run)
+               if not _finished(root / r.name)]
+    if waiting:  # Only with --only or workers: expand puts sources first.
+      log(f"{tag}: waits for {', '.join(waiting)} to finish, skipped")
+      out.append({"run": run.name, "status": "waiting"})
+      continue
     claim = _claim(root, run.name, timeout_s)
     if claim is False or _finished(workdir):  # (Finished meanwhile by a worker.)
       if claim:
@@ -131,7 +138,7 @@ def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float) -> list[
     log(f"{tag}: starting (elapsed {fmt(time.time() - t0)})")
     t_run = time.time()
     try:
-      summary = train.run(grids.run_config(study, run), str(workdir))
+      summary = train.run(grids.run_config(study, run, root), str(workdir))
     finally:
       if claim:
         claim.release()
