@@ -27,7 +27,7 @@ _OLD_PROVENANCE = "## How this was made"  # Reports from before provenance.json.
 
 
 def default_root(study) -> str:
-  return study.get("root", "") or os.path.join("runs", f"study_{study.name}")
+  return grids.default_root(study)  # Where run_config resolves variant_run too.
 
 
 def default_out(study) -> str:
