@@ -170,6 +170,11 @@ def test_continued_runs_follow_their_source_and_read_it_under_the_root():
   assert grids.run_config(s, cont).continued.from_workdir == (
       f"runs/study_persistence/{runs[0].name}")  # The study's default root.
   assert grids.parse_run_name(cont.name) == cont
+  from poisonjax.study.plan import plan  # pylint: disable=g-import-not-at-top
+  rows = {r["run"]: r for r in plan(s)["runs"]}
+  src_row, cont_row = rows[runs[0].name], rows[cont.name]
+  assert cont_row["clean_tokens"] == round(0.5 * src_row["clean_tokens"])
+  assert cont_row["poison_tokens"] == 0 < src_row["poison_tokens"]
 
 
 @pytest.mark.parametrize("variants, needle", [

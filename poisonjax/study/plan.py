@@ -58,7 +58,10 @@ def _run_row(study, run: grids.Run, chips: dict, mfu: float, cache: dict) -> dic
   vocab = cfg.model.vocab_size or cfg.vocab.size
   counts, fpt = _model_costs(cfg, vocab, cache)
   clean = budget.clean_token_budget(cfg, vocab)
-  poison = run.poisons * poison_tokens_per_doc(study, cfg)
+  for src in grids.sources(study, run)[:1]:  # Continued: its source's T x multiple.
+    clean = int(round(cfg.continued.budget_multiple * budget.clean_token_budget(
+        grids.run_config(study, src), vocab)))
+  poison = cfg.poison.count * poison_tokens_per_doc(study, cfg)
   total = clean + (0 if budget.poisons_replace_clean(cfg) else poison)
   tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
   steps = math.ceil(total / tokens_per_step)
