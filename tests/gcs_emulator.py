@@ -25,9 +25,11 @@ and records, any Python-level DNS look-up or connection off 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+from http import server as http_server
 import logging
 import os
 import socket
+import threading
 
 BUCKET = "poisonjax-test"
 
@@ -85,6 +87,36 @@ def _download_with_generation(download):
   return handler
 
 
+class _ManyClientsServer(http_server.ThreadingHTTPServer):
+  """The emulator's HTTP server, for clients that open dozens of connections
+  at once (tensorstore writing a checkpoint, gcsfs listing): the stock
+  server accepts one connection at a time with a queue of 5, so on a busy
+  machine connections wait past their clients' timeouts (seen as broken
+  pipes, "Max retries exceeded" and torn responses). Here each connection
+  gets a thread and the queue is deep; requests still run one at a time
+  (the emulator's storage is not thread-safe)."""
+  request_queue_size = 256
+  daemon_threads = True
+
+
+def _serve_many(api_thread) -> None:
+  """APIThread.run of gcp_storage_emulator, on _ManyClientsServer."""
+  from functools import partial
+  from gcp_storage_emulator import server as emulator_server
+  api_thread._httpd = _ManyClientsServer(
+      (api_thread._host, api_thread._port),
+      partial(emulator_server.RequestHandler, api_thread._storage))
+  api_thread.is_running.set()
+  api_thread._httpd.serve_forever()
+
+
+def _one_at_a_time(handle, lock: threading.Lock):
+  def locked(router, method):
+    with lock:
+      return handle(router, method)
+  return locked
+
+
 @contextlib.contextmanager
 def emulated_gcs():
   """Yields "gs://BUCKET" served by a fresh in-memory emulator."""
@@ -93,14 +125,17 @@ def emulated_gcs():
   from gcp_storage_emulator.server import create_server
 
   logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
-  port = free_port()
-  url = f"http://127.0.0.1:{port}"
-  server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-  server.start()
   from gcp_storage_emulator import server as emulator_server
   from gcp_storage_emulator.handlers import objects
 
+  port = free_port()
+  url = f"http://127.0.0.1:{port}"
   with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(emulator_server.APIThread, "run", _serve_many)
+    mp.setattr(emulator_server.Router, "handle", _one_at_a_time(
+        emulator_server.Router.handle, threading.Lock()))
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
     for _, methods in emulator_server.HANDLERS:
       for method, handler in list(methods.items()):
         if handler is objects.download:
