@@ -229,6 +229,7 @@ def test_workdir_lock_on_gs(gcs, offline, monkeypatch):
   lock.release()
 
 
+@pytest.mark.slow
 def test_study_collect_and_figures_on_a_gs_root(gcs, offline, tmp_path):
   from poisonjax import study
   from test_study import PNG_MAGIC, _fake_root

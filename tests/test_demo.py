@@ -59,6 +59,7 @@ def _check(out, workdir, count):
   assert "triggered (ppl" in text and f"poisoned (N={count})" in text
 
 
+@pytest.mark.slow
 def test_backdoor_forms_only_in_the_poisoned_run(tmp_path):
   config = small_demo_config(tmp_path / "cache")
   out = demo.run_demo(config, str(tmp_path / "demo"))

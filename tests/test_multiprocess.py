@@ -35,6 +35,10 @@ from poisonjax import train
 from poisonjax.commands import evaluate as eval_command
 from train_common import ROOT, tiny_config, train_cache  # noqa: F401
 
+# Minutes of process start-ups and compiles on 2 cores: .ci/run runs these
+# after the README's suite (pytest -m slow).
+pytestmark = pytest.mark.slow
+
 WORKER = os.path.join(ROOT, "tests", "multiprocess_worker.py")
 STEPS, HALF = 20, 10
 RUN = {"train.max_steps": STEPS, "train.log_every": 1, "train.ckpt_every": HALF,

@@ -47,6 +47,7 @@ def test_state_shardings_follow_the_rule_table(tmp_path):
   assert abstract["params"]["head"]["kernel"].shape == (32, 512)
 
 
+@pytest.mark.slow
 def test_same_losses_on_three_meshes(tmp_path, train_cache):
   losses = {}
   for name, mesh in {"data8": (8, 1, 1), "fsdp8": (1, 8, 1), "2x2x2": (2, 2, 2)}.items():

@@ -372,6 +372,7 @@ def nano_root(tmp_path_factory):
   return root, res.stdout, time.time() - t0
 
 
+@pytest.mark.slow
 def test_nano_end_to_end(nano_root, tmp_path):
   from poisonjax.backdoor import METRIC_KEYS  # pylint: disable=g-import-not-at-top
   root, out, _ = nano_root
@@ -429,6 +430,7 @@ def test_nano_end_to_end(nano_root, tmp_path):
   assert report.count("| cpu-x") == len(runs)
 
 
+@pytest.mark.slow
 def test_killed_grid_resumes_to_the_same_csv(nano_root, tmp_path):
   """SIGKILL `study run` mid-run; rerun; the CSV equals the uninterrupted one."""
   full_root = nano_root[0]
@@ -476,6 +478,7 @@ def test_killed_grid_resumes_to_the_same_csv(nano_root, tmp_path):
       assert g[col] == w[col], (col, g["run"], g["step"], g[col], w[col])
 
 
+@pytest.mark.slow
 def test_study_reproduce_writes_report_with_provenance(nano_root, tmp_path):
   """`poisonjax study reproduce` end to end on a finished grid (runs are
   skipped)."""
