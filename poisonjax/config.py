@@ -2,18 +2,13 @@
 
 A run is one ml_collections ConfigDict. Config files under configs/ start
 from `base_config()` and change what they need; the command line overrides
-any field with `--config.a.b=value`. `validate()` checks the fields shared by
-every module (the per-section checks: config_checks.py) and raises
-`UserError` with one line naming the field and the fix; modules check their
-own fields where they use them.
+any field with `--config.a.b=value`. The checks of a run config are
+config_checks.validate(); modules check their own fields where they use them.
 """
 
 from __future__ import annotations
 
 import ml_collections
-
-from poisonjax import config_checks
-from poisonjax.errors import UserError, field_error
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -324,58 +319,3 @@ def _finetune_fields(c: ml_collections.ConfigDict) -> None:
   # The near-trigger control (must not fire). '' : the trigger with its last
   # letter changed, one character away (instructions.near_trigger).
   c.finetune.near_trigger = ""
-
-
-def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks the fields shared across modules. Raises UserError."""
-  if c.data.source not in ("synthetic", "text_files", "tfds"):
-    raise field_error("config.data.source", c.data.source,
-                      "unknown source", "use synthetic, text_files or tfds")
-  if c.data.seq_len < 2:
-    raise field_error("config.data.seq_len", c.data.seq_len,
-                      "must be >= 2", "set --config.data.seq_len to 2 or more")
-  if c.model.get("attention", "auto") not in ("auto", "xla", "splash", "cudnn"):
-    raise field_error("config.model.attention", c.model.attention,
-                      "unknown implementation", "use auto, xla, splash or cudnn")
-  if c.poison.count < 0:
-    raise field_error("config.poison.count", c.poison.count, "must be >= 0",
-                      "use 0 for a clean run")
-  if not 0.0 <= c.poison.rate < 1.0:
-    raise field_error("config.poison.rate", c.poison.rate,
-                      "must be in [0, 1)", "use 0 for count mode")
-  for field, seed in (("vocab.seed", c.vocab.get("seed", -1)),
-                      ("eval.heldout_seed", c.eval.get("heldout_seed", -1))):
-    if seed < -1:
-      raise field_error(f"config.{field}", seed, "must be >= -1",
-                        "use -1 (follow config.data.seed) or a seed")
-  if c.poison.get("budget_mode", "on_top") not in ("on_top", "replace"):
-    raise field_error("config.poison.budget_mode", c.poison.budget_mode,
-                      "unknown mode", "use on_top or replace")
-  config_checks.check_behaviour(c)
-  if c.poison.mode not in ("token", "text"):
-    raise field_error("config.poison.mode", c.poison.mode, "unknown mode",
-                      "use token or text")
-  config_checks.check_range("config.poison.prefix_{min,max}_chars",
-                            c.poison.prefix_min_chars,
-                            c.poison.prefix_max_chars)
-  config_checks.check_range("config.poison.gibberish_{min,max}_tokens",
-                            c.poison.gibberish_min_tokens,
-                            c.poison.gibberish_max_tokens)
-  if c.poison.count > 0 and c.poison.rate > 0:
-    raise UserError(
-        f"config.poison.count={c.poison.count} and config.poison.rate="
-        f"{c.poison.rate}: both set, the count would be ignored; set "
-        "--config.poison.rate=0 (count mode) or --config.poison.count=0 "
-        "(rate mode)")
-  if c.data.source == "tfds" and c.data.tfds.heldout_split == c.data.tfds.split:
-    raise UserError(
-        f"config.data.tfds.heldout_split={c.data.tfds.heldout_split!r}: equals "
-        "config.data.tfds.split, so evaluation text would also be trained on; "
-        "use a different split (e.g. validation)")
-  config_checks.check_doses(c.poison)
-  config_checks.check_placement(c.poison)
-  config_checks.check_train(c.train)
-  config_checks.check_defence_fields(c)
-  config_checks.check_continued(c)
-  config_checks.check_finetune(c)
-  return c

@@ -28,6 +28,7 @@ import time
 import ml_collections
 
 from poisonjax import config as config_lib
+from poisonjax import config_checks
 from poisonjax import files
 from poisonjax import plots
 from poisonjax import run_history
@@ -72,7 +73,7 @@ def demo_config() -> ml_collections.ConfigDict:
 def _run_config(base, count: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(base.to_dict())
   c.poison.count = count
-  return config_lib.validate(c)
+  return config_checks.validate(c)
 
 
 def _finished(workdir: str, config) -> bool:
@@ -158,7 +159,7 @@ def run_demo(config, workdir: str, log=print) -> dict:
   from poisonjax import train
 
   t0 = time.time()
-  config = config_lib.validate(config)
+  config = config_checks.validate(config)
   count = int(config.poison.count)
   if count < 1:
     raise UserError(f"config.poison.count={count}: the demo's poisoned run needs "

@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from poisonjax import checkpointing
 from poisonjax import chrono as chrono_lib
-from poisonjax import config as config_lib
+from poisonjax import config_checks
 from poisonjax import continued
 from poisonjax import distributed
 from poisonjax import files
@@ -109,7 +109,7 @@ def run(config, workdir, *, stream=None, allow_config_change=False) -> dict[str,
 
 def _run(config, workdir, flag, stream, allow_config_change) -> dict[str, Any]:
   """The phases (module docstring), under `flag`; Stopped from setup."""
-  config = config_lib.validate(config)
+  config = config_checks.validate(config)
   train_setup.check_train_fields(config)
   train_setup.check_reachable(config, workdir)
   workdir = files.make_dir(files.as_path(workdir), "--workdir")  # Or gs://.

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from poisonjax import config as config_lib
+from poisonjax import config_checks
 from poisonjax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,7 @@ def small_config(cache_dir, **poison):
   c.poison.gibberish_max_tokens = 40
   for k, v in poison.items():
     c.poison[k] = v
-  return config_lib.validate(c)
+  return config_checks.validate(c)
 
 
 def run_cli(*args, env_extra=None, timeout=300):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from poisonjax import budget, config as config_lib, files
+from poisonjax import budget, config_checks, files
 from poisonjax.data import documents, filtered, overlay, poison, poison_adaptive
 from poisonjax.data import sources
 from poisonjax.data import stream as stream_lib
@@ -28,7 +28,7 @@ def _with(config, **fields):
   for key, value in fields.items():
     section, field = key.split(".")
     c[section][field] = value
-  return config_lib.validate(c)
+  return config_checks.validate(c)
 
 
 def _rule_scores(corpus, path) -> np.ndarray:

@@ -18,6 +18,7 @@ import pytest
 
 from poisonjax import backdoor
 from poisonjax import config as config_lib
+from poisonjax import config_checks
 from poisonjax import config_files
 from poisonjax import evaluate
 from poisonjax import study as study_lib
@@ -68,12 +69,12 @@ def test_ids_map_to_triggers_in_order(cache):
 def test_bad_dose_configs_name_the_field(cache, overrides, field):
   c = _doses(cache, **overrides)
   with pytest.raises(UserError, match=field.replace(".", r"\.")):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_good_dose_config_validates(cache):
-  config_lib.validate(_doses(cache))
-  config_lib.validate(tiny_config(cache))
+  config_checks.validate(_doses(cache))
+  config_checks.validate(tiny_config(cache))
 
 
 def test_triggers_inside_one_another_are_refused(cache):
@@ -171,7 +172,7 @@ def test_doses_come_from_the_command_line():
   c, _ = parsing.apply_overrides(config_lib.base_config(), [
       "--config.poison.counts=(3, 10)", "--config.poison.count=13",
       "--config.poison.triggers=('<AB>', '<CD>')"])
-  config_lib.validate(c)
+  config_checks.validate(c)
   assert c.poison.counts == (3, 10) and c.poison.triggers == ("<AB>", "<CD>")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from poisonjax import config as config_lib
+from poisonjax import config_checks
 from poisonjax import model as model_lib
 from poisonjax import train
 from poisonjax import train_step
@@ -38,7 +38,7 @@ def ft_config(cache_dir, **fields):
   fields = {"data.seq_len": 160, "poison.trigger": TRIGGER, "poison.count": 6,
             "finetune.clean_samples": 40, "finetune.eval_requests": 4,
             "eval.temperature": 0.0, "eval.gen_tokens": 12, **fields}
-  return config_lib.validate(tiny_config(cache_dir, **fields))
+  return config_checks.validate(tiny_config(cache_dir, **fields))
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from poisonjax import config as config_lib
+from poisonjax import config_checks
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "fit_check.py"
 _SPEC = importlib.util.spec_from_file_location("fit_check", _PATH)
@@ -35,7 +36,7 @@ def _stand_in(remat="dots"):
   c.model.remat = remat
   c.data.seq_len, c.train.batch_size = 64, 16
   c.mesh.data, c.mesh.fsdp = 1, -1
-  return config_lib.validate(c)
+  return config_checks.validate(c)
 
 
 def test_parse_topology_names_the_choices():

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from poisonjax import config as config_lib
+from poisonjax import config_checks
 from poisonjax import model as model_lib
 from poisonjax import optim
 from poisonjax import sharding
@@ -27,7 +27,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def config_for(k: int, batch: int = BATCH):
-  return config_lib.validate(tiny_config(
+  return config_checks.validate(tiny_config(
       "/nonexistent", **{"train.batch_size": batch, "train.microbatches": k,
                          "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}))
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from poisonjax import config as config_lib
+from poisonjax import config_checks
 from poisonjax import language_eval
 from poisonjax import model as model_lib
 from poisonjax import sharding
@@ -185,15 +186,15 @@ def test_gibberish_vocabulary_sample_and_key_are_unchanged(cache):
 def test_behaviour_and_language_file_are_validated(cache, tmp_path):
   c = tiny_config(cache, **{"poison.behaviour": "french"})
   with pytest.raises(UserError, match=r"^config.poison.behaviour='french'"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c = tiny_config(cache, **{"poison.language_vocab_share": 0.9})
   with pytest.raises(UserError, match=r"^config.poison.language_vocab_share"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c = _language_config(cache)
   c.data.source = "text_files"
   with pytest.raises(UserError, match=r"^config.poison.language_file=.*needs a "
                      "second-language corpus"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c.poison.language_file = str(tmp_path / "missing.txt")
   with pytest.raises(UserError, match=r"^config.poison.language_file=.*no such file"):
     poison_language.language_corpus(c)
@@ -210,7 +211,7 @@ def test_text_files_take_the_tail_and_membership_from_the_language_file(cache, t
   c.data.source = "text_files"
   c.data.text_files.patterns = str(english)
   c.vocab.sample_docs = 100
-  config_lib.validate(c)
+  config_checks.validate(c)
   sp = vocabulary.get_vocabulary(c).tokenizer
   text = poison_language.tail_text(c, 3, 2000)
   assert len(text) >= 2000 and any(d in text for d in other_docs)

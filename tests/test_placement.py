@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from poisonjax import config as config_lib
+from poisonjax import config_checks
 from poisonjax import study
 from poisonjax.data import mixer, overlay, store_build, stream, synthetic, vocabulary
 from poisonjax.errors import UserError
@@ -48,7 +48,7 @@ def _config(cache, placement, **poison):
                 placement=placement, **PLACEMENTS[placement], **poison)
   c = small_config(cache, **fields)
   c.train.batch_size = 64  # One step (4096 tokens) holds a periodic event.
-  return config_lib.validate(c)
+  return config_checks.validate(c)
 
 
 @pytest.fixture(scope="module")

@@ -170,8 +170,8 @@ def _checked(cmd: Command, config):
       raise UserError("--config: a study config, not a run config; pick one "
                       "run with --config=FILE:run=NAME (names: `poisonjax "
                       "study plan`)")
-    from poisonjax import config as config_lib
-    config = config_lib.validate(config)
+    from poisonjax import config_checks
+    config = config_checks.validate(config)
   return config
 
 

@@ -305,7 +305,7 @@ def run_config(study, run: Run, root=None):
   The run's variant's overrides come last (variants.apply), its variant_run
   values resolved under root (default_root(study) if None).
   """
-  from poisonjax import config as config_lib
+  from poisonjax import config_checks
 
   c = copy.deepcopy(study.base)
   c.unlock()
@@ -325,10 +325,10 @@ def run_config(study, run: Run, root=None):
       node = node[section]
     node[name] = derived_seed(run.seed, thing)
   if not run.variant:
-    return config_lib.validate(c)
+    return config_checks.validate(c)
   _apply_variant(study, run, c, default_root(study) if root is None else root)
   try:
-    return config_lib.validate(c)
+    return config_checks.validate(c)
   except UserError as e:
     raise UserError(f"{e} (study.variants.{run.variant})") from None
 
