@@ -102,7 +102,7 @@ def sizes_per_billion(s: store.TokenStore, workdir: str) -> dict:
   shard_files = [f for f in os.listdir(s.path) if f.startswith("shard-")]
   tok = sum(os.path.getsize(s.path / f) for f in shard_files if f.endswith(".tokens"))
   ends = sum(os.path.getsize(s.path / f) for f in shard_files if f.endswith(".ends"))
-  index = os.path.getsize(s.path / "index.json")
+  index = os.path.getsize(s.path / store.INDEX)
   per_b = 1e9 / s.num_tokens
   ids = s.read(0, s.num_tokens)
   out = {"store_tokens": tok * per_b, "store_ends": ends * per_b,

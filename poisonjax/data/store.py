@@ -26,8 +26,9 @@ epath backend; array_record 0.8.6 opens files with a local-only reader
 (gs:// fails, google/array_record#120). docs/data_at_scale.md has the
 measured sizes of both.
 
-Building, and opening a store that may need building (open_store), are
-store_build.py's. Building runs a multiprocessing pool (spawn start method:
+This module is the on-disk format (the names above, the spec, the index)
+and the reader; building, and opening a store that may need building
+(open_store), are store_build.py's. Building runs a multiprocessing pool (spawn start method:
 safe after JAX has started threads), one task per shard. Synthetic and text-file documents
 are reachable by index, so each worker reads its own range; a TFDS split is
 read in order (its shuffle buffer), once, by the parent, which sends each
@@ -61,6 +62,18 @@ FORMAT = "poisonjax-token-store-v1"
 DOCS_PER_SHARD = 1 << 17  # ~56M tokens (112 MB) at C4's ~427 tokens/document.
 BLOCK_DOCS = 4096  # The index keeps every BLOCK_DOCS-th document end.
 LOOKUP_THREADS = 16  # Parallel small reads (poison boundaries, shard entries).
+INDEX = "index.json"
+
+
+def shard_name(i: int) -> str:
+  """Shard i's files: NAME.tokens, NAME.ends and NAME.json (its index entry)."""
+  return f"shard-{i:06d}"
+
+
+def read_index(path) -> dict | None:
+  """The store's index.json, or None where none is written yet."""
+  p = files.as_path(path) / INDEX
+  return files.read_json(p) if p.exists() else None
 
 
 def store_spec(config, vocab) -> dict:
@@ -100,7 +113,7 @@ class TokenStore:
 
   def __init__(self, path):
     self.path = files.as_path(path)
-    self.index = files.read_json(self.path / "index.json")
+    self.index = files.read_json(self.path / INDEX)
     self.dtype = np.dtype(self.index["dtype"]).newbyteorder("<")
     self.shards = self.index["shards"]
     counts = [s["num_tokens"] for s in self.shards]

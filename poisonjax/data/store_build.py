@@ -26,8 +26,9 @@ import sentencepiece as spm
 
 from poisonjax import files
 from poisonjax.data import sources, synthetic
-from poisonjax.data.store import (BLOCK_DOCS, DOCS_PER_SHARD, LOOKUP_THREADS,
-                                  TokenStore, store_path, store_spec,
+from poisonjax.data.store import (BLOCK_DOCS, DOCS_PER_SHARD, INDEX,
+                                  LOOKUP_THREADS, TokenStore, read_index,
+                                  shard_name, store_path, store_spec,
                                   token_dtype)
 from poisonjax.errors import UserError
 
@@ -114,7 +115,7 @@ def _build_shard(task: tuple[int, list | None]) -> dict:
   """
   w = _WORKER
   i, given = task
-  D, name, lengths = w["docs_per_shard"], f"shard-{i:06d}", []
+  D, name, lengths = w["docs_per_shard"], shard_name(i), []
   docs = iter(given) if given is not None else _indexed_documents(w["source"], i * D)
   tok_sha = _write_atomic(w["path"] / f"{name}.tokens",
                           _encoded_batches(docs, w["sp"], D, w["dtype"], lengths))
@@ -134,13 +135,6 @@ def _build_shard(task: tuple[int, list | None]) -> dict:
   return entry
 
 
-
-
-def _read_index(path) -> dict | None:
-  p = path / "index.json"
-  return files.read_json(p) if p.exists() else None
-
-
 def _check_spec(path, index: dict, spec: dict) -> None:
   if json.loads(json.dumps(index["spec"], default=str)) != \
       json.loads(json.dumps(spec, default=str)):
@@ -156,12 +150,10 @@ def _num_tokens(index: dict) -> int:
 
 def _save_index(path, index: dict) -> None:
   """Writes the index unless the one on disk already holds more shards."""
-  old = _read_index(path)
+  old = read_index(path)
   if old is not None and len(old["shards"]) > len(index["shards"]):
     return
-  files.write_json(path / "index.json", index)
-
-
+  files.write_json(path / INDEX, index)
 
 
 def _tokens_per_doc(index: dict | None, sp, source) -> float:
@@ -184,8 +176,6 @@ def _new_index(spec: dict, vocab, docs_per_shard: int) -> dict:
   return {"spec": spec, "dtype": np.dtype(token_dtype(vocab.vocab_size)).name,
           "docs_per_shard": int(docs_per_shard), "block_docs": BLOCK_DOCS,
           "shards": []}
-
-
 
 
 def _tasks(source, ids: list[int], docs_per_shard: int):
@@ -235,7 +225,7 @@ def _start(config, vocab, min_tokens: int, path, docs_per_shard: int):
   (never from workers or parts, so the bytes do not depend on them).
   """
   path = files.as_path(path) if path is not None else store_path(config, vocab)
-  spec, index = store_spec(config, vocab), _read_index(path)
+  spec, index = store_spec(config, vocab), read_index(path)
   per_doc = _tokens_per_doc(index, vocab.tokenizer, sources.get_source(config))
   if index is None:
     index = _new_index(spec, vocab, docs_per_shard
@@ -288,7 +278,7 @@ def _built_entries(path, ids: list[int]) -> dict:
   """{shard: its entry (shard-NNNNNN.json)} for the shards of `ids` built;
   read in parallel threads (on gs:// each is a round trip)."""
   def entry(i):
-    p = path / f"shard-{i:06d}.json"
+    p = path / f"{shard_name(i)}.json"
     return files.read_json(p) if p.exists() else None
   with futures.ThreadPoolExecutor(LOOKUP_THREADS) as pool:
     found = dict(zip(ids, pool.map(entry, ids)))
@@ -349,7 +339,7 @@ def finalize(config, vocab, min_tokens: int, *, path=None, parts: int = 0,
   for i in plan:
     if (entries[i]["first_doc"], entries[i]["num_docs"]) != (i * D, D):
       raise UserError(
-          f"token store {path}: shard-{i:06d} holds {entries[i]['num_docs']} "
+          f"token store {path}: {shard_name(i)} holds {entries[i]['num_docs']} "
           f"documents per shard, the plan {D}; build every part and finalize "
           "with the same --docs_per_shard and --tokens")
   index["shards"] += [entries[i] for i in plan]
@@ -380,7 +370,7 @@ def _missing_error(path, plan: list[int], missing: list[int], parts: int) -> str
 def open_store(config, vocab, min_tokens: int, may_build: bool) -> TokenStore:
   """The configured store, built or extended to min_tokens if allowed."""
   path = store_path(config, vocab)
-  index = _read_index(path)
+  index = read_index(path)
   if index is not None:
     _check_spec(path, index, store_spec(config, vocab))
     if _num_tokens(index) >= min_tokens:
