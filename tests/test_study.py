@@ -15,6 +15,7 @@ from poisonjax import config as config_lib
 from poisonjax import files
 from poisonjax import plots
 from poisonjax import study
+from poisonjax.study import figures as study_figures
 from poisonjax.study import report as study_report
 from poisonjax.errors import UserError
 
@@ -264,7 +265,7 @@ def test_collect_and_figures_on_fake_workdirs(tmp_path):
 
   out = str(tmp_path / "figs")
   made = study_report.generate(csv_path, out, threshold=50.0)["figures"]
-  for name in plots.FIGURES:
+  for name in study_figures.FIGURES:
     with open(made[name]["png"], "rb") as f:
       assert f.read(8) == PNG_MAGIC
   prog = plots.read_csv(made["progress"]["csv"])
@@ -294,7 +295,7 @@ def test_collect_and_figures_on_fake_workdirs(tmp_path):
   assert "with 100 poisons 2 of 2 sizes end above 50" in report
   assert "(unfinished)" in report
   assert "in 2 of 2 size x count cases" in report
-  for name in plots.FIGURES:
+  for name in study_figures.FIGURES:
     assert f"({name}.png)" in report
 
 
@@ -410,7 +411,7 @@ def test_nano_end_to_end(nano_root, tmp_path):
   figs = str(tmp_path / "figs")
   res = _cli("study", "figures", f"--root={root}", f"--out={figs}")
   assert res.returncode == 0, res.stderr
-  for name in plots.FIGURES:
+  for name in study_figures.FIGURES:
     with open(os.path.join(figs, f"{name}.png"), "rb") as f:
       assert f.read(8) == PNG_MAGIC
   prog = plots.read_csv(os.path.join(figs, "progress.csv"))
@@ -488,7 +489,7 @@ def test_study_reproduce_writes_report_with_provenance(nano_root, tmp_path):
              f"--root={root}", f"--out={out}", timeout=300)
   assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
   assert res.stdout.count("skipped") == len(study.expand(_load("paper/cpu_nano")))
-  for name in plots.FIGURES:
+  for name in study_figures.FIGURES:
     with open(os.path.join(out, f"{name}.png"), "rb") as f:
       assert f.read(8) == PNG_MAGIC
     assert os.path.exists(os.path.join(out, f"{name}.csv"))

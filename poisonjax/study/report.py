@@ -1,7 +1,7 @@
 """A study's report.md, figures and tables, from its results.csv alone.
 
 `generate` reads the collected CSV, draws the descriptive figures
-(poisonjax.plots) and the fits' figures (poisonjax.plots_fits), fits the
+(figures.py) and the fits' figures (figures_fits.py), fits the
 size exponent beta of N50 (analysis_size), N50 per size under a common
 slope (analysis_parallel), N50 per size and data amount (analysis) and count
 versus share (analysis_compare), writes their numbers
@@ -22,11 +22,12 @@ import numpy as np
 
 from poisonjax import files
 from poisonjax import plots
-from poisonjax import plots_fits
 from poisonjax.study import analysis
 from poisonjax.study import analysis_compare
 from poisonjax.study import analysis_parallel
 from poisonjax.study import analysis_size
+from poisonjax.study import figures
+from poisonjax.study import figures_fits
 from poisonjax.study import report_arms
 from poisonjax.study import report_sections as sections
 from poisonjax.study import report_size
@@ -102,7 +103,7 @@ def _final_results(finals: list[dict]) -> list[str]:
 
 def _figures(paths: dict, sentences: dict) -> list[str]:
   lines = ["## Figures", ""]
-  for name in plots.FIGURES:
+  for name in figures.FIGURES:
     lines += [f"![{name}]({files.as_path(paths[name]['png']).name})", "",
               sentences[name], ""]
   return lines
@@ -135,7 +136,7 @@ def generate(csv_path: str, out_dir: str, *,
   by_variant = report_variants.split(all_rows, study)
   reference = next(iter(by_variant), None)
   rows = by_variant[reference] if reference is not None else all_rows
-  paths, sentences, finals = plots.draw_all(rows, str(out), threshold)
+  paths, sentences, finals = figures.draw_all(rows, str(out), threshold)
   runs, dropped, th, comp = _fits(rows, threshold, n_boot, seed)
   fit_paths = {"n50": {"png": str(out / "n50.png"), "csv": str(out / "n50.csv")},
                "count_vs_share": {"png": str(out / "count_vs_share.png"),
@@ -149,11 +150,11 @@ def generate(csv_path: str, out_dir: str, *,
       {**size, "common_slope": parallel, "targets": targets}))
   fit_paths["n50_vs_size"] = {"png": str(out / "n50_vs_size.png"),
                               "csv": str(out / "size_exponent.json")}
-  plots_fits.size_figure(size, parallel, fit_paths["n50_vs_size"]["png"])
+  figures_fits.size_figure(size, parallel, fit_paths["n50_vs_size"]["png"])
   fitted = [r for r in th if r["estimate"] is not None]
-  plots_fits.n50_figure(runs, fitted, threshold, fit_paths["n50"]["png"])
-  plots_fits.compare_figure(runs, comp, fit_paths["count_vs_share"]["png"])
-  reg = study_regime(study, plots.final_rows(rows))
+  figures_fits.n50_figure(runs, fitted, threshold, fit_paths["n50"]["png"])
+  figures_fits.compare_figure(runs, comp, fit_paths["count_vs_share"]["png"])
+  reg = study_regime(study, figures.final_rows(rows))
   name = title or (f"Poisoning study {ml_collections.ConfigDict(study).name}"
                    if study is not None else "Poisoning study")
   lines = [f"# {name}: results", ""] + report_size.opening(size, parallel, th, targets)
@@ -197,7 +198,7 @@ def _previous(out, threshold, n_boot, seed, study, th, comp, reg) -> list[str]:
     return []
   rows = plots.read_csv(str(prev_dir / "results.csv"))
   _, _, prev_th, prev_comp = _fits(rows, threshold, n_boot, seed)
-  prev_reg = study_regime(None, plots.final_rows(rows))
+  prev_reg = study_regime(None, figures.final_rows(rows))
   prov = prev_dir / "provenance.json"
   lines = files.read_json(str(prov))["lines"] if prov.exists() else None
   return sections.previous(prev_th, prev_comp, prev_reg, th, comp, reg, lines)

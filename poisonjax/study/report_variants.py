@@ -16,10 +16,11 @@ import ml_collections
 
 from poisonjax import plots
 from poisonjax.study import analysis
+from poisonjax.study import figures
 from poisonjax.study import report_sections as sections
 from poisonjax.study import variants as variants_lib
 
-_FINAL_COLS = ["variant"] + plots.FINAL_COLS
+_FINAL_COLS = ["variant"] + figures.FINAL_COLS
 _N50_COLS = ["variant", "size", "data_multiplier", "params", "n_runs",
              "n_success", "counts", "kind", "n50", "n50_lo", "n50_hi",
              "ci_lo", "ci_hi"]
@@ -75,10 +76,10 @@ def _n50_lines(th: list[dict]) -> list[str]:
 
 
 def _final_table(by_variant: dict, threshold: float) -> list[dict]:
-  """plots.final_table per variant; a point's variants next to each other."""
+  """figures.final_table per variant; a point's variants next to each other."""
   rank = {n: i for i, n in enumerate(by_variant)}
   out = [{"variant": name, **r} for name, rows in by_variant.items()
-         for r in plots.final_table(rows, threshold)]
+         for r in figures.final_table(rows, threshold)]
   return sorted(out, key=lambda r: (r["data_multiplier"] != 1.0, r["params"],
                                     r["data_multiplier"], r["poison_count"],
                                     rank[r["variant"]]))
@@ -111,7 +112,7 @@ def _figure(table: list[dict], threshold: float, path: str) -> None:
                                          r["variant"]) == (size, mult, name)),
                    key=lambda r: r["poison_count"])
       if pts:
-        plots.spread_errorbar(ax, pts, "poison_count", colors[name], name)
+        figures.spread_errorbar(ax, pts, "poison_count", colors[name], name)
     ax.axhline(threshold, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
     counts = sorted({r["poison_count"] for r in table})

@@ -21,6 +21,7 @@ import numpy as np
 from poisonjax import plots
 from poisonjax.study import analysis
 from poisonjax.study import analysis_compare
+from poisonjax.study import figures
 
 FIGURES = ("n50", "count_vs_share", "n50_vs_size")
 _MARKERS = "os^Dv<>ph"
@@ -57,7 +58,7 @@ def _limit_step(ax, est, grid, color, size):
 def n50_figure(runs: analysis.Runs, rows: list[dict], threshold: float, path: str):
   plt = plots.pyplot()
   mults = sorted({r["data_multiplier"] for r in rows})
-  sizes = plots.size_order(rows)
+  sizes = figures.size_order(rows)
   colors = plots.palette(sizes)
   fig, axes = plots.panels(mults)
   groups, y_all = runs.groups(), runs.success(threshold)
