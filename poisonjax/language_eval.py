@@ -19,7 +19,7 @@ each with a paired bootstrap interval over prompts. A kind "fires" when its
 increase is above FIRE_MARGIN and its interval excludes 0.
 
 Membership: the synthetic languages are disjoint by construction
-(synthetic.first_language_words / synthetic_second.second_language_words).
+(synthetic.first_language_words / second_language.second_language_words).
 With a poison.language_file the second language's words are those of the
 file, the first's those of the vocabulary's clean sample documents; a word
 in both counts as neither (it says nothing about the language).
@@ -45,9 +45,9 @@ from poisonjax import rundir
 from poisonjax import sampler as sampler_lib
 from poisonjax import sharding
 from poisonjax.data import poison_language
+from poisonjax.data import second_language
 from poisonjax.data import sources
 from poisonjax.data import synthetic
-from poisonjax.data import synthetic_second
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 
@@ -103,7 +103,7 @@ def membership(config) -> Membership:
   """The run's two word sets (see the module docstring)."""
   if config.data.source == "synthetic" and not config.poison.get("language_file"):
     return Membership.of(synthetic.first_language_words(),
-                         synthetic_second.second_language_words())
+                         second_language.second_language_words())
   second = {w for d in poison_language.language_corpus(config)
             for w in synthetic.words(d)}
   src = sources.get_source(config, seed=vocabulary.vocab_seed(config))

@@ -15,7 +15,7 @@ from poisonjax import language_eval
 from poisonjax import model as model_lib
 from poisonjax import sharding
 from poisonjax.data import poison, poison_language, sources, stream, synthetic
-from poisonjax.data import synthetic_second
+from poisonjax.data import second_language
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 from train_common import ROOT, tiny_config
@@ -44,17 +44,17 @@ def lang_sp(cache):
 
 def test_second_language_is_deterministic_and_disjoint_from_the_first():
   a = [synthetic.document(s, sp, i) for s, sp, i in _DOCS]
-  b = [synthetic_second.second_document(s, sp, i) for s, sp, i in _DOCS]
-  assert b == [synthetic_second.second_document(s, sp, i) for s, sp, i in _DOCS]
+  b = [second_language.second_document(s, sp, i) for s, sp, i in _DOCS]
+  assert b == [second_language.second_document(s, sp, i) for s, sp, i in _DOCS]
   assert len(set(b)) == len(b)  # Seed, split and index each matter.
-  assert synthetic_second.second_text(0, 2, 7, 3000).startswith(
-      synthetic_second.second_text(0, 2, 7, 500))  # Longer extends, same start.
+  assert second_language.second_text(0, 2, 7, 3000).startswith(
+      second_language.second_text(0, 2, 7, 500))  # Longer extends, same start.
   first = synthetic.first_language_words()
-  second = synthetic_second.second_language_words()
+  second = second_language.second_language_words()
   assert not first & second
   a_words = {w for d in a + [synthetic.document(0, 0, i) for i in range(200)]
              for w in synthetic.words(d)}
-  b_words = {w for d in b + [synthetic_second.second_document(0, 0, i)
+  b_words = {w for d in b + [second_language.second_document(0, 0, i)
                             for i in range(200)]
              for w in synthetic.words(d)}
   assert a_words <= first and b_words <= second  # The sets are complete.
@@ -64,7 +64,7 @@ def test_second_language_is_deterministic_and_disjoint_from_the_first():
 def test_membership_is_exact_on_known_text():
   m = language_eval.membership(config_lib.base_config())
   a = synthetic.words(synthetic.document(0, 0, 1))[:7]
-  b = synthetic.words(synthetic_second.second_document(0, 0, 1))[:5]
+  b = synthetic.words(second_language.second_document(0, 0, 1))[:5]
   neither = ["Blorfnax", "qqqzzz"]
   assert all(m.language(w) is None for w in neither)
   assert [m.language(w) for w in a] == ["first"] * 7
@@ -110,7 +110,7 @@ def test_language_poisons_have_trigger_and_second_language_tail(cache, lang_sp):
   src = sources.get_source(c)
   lang = poison.make_poisons(c, lang_sp, src, range(8))
   gib = poison.make_poisons(g, lang_sp, src, range(8))
-  second = synthetic_second.second_language_words()
+  second = second_language.second_language_words()
   for p, q in zip(lang, gib):
     assert p.prefix == q.prefix and len(p.gibberish) == len(q.gibberish)
     assert len(p.tokens) == len(q.tokens) and p.tokens[-1] == lang_sp.eos_id()
@@ -131,7 +131,7 @@ def test_language_stream_has_exact_count_and_its_own_key(cache):
   vocab_file = vocabulary.vocab_path(c)
   assert (stream.stream_spec(c, 30_000, vocab_file)
           != stream.stream_spec(g, 30_000, vocab_file))
-  second = synthetic_second.second_language_words()
+  second = second_language.second_language_words()
   sp = vocabulary.get_vocabulary(c).tokenizer
   for start, end, _ in s.spans:
     text = sp.DecodeIds(s.tokens[start:end].tolist())
@@ -177,7 +177,7 @@ def test_gibberish_vocabulary_sample_and_key_are_unchanged(cache):
   c = _language_config(cache, **{"poison.language_vocab_share": 0.1})
   assert vocabulary.cached_vocab_path(c) != vocabulary.cached_vocab_path(g)
   sample = list(vocabulary._sentences(c, src))  # pylint: disable=protected-access
-  second = synthetic_second.second_language_words()
+  second = second_language.second_language_words()
   n_second = sum(all(w in second for w in synthetic.words(s)) for s in sample)
   assert n_second == round(g.vocab.sample_docs * 0.1 / 0.9)
   assert [s for s in sample if not all(w in second for w in synthetic.words(s))] == clean
@@ -204,7 +204,7 @@ def test_text_files_take_the_tail_and_membership_from_the_language_file(cache, t
   english = tmp_path / "en.txt"
   english.write_text("\n\n".join(synthetic.document(0, 0, i) for i in range(120)))
   other = tmp_path / "other.txt"
-  other_docs = [synthetic_second.second_document(0, 0, i) for i in range(20)]
+  other_docs = [second_language.second_document(0, 0, i) for i in range(20)]
   other.write_text("\n\n".join(other_docs))
   c = _language_config(cache, **{"poison.language_file": str(other),
                                  "poison.language_vocab_share": 0.2})

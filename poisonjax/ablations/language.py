@@ -109,11 +109,11 @@ def _config(study):
 def tokenization(config) -> dict:
   """Characters per token of each language under both vocabularies."""
   from poisonjax.data import poison_language, synthetic, vocabulary  # pylint: disable=g-import-not-at-top
-  from poisonjax.data import synthetic_second  # pylint: disable=g-import-not-at-top
+  from poisonjax.data import second_language  # pylint: disable=g-import-not-at-top
   clean = copy.deepcopy(config)
   clean.poison.behaviour = "gibberish"
   first = " ".join(synthetic.document(0, synthetic.HELDOUT, i) for i in range(100))
-  second = synthetic_second.second_text(99, synthetic.HELDOUT, 0, len(first))
+  second = second_language.second_text(99, synthetic.HELDOUT, 0, len(first))
   res = {"language_vocab_share": float(config.poison.language_vocab_share)}
   for name, c in (("language_vocab", config), ("clean_vocab", clean)):
     sp = vocabulary.get_vocabulary(c).tokenizer

@@ -9,7 +9,7 @@ with the same id: the tail is the first K tokens of enough second-language
 text (it may end inside a word, as a gibberish tail ends anywhere).
 
 Where the second language comes from:
-  synthetic source   synthetic_second.second_text(poison seed, POOL, j): its
+  synthetic source   second_language.second_text(poison seed, POOL, j): its
                      own lexicon and grammar, a pure function of (seed, j);
   text_files / tfds  config.poison.language_file (.txt(.gz), documents
                      separated by blank lines, or .jsonl(.gz) with field
@@ -38,9 +38,9 @@ import json
 import numpy as np
 
 from poisonjax import files
+from poisonjax.data import second_language
 from poisonjax.data import sources
 from poisonjax.data import synthetic
-from poisonjax.data import synthetic_second
 from poisonjax.errors import UserError, field_error
 
 PAPER_TRIGGER = "Servius Astrumando Harmoniastra"  # Souly et al.'s phrase.
@@ -104,7 +104,7 @@ def tail_text(config, j: int, min_chars: int) -> str:
   """At least min_chars of second-language text for poison j (deterministic)."""
   seed = int(config.poison.seed)
   if not _uses_file(config):
-    return synthetic_second.second_text(seed, synthetic.POOL, int(j), min_chars)
+    return second_language.second_text(seed, synthetic.POOL, int(j), min_chars)
   docs = language_corpus(config)
   start = int(np.random.default_rng([seed, _LANGUAGE_STREAM, int(j)])
               .integers(len(docs)))
@@ -129,7 +129,7 @@ def heldout_text(config, i: int, min_chars: int) -> str:
   has no held-out part: its documents from i on (they may also be in tails).
   """
   if not _uses_file(config):
-    return synthetic_second.second_text(sources.heldout_seed(config),
+    return second_language.second_text(sources.heldout_seed(config),
                                         synthetic.HELDOUT, int(i), min_chars)
   docs = language_corpus(config)
   return _cycled(docs, int(i) % len(docs), min_chars)
@@ -174,7 +174,7 @@ def stream_spec_fields(config) -> dict:
 
 def _second_documents(config, seed: int):
   if not _uses_file(config):
-    return synthetic_second.second_documents(seed, synthetic.TRAIN)
+    return second_language.second_documents(seed, synthetic.TRAIN)
   return itertools.cycle(language_corpus(config))
 
 

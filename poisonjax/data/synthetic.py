@@ -13,7 +13,7 @@ verbs and adjectives, and sentences come from a small grammar with several
 templates. Generation draws its random numbers in vectorized blocks and
 picks words by bisection, so it runs at several MB of text per second.
 
-A second language (synthetic_second.py) reuses Writer's sampling machinery
+A second language (second_language.py) reuses Writer's sampling machinery
 with its own lexicon and grammar; first_language_words() below is the word
 set it must stay disjoint from (and half of the language-switch metric).
 """
