@@ -19,8 +19,8 @@ from scipy import special
 from poisonjax import files
 from poisonjax import plots
 from poisonjax.study import analysis
-from poisonjax.study import analysis_compare
 from poisonjax.study import analysis_size
+from poisonjax.study import count_vs_share
 from poisonjax.study import grids
 from poisonjax.study import report
 from poisonjax.study import report_sections
@@ -106,10 +106,10 @@ def _synthetic_runs(rng, driver: str, sizes=(1e5, 3e5, 1e6, 3e6),
 @pytest.mark.parametrize("driver", ["count", "share"])
 def test_model_comparison_picks_the_generating_predictor(driver):
   runs = _synthetic_runs(np.random.default_rng(7), driver, n_seeds=8)
-  c = analysis_compare.compare(runs, threshold=50.0, n_boot=100, seed=0)
+  c = count_vs_share.compare(runs, threshold=50.0, n_boot=100, seed=0)
   assert c["n_clusters"] == 8
   assert c["fitted"] and c["contrast_sd"] > 0.5
-  for resp in analysis_compare.RESPONSES:
+  for resp in count_vs_share.RESPONSES:
     r = c["responses"][resp]
     assert r["better"] == driver, (resp, r)
     m = c["models"]
@@ -135,7 +135,7 @@ def test_separation_is_flagged_and_gets_no_slope():
   step_at_20 = lambda r: dataclasses.replace(r, increase=np.where(r.poisons > 20, 500.0, 1.0))
   rng = np.random.default_rng(2)
   # Two data amounts: a step in count is not one in share.
-  c = analysis_compare.compare(step_at_20(_synthetic_runs(rng, "count", (1e5, 1e6), (1.0, 4.0))),
+  c = count_vs_share.compare(step_at_20(_synthetic_runs(rng, "count", (1e5, 1e6), (1.0, 4.0))),
                                50.0, 40, 0)
   assert [c["models"][k]["separated"] for k in ("success/count", "success/share",
                                                  "log_increase/count")] == [True, False, False]
@@ -144,7 +144,7 @@ def test_separation_is_flagged_and_gets_no_slope():
   assert "- Success: the count model separates the runs" in text
   assert "- Success: **count**" in text and "- Log increase: **" in text
   # One data amount: with log size, log share is log count shifted; both separate.
-  c = analysis_compare.compare(step_at_20(_synthetic_runs(rng, "count", (1e5, 1e6), (1.0,))),
+  c = count_vs_share.compare(step_at_20(_synthetic_runs(rng, "count", (1e5, 1e6), (1.0,))),
                                50.0, 40, 0)
   assert c["models"]["success/count"]["separated"] and c["models"]["success/share"]["separated"]
   lines = report_sections.comparison(c, 50.0)
@@ -183,7 +183,7 @@ def test_report_numbers_are_the_fits(tmp_path):
   # Refit from the CSV: the same numbers the report shows.
   again, _ = analysis.final_runs(plots.read_csv(csv_path))
   th = analysis.thresholds(again, 50.0, 60, 5)
-  comp = analysis_compare.compare(again, 50.0, 60, 5)
+  comp = count_vs_share.compare(again, 50.0, 60, 5)
   size = analysis_size.size_exponent(again, 50.0, 60, 5)
   # The report opens with beta and its seed-clustered interval.
   assert size["fitted"] and text.splitlines()[2] == report_size.headline(size)[0]
@@ -265,5 +265,5 @@ def test_report_compares_with_previous_results(tmp_path):
             f"{analysis.format_n50(o['estimate'])} | "
             f"{analysis.format_interval(o['interval'], o['counts'])} | "
             f"{analysis.format_n50(n['estimate'])} |") in section
-  prev = analysis_compare.compare(old, 50.0, 40, 1)["responses"]["success"]
+  prev = count_vs_share.compare(old, 50.0, 40, 1)["responses"]["success"]
   assert f"before, {prev['better']} better by dAIC {prev['delta_aic']:.2f}" in section

@@ -13,10 +13,10 @@ from scipy import optimize
 from scipy import special
 
 from poisonjax.study import analysis
-from poisonjax.study import analysis_compare
 from poisonjax.study import analysis_firth as firth
 from poisonjax.study import analysis_parallel
 from poisonjax.study import analysis_size
+from poisonjax.study import count_vs_share
 
 SIZES = (237_888.0, 418_272.0, 1_115_264.0)  # cpu-xxs, cpu-xs, cpu-s
 
@@ -164,7 +164,7 @@ def test_count_and_share_are_compared_where_they_differ():
   both = analysis.Runs(**{f: np.concatenate([getattr(runs, f), getattr(more, f)])
                           for f in ("name", "size", "params", "data_multiplier",
                                     "seed", "poisons", "tokens", "increase")})
-  a = analysis_compare.arms(both, 50.0, n_boot=40, seed=0)
+  a = count_vs_share.arms(both, 50.0, n_boot=40, seed=0)
   assert a["one_amount"][1.0]["contrast_sd"] < 1e-6
   assert a["arm_sizes"] == ["xxs-arm"] and a["arm_amounts"] == [0.5, 1.0, 4.0, 16.0]
   assert a["data_arm"]["n_runs"] == k

@@ -11,7 +11,7 @@ sizes). The modules, by job:
   results  the evaluations of every run as one CSV, and the figures
   analysis           N50 per size and data amount (logistic in log N,
                      bootstrap interval)
-  analysis_compare   count vs share as a model comparison (AIC, size slope)
+  count_vs_share     count vs share as a model comparison (AIC, size slope)
   figures, figures_fits     the descriptive figures and the fits' figures
   report, report_sections   report.md, written from those fits only
 This package re-exports what configs/ and experiments/ use. The commands

@@ -22,7 +22,7 @@ order in every cell, so its runs are not independent draws), refits, and
 takes the 2.5% quantile of the resamples' lower ends and the 97.5% quantile
 of their upper ends (a resample whose answer is a bound contributes the
 bound's ends), so bounds widen the interval instead of being replaced by a
-made-up number. Count vs share is in analysis_compare; the size exponent of
+made-up number. Count vs share is in count_vs_share; the size exponent of
 N50 in analysis_size.
 """
 

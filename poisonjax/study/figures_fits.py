@@ -20,7 +20,7 @@ import numpy as np
 
 from poisonjax import plots
 from poisonjax.study import analysis
-from poisonjax.study import analysis_compare
+from poisonjax.study import count_vs_share
 from poisonjax.study import figures
 
 FIGURES = ("n50", "count_vs_share", "n50_vs_size")
@@ -93,8 +93,8 @@ def n50_figure(runs: analysis.Runs, rows: list[dict], threshold: float, path: st
 
 
 def _compare_panel(ax, runs, comparison, predictor, colors, markers):
-  X = analysis_compare.design(runs, predictor)
-  y = analysis_compare.response(runs, "log_increase", 0.0)
+  X = count_vs_share.design(runs, predictor)
+  y = count_vs_share.response(runs, "log_increase", 0.0)
   x = np.exp(X[:, 1]) * (1e6 if predictor == "share" else 1)
   for size in colors:
     for m, marker in markers.items():
@@ -133,14 +133,14 @@ def compare_figure(runs: analysis.Runs, comparison: dict, path: str):
     colors = plots.palette(order)
     mults = sorted({float(m) for m in runs.data_multiplier})
     markers = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(mults)}
-    for ax, predictor in zip(axes, analysis_compare.PREDICTORS):
+    for ax, predictor in zip(axes, count_vs_share.PREDICTORS):
       _compare_panel(ax, runs, comparison, predictor, colors, markers)
     for size, c in colors.items():
       axes[1].plot([], [], color=c, label=size)
     for m, mk in markers.items():
       axes[1].scatter([], [], color="k", marker=mk, label=f"{m:g}x data")
     axes[1].legend(fontsize=7)
-  axes[0].set_ylabel(f"final increase (floored at {analysis_compare.INCREASE_FLOOR:g})")
+  axes[0].set_ylabel(f"final increase (floored at {count_vs_share.INCREASE_FLOOR:g})")
   fig.suptitle("Count vs share: final increase and the fitted lines per size")
   fig.tight_layout()
   plots.save_png(fig, path, dpi=110)

@@ -4,7 +4,7 @@
 (figures.py) and the fits' figures (figures_fits.py), fits the
 size exponent beta of N50 (analysis_size), N50 per size under a common
 slope (analysis_parallel), N50 per size and data amount (analysis) and count
-versus share (analysis_compare), writes their numbers
+versus share (count_vs_share), writes their numbers
 as size_exponent.json, n50.csv and count_vs_share.json, and writes report.md
 from those same numbers: beta, N50 per size and the targets first
 (report_size), then regime, provenance (lines the caller passes), N50, the
@@ -23,9 +23,9 @@ import numpy as np
 from poisonjax import files
 from poisonjax import plots
 from poisonjax.study import analysis
-from poisonjax.study import analysis_compare
 from poisonjax.study import analysis_parallel
 from poisonjax.study import analysis_size
+from poisonjax.study import count_vs_share
 from poisonjax.study import figures
 from poisonjax.study import figures_fits
 from poisonjax.study import report_arms
@@ -112,11 +112,11 @@ def _figures(paths: dict, sentences: dict) -> list[str]:
 def _fits(rows, threshold, n_boot, seed):
   runs, dropped = analysis.final_runs(rows)
   th = analysis.thresholds(runs, threshold, n_boot, seed)
-  comp = (analysis_compare.compare(runs, threshold, n_boot, seed) if len(runs)
+  comp = (count_vs_share.compare(runs, threshold, n_boot, seed) if len(runs)
           else {"fitted": False, "reason": "no finished run with poisons",
                 "n_runs": 0, "n_success": 0})
   if len(runs):
-    comp["arms"] = analysis_compare.arms(runs, threshold, n_boot, seed)
+    comp["arms"] = count_vs_share.arms(runs, threshold, n_boot, seed)
   return runs, dropped, th, comp
 
 
@@ -128,7 +128,7 @@ def generate(csv_path: str, out_dir: str, *,
   """Writes the figures, their tables and report.md into out_dir (see above).
 
   Returns {"figures": {name: {png, csv}}, "report": path, "thresholds":
-  analysis.thresholds' rows, "comparison": analysis_compare.compare's dict}.
+  analysis.thresholds' rows, "comparison": count_vs_share.compare's dict}.
   """
   out = files.as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def generate(csv_path: str, out_dir: str, *,
             "in this report is computed from results.csv by "
             "poisonjax/study/report.py (fits: poisonjax/study/analysis.py, "
             "analysis_size.py, analysis_parallel.py, analysis_firth.py and "
-            "analysis_compare.py); "
+            "count_vs_share.py); "
             "nothing is written by hand.", ""]
   if report_variants.has_variants(by_variant):
     lines += [f"This study has {len(by_variant)} variants ({', '.join(by_variant)}): "

@@ -3,7 +3,7 @@
 At one data amount tokens are proportional to parameters, so with log size
 in the model log share is log count shifted by a constant: those runs carry
 no information on count versus share. This section says so with the
-numbers (analysis_compare.arms) and shows the comparison on the runs where
+numbers (count_vs_share.arms) and shows the comparison on the runs where
 the two differ, the sizes run at several data amounts, on their own.
 """
 

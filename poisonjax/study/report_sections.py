@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from poisonjax.study import analysis
-from poisonjax.study import analysis_compare
+from poisonjax.study import count_vs_share
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 
@@ -135,13 +135,13 @@ def _model_row(name: str, m: dict) -> str:
 
 
 def _both_separated(resp: str, models: dict) -> bool:
-  return all(models[f"{resp}/{p}"].get("separated") for p in analysis_compare.PREDICTORS)
+  return all(models[f"{resp}/{p}"].get("separated") for p in count_vs_share.PREDICTORS)
 
 
 def _separated_line(resp: str, models: dict) -> str | None:
   """Where a response's models separate the runs, what that leaves of the
   comparison (None where neither does)."""
-  sep = [p for p in analysis_compare.PREDICTORS if models[f"{resp}/{p}"].get("separated")]
+  sep = [p for p in count_vs_share.PREDICTORS if models[f"{resp}/{p}"].get("separated")]
   name = resp.replace("_", " ").capitalize()
   if len(sep) == 2:
     return (f"- {name}: both models separate the runs (with log size, log count "
@@ -216,7 +216,7 @@ def comparison(c: dict, threshold: float) -> list[str]:
                     f"{c['n_success']} successes).", ""]
   lines += [
       f"Success (final increase > {threshold:g}, logistic) and log(final "
-      f"increase, floored at {analysis_compare.INCREASE_FLOOR:g}; least "
+      f"increase, floored at {count_vs_share.INCREASE_FLOOR:g}; least "
       "squares, Gaussian likelihood) fitted against log(poisons seen) = "
       "**count** and against log(poisons seen / tokens seen) = **share**, "
       "each with log(parameters) as a covariate. Slope on log size: Wald 95% "
@@ -269,7 +269,7 @@ def caveats(runs, dropped, th_rows, comp, reg, finals) -> list[str]:
                "learning-rate schedule, so more poisons also meant more training.")
   if comp.get("fitted"):
     out.append(f"{comp['floored']} run(s) with a final increase below "
-               f"{analysis_compare.INCREASE_FLOOR:g} are floored at it on the log "
+               f"{count_vs_share.INCREASE_FLOOR:g} are floored at it on the log "
                "scale.")
   k = len(set(int(s) for s in runs.seed))
   out.append(f"Every bootstrap resamples the {k} seed(s) as clusters "
