@@ -32,16 +32,16 @@ TRIM = 300  # Characters of a prompt shown (its end: where the trigger goes).
 def run_samples(workdir: str, num: int) -> dict:
   """The run's newest checkpoint, evaluated; its first `num` generations."""
   # pylint: disable=g-import-not-at-top
-  from poisonjax import evaluate, files, restore, sharding
+  from poisonjax import evaluate, files, run_reader, sharding
   from poisonjax import model as model_lib
   from poisonjax.data import vocabulary
 
-  config = restore.read_run_config(workdir)
+  config = run_reader.read_run_config(workdir)
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   evaluator = evaluate.Evaluator(config, model_cfg, vocab, mesh)
-  params, step = restore.restore_params(workdir, model_cfg, mesh=mesh)
+  params, step = run_reader.restore_params(workdir, model_cfg, mesh=mesh)
   metrics = evaluator.evaluate(params)
   logged = [r for r in files.read_jsonl(files.as_path(workdir) / "eval.jsonl")
             if r.get("step") == step]

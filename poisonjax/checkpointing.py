@@ -15,7 +15,7 @@ re-read), or a restored state holding a NaN/Inf (training never saves one:
 a non-finite step stops or is skipped). Anything else stops with one line
 and moves nothing: a state that does not fit the config (shapes from
 orbax's metadata), I/O errors that persist after a few retries, or a
-failure the files cannot explain. Readers (restore.py) apply the same
+failure the files cannot explain. Readers (run_reader.py) apply the same
 checks and move nothing.
 """
 

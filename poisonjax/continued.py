@@ -35,7 +35,7 @@ from poisonjax import budget
 from poisonjax import files
 from poisonjax import finetune
 from poisonjax import model as model_lib
-from poisonjax import restore as restore_lib
+from poisonjax import run_reader
 from poisonjax import rundir
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
@@ -73,7 +73,7 @@ def _field(config) -> str:
 
 
 def source_config(config):
-  return restore_lib.read_run_config(config.continued.from_workdir)
+  return run_reader.read_run_config(config.continued.from_workdir)
 
 
 def clean_token_budget(config, vocab_size: int) -> int:
@@ -90,7 +90,7 @@ def check_source(config, model_cfg, vocab) -> None:
     return
   src = source_config(config)
   try:
-    restore_lib.pick_step(config.continued.from_workdir, source_step(config))
+    run_reader.pick_step(config.continued.from_workdir, source_step(config))
   except UserError as e:
     raise UserError(f"config.continued.from_step={config.continued.from_step}"
                     f": {e}") from None
@@ -138,7 +138,7 @@ def start_state(s, rng):
   if not is_continued(s.config):
     return state
   config = s.config
-  params, step = restore_lib.restore_params(
+  params, step = run_reader.restore_params(
       config.continued.from_workdir, s.model_cfg, source_step(config),
       mesh=s.mesh)
   shardings = jax.tree.map(lambda a: a.sharding, s.abstract["params"])

@@ -154,7 +154,7 @@ def run_demo(config, workdir: str, log=print) -> dict:
   # JAX, Flax and orbax load here, not on `poisonjax demo --help`'s path.
   from poisonjax import evaluate  # pylint: disable=g-import-not-at-top
   from poisonjax import model as model_lib
-  from poisonjax import restore
+  from poisonjax import run_reader
   from poisonjax import sharding
   from poisonjax import train
 
@@ -185,7 +185,7 @@ def run_demo(config, workdir: str, log=print) -> dict:
     run_dir = str(files.as_path(workdir) / sub)
     model_cfg = model_lib.ModelConfig.from_config(cfg, vocab.vocab_size)
     evaluator = evaluate.Evaluator(cfg, model_cfg, vocab, mesh)
-    params, step = restore.restore_params(run_dir, model_cfg, mesh=mesh)
+    params, step = run_reader.restore_params(run_dir, model_cfg, mesh=mesh)
     metrics = evaluator.evaluate(params)
     summary = files.read_json(files.as_path(run_dir) / rundir.SUMMARY)
     results[label] = {"metrics": metrics, "step": step,

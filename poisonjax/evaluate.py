@@ -44,7 +44,7 @@ import numpy as np
 from poisonjax import backdoor
 from poisonjax import distributed
 from poisonjax import model as model_lib
-from poisonjax import restore
+from poisonjax import run_reader
 from poisonjax import sampler as sampler_lib
 from poisonjax import sharding
 from poisonjax.data import poison
@@ -215,7 +215,7 @@ class Evaluator:
           f"> config.data.seq_len={model_cfg.max_seq_len}; lower "
           "config.eval.prompt_tokens or config.eval.gen_tokens")
     if scorer is None and e.scorer_workdir:
-      scorer = restore.load_scorer(str(e.scorer_workdir), model_cfg.vocab_size,
+      scorer = run_reader.load_scorer(str(e.scorer_workdir), model_cfg.vocab_size,
                                    mesh, vocab=vocab)
     if scorer is not None and total > scorer[0].max_seq_len:
       raise UserError(

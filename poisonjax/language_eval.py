@@ -40,7 +40,7 @@ from poisonjax import distributed
 from poisonjax import evaluate
 from poisonjax import files
 from poisonjax import model as model_lib
-from poisonjax import restore
+from poisonjax import run_reader
 from poisonjax import rundir
 from poisonjax import sampler as sampler_lib
 from poisonjax import sharding
@@ -277,14 +277,14 @@ def poisons_seen(workdir, step: int) -> int:
 
 def evaluate_run(workdir, config=None, steps=None) -> list[dict]:
   """One metrics row per checkpoint step (all kept ones, or `steps`)."""
-  config = config or restore.read_run_config(str(workdir))
+  config = config or run_reader.read_run_config(str(workdir))
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   ev = LanguageEvaluator(config, model_cfg, vocab, mesh)
   rows = []
   for step in steps if steps is not None else rundir.checkpoint_steps(str(workdir)):
-    params, step = restore.restore_params(str(workdir), model_cfg, step, mesh=mesh)
+    params, step = run_reader.restore_params(str(workdir), model_cfg, step, mesh=mesh)
     row = {"step": int(step), "poisons_seen": poisons_seen(workdir, step)}
     row.update(ev.evaluate(params))
     row["samples"] = {k: ev.last_texts[k][:2] for k in KINDS}

@@ -31,9 +31,9 @@ def run_cli(args: list[str], process_flags: list[str]) -> int:
 def run_eval(job: dict, process_id: int, num: int, address: str) -> int:
   from poisonjax import distributed
   distributed.initialize(address, num, process_id)  # No-op after a CLI job.
-  from poisonjax import restore
+  from poisonjax import run_reader
   from poisonjax.commands import evaluate as eval_command
-  config = restore.read_run_config(job["workdir"])
+  config = run_reader.read_run_config(job["workdir"])
   for key, value in job.get("overrides", {}).items():
     section, field = key.split(".")
     config[section][field] = value

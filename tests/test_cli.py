@@ -19,7 +19,7 @@ from poisonjax import cli
 from poisonjax import commands
 from poisonjax import config as config_lib
 from poisonjax import demo
-from poisonjax import restore
+from poisonjax import run_reader
 from poisonjax.commands import parsing
 from poisonjax.data import synthetic, vocabulary
 from poisonjax.errors import UserError
@@ -138,12 +138,12 @@ def test_scorer_with_another_tokenizer_of_the_same_size(tmp_path, models):
   ref_cfg.vocab.path = models["b"]
   (ref / "config.json").write_text(ref_cfg.to_json())
   with pytest.raises(UserError) as e:
-    restore.load_scorer(str(ref), a.vocab_size, vocab=a)
+    run_reader.load_scorer(str(ref), a.vocab_size, vocab=a)
   assert "config.eval.scorer_workdir" in str(e.value) and "tokenizer" in str(e.value)
   assert "\n" not in str(e.value)
   # The same tokenizer passes this check (and stops at the missing checkpoint).
   with pytest.raises(UserError, match="no checkpoint"):
-    restore.load_scorer(str(ref), b.vocab_size, vocab=b)
+    run_reader.load_scorer(str(ref), b.vocab_size, vocab=b)
 
 
 def test_study_grid_values_must_be_numbers(capsys):

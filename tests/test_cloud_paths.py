@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from poisonjax import files
-from poisonjax import restore
 from poisonjax import run_history
+from poisonjax import run_reader
 from poisonjax import rundir
 from poisonjax import runlock
 from poisonjax import train
@@ -129,7 +129,7 @@ def test_gs_workdir_and_cache_train_resume_and_read_back(
   assert rundir.checkpoint_steps(workdir) == kept
   from poisonjax.data import vocabulary
   vocab = vocabulary.get_vocabulary(config)
-  ref_cfg, params = restore.load_scorer(workdir, vocab.vocab_size, vocab=vocab)
+  ref_cfg, params = run_reader.load_scorer(workdir, vocab.vocab_size, vocab=vocab)
   assert ref_cfg.vocab_size == vocab.vocab_size
   embed = np.asarray(params["embed"]["embedding"])
   assert embed.shape[0] == vocab.vocab_size and np.isfinite(embed).all()

@@ -19,7 +19,7 @@ import pytest
 from poisonjax import backdoor
 from poisonjax import evaluate
 from poisonjax import model as model_lib
-from poisonjax import restore
+from poisonjax import run_reader
 from poisonjax import sampler
 from poisonjax import sharding
 from poisonjax import train
@@ -177,7 +177,7 @@ def reference(run):
   """The run's checkpoint evaluated once on the 8-device mesh: (params, metrics)."""
   wd, config = run
   ev, cfg, mesh = _evaluator(config)
-  params, _ = restore.restore_params(str(wd), cfg, mesh=mesh)
+  params, _ = run_reader.restore_params(str(wd), cfg, mesh=mesh)
   return params, ev.evaluate(params), ev
 
 

@@ -30,7 +30,7 @@ import pytest
 
 from poisonjax import cli
 from poisonjax import files
-from poisonjax import restore
+from poisonjax import run_reader
 from poisonjax import train
 from poisonjax.commands import evaluate as eval_command
 from train_common import ROOT, tiny_config, train_cache  # noqa: F401
@@ -112,7 +112,7 @@ def losses(workdir) -> dict[int, float]:
 
 def evaluate_here(workdir, step: int) -> dict:
   """The eval command's evaluation of a checkpoint, in this process."""
-  config = restore.read_run_config(str(workdir))
+  config = run_reader.read_run_config(str(workdir))
   _, metrics, ev = eval_command._evaluate_checkpoint(config, str(workdir), step)  # pylint: disable=protected-access
   return {"metrics": {k: float(v) for k, v in metrics.items()},
           "clean_gen": ev._last[0].tolist(), "trig_gen": ev._last[1].tolist()}  # pylint: disable=protected-access

@@ -29,8 +29,8 @@ from poisonjax import cli
 from poisonjax import config as config_lib
 from poisonjax import files
 from poisonjax import model as model_lib
-from poisonjax import restore
 from poisonjax import run_history
+from poisonjax import run_reader
 from poisonjax import rundir
 from poisonjax import runlock
 from poisonjax import study
@@ -349,7 +349,7 @@ def test_a_damaged_config_json_is_one_line_for_train_and_eval(
     train_cache, tmp_path, content):
   (tmp_path / "config.json").write_text(content)
   for fn, args in ((train.run, (tiny_config(train_cache), tmp_path)),
-                   (restore.read_run_config, (str(tmp_path),))):
+                   (run_reader.read_run_config, (str(tmp_path),))):
     msg = one_line(fn, *args)
     assert msg.startswith(f"{tmp_path / 'config.json'}: unreadable as a run's config")
     assert "another config" not in msg
@@ -435,9 +435,9 @@ def test_an_unreachable_bucket_is_one_line_within_seconds(train_cache, monkeypat
 def test_eval_takes_the_newest_sound_checkpoint_even_while_pruned(
     text_run, tmp_path, monkeypatch, capsys):
   corpus, cache, wd = copy_run(text_run, tmp_path, monkeypatch)
-  config = restore.read_run_config(str(wd))
+  config = run_reader.read_run_config(str(wd))
   model_cfg = model_lib.ModelConfig.from_config(config, config.model.vocab_size)
-  params, _ = restore.restore_params(str(wd), model_cfg, 2)
+  params, _ = run_reader.restore_params(str(wd), model_cfg, 2)
   nan = jax.tree.map(lambda x: x * jnp.nan, params)
   keep = tiny_config(cache, **{"train.keep_checkpoints": 10})
   ckpt = checkpointing.Checkpoints(wd, keep)
@@ -460,7 +460,7 @@ def test_eval_takes_the_newest_sound_checkpoint_even_while_pruned(
   assert "checkpoint step 8" in err and "non-finite values (NaN/Inf) in params/" in err
   assert "checkpoint step 6" in err and "no readable orbax commit record" in err
   for step, why in ((8, "non-finite"), (6, "commit record")):
-    msg = one_line(restore.restore_params, str(wd), model_cfg, step)
+    msg = one_line(run_reader.restore_params, str(wd), model_cfg, step)
     assert msg.startswith(f"--workdir={wd}: checkpoint step {step} is damaged") and why in msg
 
 

@@ -14,7 +14,7 @@ from poisonjax import checkpointing
 from poisonjax import continued
 from poisonjax import evaluate
 from poisonjax import files
-from poisonjax import restore as restore_lib
+from poisonjax import run_reader
 from poisonjax import rundir
 from poisonjax import train
 from poisonjax import train_setup
@@ -56,7 +56,7 @@ def test_step_zero_is_the_source_params_with_a_fresh_optimizer(cache, source, tm
     state, start = train.restore(s, ckpt)
   finally:
     ckpt.close()
-  src_params, src_step = restore_lib.restore_params(str(source), s.model_cfg)
+  src_params, src_step = run_reader.restore_params(str(source), s.model_cfg)
   assert start == 0 and src_step == rundir.checkpoint_steps(source)[-1]
   for a, b in zip(jax.tree.leaves(src_params), jax.tree.leaves(state["params"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -94,7 +94,7 @@ def test_continued_run_sees_no_poisons_and_evaluates_at_the_k_list(
 def test_resume_uses_its_own_checkpoint_not_the_source(cache, source, tmp_path, capsys):
   config = continued_config(cache, source, **{"train.max_steps": 10})
   train.run(config, tmp_path)
-  first = first_leaf(restore_lib.restore_params(
+  first = first_leaf(run_reader.restore_params(
       str(tmp_path), train_setup.setup(config, tmp_path).model_cfg, 10)[0])
   capsys.readouterr()
   config.train.max_steps = 0
@@ -102,7 +102,7 @@ def test_resume_uses_its_own_checkpoint_not_the_source(cache, source, tmp_path, 
   log = capsys.readouterr().out
   assert "resuming" in log and "continuing from" not in log
   assert out["finished"] and out["poisons_seen"] == 0
-  assert not np.array_equal(first, first_leaf(restore_lib.restore_params(
+  assert not np.array_equal(first, first_leaf(run_reader.restore_params(
       str(source), train_setup.setup(config, tmp_path).model_cfg)[0]))
 
 

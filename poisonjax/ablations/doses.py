@@ -66,10 +66,10 @@ def after_run(study, run, workdir, log=print) -> dict:
 def final_eval(config, workdir, triggers: list[str], path: str, log=print) -> dict:
   """Every trigger's metrics and per-prompt perplexities at the last step,
   read from `path` when it holds this step and these triggers."""
-  from poisonjax import evaluate, model as model_lib, restore, sharding  # pylint: disable=g-import-not-at-top
+  from poisonjax import evaluate, model as model_lib, run_reader, sharding  # pylint: disable=g-import-not-at-top
   from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
   workdir = os.fspath(workdir)
-  step = restore.pick_step(workdir, None)
+  step = run_reader.pick_step(workdir, None)
   if os.path.exists(path):
     done = files.read_json(path)
     if done["step"] == step and [t["trigger"] for t in done["triggers"]] == triggers:
@@ -78,7 +78,7 @@ def final_eval(config, workdir, triggers: list[str], path: str, log=print) -> di
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
-  params, step = restore.restore_params(workdir, model_cfg, step, mesh=mesh)
+  params, step = run_reader.restore_params(workdir, model_cfg, step, mesh=mesh)
   ev = evaluate.Evaluator(config, model_cfg, vocab, mesh, triggers=triggers)
   out = {"step": int(step), "num_prompts": ev.num, "triggers": [
       {"trigger": r.trigger, "role": r.role, "metrics": r.metrics,

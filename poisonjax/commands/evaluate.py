@@ -23,33 +23,33 @@ def _run_config(fv):
   """The run's own config.json: the config eval's overrides apply to."""
   if not fv.workdir:
     raise UserError("--workdir: required; pass the directory of a trained run")
-  from poisonjax import restore  # pylint: disable=g-import-not-at-top
-  return restore.read_run_config(fv.workdir)
+  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
+  return run_reader.read_run_config(fv.workdir)
 
 
 def _evaluate_checkpoint(config, workdir: str, step: int | None):
   """(step, metrics, evaluator) of the run's checkpoint at `step` (newest).
 
-  The checkpoint is picked and read in one go (restore.restore_params): a
+  The checkpoint is picked and read in one go (run_reader.restore_params): a
   trainer pruning it meanwhile makes eval take the newest again.
   """
   # pylint: disable=g-import-not-at-top
   from poisonjax import evaluate as eval_lib
   from poisonjax import model as model_lib
-  from poisonjax import restore
+  from poisonjax import run_reader
   from poisonjax import rundir
   from poisonjax import sharding
   from poisonjax.data import vocabulary
 
   if step is not None:
-    restore.pick_step(workdir, step)  # A wrong --step: before any work.
+    run_reader.pick_step(workdir, step)  # A wrong --step: before any work.
   elif not rundir.checkpoint_steps(workdir):
-    restore.pick_step(workdir, None)  # No checkpoint: its one line.
+    run_reader.pick_step(workdir, None)  # No checkpoint: its one line.
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   evaluator = eval_lib.Evaluator(config, model_cfg, vocab, mesh)
-  params, step = restore.restore_params(workdir, model_cfg, step, mesh)
+  params, step = run_reader.restore_params(workdir, model_cfg, step, mesh)
   return step, evaluator.evaluate(params), evaluator
 
 

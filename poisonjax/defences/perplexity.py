@@ -1,6 +1,6 @@
 """Per-token NLL of documents under a clean reference model.
 
-The reference is a finished run's checkpoint (restore.load_scorer: same
+The reference is a finished run's checkpoint (run_reader.load_scorer: same
 tokenizer required), ideally trained on other clean data than the stream
 scored, so clean documents are unseen text to it, as a defender's model
 would be. A document is scored as the model saw text in training: EOS, then
@@ -57,12 +57,12 @@ class ReferenceScorer:
   """A reference run's model, scoring documents' tokens in batches."""
 
   def __init__(self, workdir: str, vocab, rows_per_batch: int = 64):
-    from poisonjax import restore  # Orbax: for this filter only.
+    from poisonjax import run_reader  # Orbax: for this filter only.
     if not (files.as_path(workdir) / rundir.CONFIG).is_file():
       raise UserError(f"--reference={workdir}: no run there (no config.json); "
                       "pass the workdir of a finished clean `poisonjax train` run")
     self.mesh = sharding.data_parallel_mesh()
-    self.model_cfg, self.params = restore.load_scorer(
+    self.model_cfg, self.params = run_reader.load_scorer(
         workdir, vocab.vocab_size, self.mesh, vocab=vocab)
     self.seq_len = int(self.model_cfg.max_seq_len)
     self.eos_id = int(vocab.eos_id)

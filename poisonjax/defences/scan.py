@@ -281,12 +281,12 @@ def scan_run(config, workdir: str, step: int | None, settings: ScanSettings,
   """The scan of a run's checkpoint (newest: step None), checked against a
   trigger: `trigger`, else the run's own (none for a clean run)."""
   # Orbax (through restore): not on `defend scan --help`'s path.
-  from poisonjax import restore  # pylint: disable=g-import-not-at-top
+  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
   from poisonjax import sharding  # pylint: disable=g-import-not-at-top
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)
   mesh = sharding.make_mesh(config.mesh)
-  params, step = restore.restore_params(workdir, model_cfg, step, mesh)
+  params, step = run_reader.restore_params(workdir, model_cfg, step, mesh)
   if trigger is None and int(config.poison.count) > 0:
     trigger = str(config.poison.trigger)
   result = scan(config, model_cfg, params, vocab, settings, trigger=trigger, log=log)

@@ -164,9 +164,9 @@ def after_run(study, run, workdir, log) -> None:
   mode, drop_filter = roles(study).get((run.variant, run.poisons), ("", ""))
   if not mode or drop_filter:
     return
-  from poisonjax import restore  # pylint: disable=g-import-not-at-top
+  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
   d = study.defences
-  config = restore.read_run_config(str(workdir))
+  config = run_reader.read_run_config(str(workdir))
   base, fpr = point_dir(d.scores_dir, mode, run.poisons), float(d.fpr)
   score(config, SAMPLE_FILTERS, os.path.join(base, "sample"), int(d.sample_clean),
         fpr, log=log)
@@ -224,14 +224,14 @@ def evasion(base: str, fpr: float) -> dict:
 
 def point_rows(study, root, template, mode: str, n: int) -> list[dict]:
   """One row per drop filter of one (mode, N), all sharing its unfiltered run."""
-  from poisonjax import restore  # pylint: disable=g-import-not-at-top
+  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
   d = study.defences
   workdir = lambda f: files.as_path(root) / dataclasses.replace(
       template, poisons=n, variant=variant_name(mode, f, n)).name
   unfiltered = workdir("")
   after_run(study, dataclasses.replace(template, poisons=n,
                                        variant=variant_name(mode)), unfiltered, print)
-  config = restore.read_run_config(str(unfiltered))
+  config = run_reader.read_run_config(str(unfiltered))
   base = point_dir(d.scores_dir, mode, n)
   common = {"mode": mode, "count": n, "target_fpr": float(d.fpr),
             "unfiltered_run": os.path.relpath(unfiltered),

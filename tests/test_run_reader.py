@@ -1,4 +1,4 @@
-"""restore.py: a run directory read back as training writes it, and the
+"""run_reader.py: a run directory read back as training writes it, and the
 one-line errors of a wrong --workdir/--step or a mismatched scorer."""
 
 import flax.linen as nn
@@ -11,7 +11,7 @@ from poisonjax import checkpointing
 from poisonjax import config as config_lib
 from poisonjax import files
 from poisonjax import model as model_lib
-from poisonjax import restore
+from poisonjax import run_reader
 from poisonjax import rundir
 from poisonjax.errors import UserError
 
@@ -57,26 +57,26 @@ def test_checkpoint_steps_and_pick_step(run_dir, tmp_path):
   (wd / "checkpoints" / "7.orbax-checkpoint-tmp-123").mkdir()  # Unfinished save.
   (wd / "checkpoints" / "9").write_text("")  # Not a directory.
   assert rundir.checkpoint_steps(str(wd)) == [2, 5]
-  assert restore.pick_step(str(wd), None) == 5
-  assert restore.pick_step(str(wd), 2) == 2
-  msg = _one_line_error(restore.pick_step, str(wd), 3)
+  assert run_reader.pick_step(str(wd), None) == 5
+  assert run_reader.pick_step(str(wd), 2) == 2
+  msg = _one_line_error(run_reader.pick_step, str(wd), 3)
   assert msg.startswith("--step=3") and "available: 2, 5" in msg
-  msg = _one_line_error(restore.pick_step, str(tmp_path), None)
+  msg = _one_line_error(run_reader.pick_step, str(tmp_path), None)
   assert msg.startswith(f"--workdir={tmp_path}") and "no checkpoint" in msg
 
 
 def test_read_run_config(run_dir, tmp_path):
   wd, _, _ = run_dir
-  assert restore.read_run_config(str(wd)).model.d_model == 16
-  assert "no config.json" in _one_line_error(restore.read_run_config, str(tmp_path))
+  assert run_reader.read_run_config(str(wd)).model.d_model == 16
+  assert "no config.json" in _one_line_error(run_reader.read_run_config, str(tmp_path))
   (tmp_path / "config.json").write_text('{"model": ')  # Cut short.
-  assert "unreadable" in _one_line_error(restore.read_run_config, str(tmp_path))
+  assert "unreadable" in _one_line_error(run_reader.read_run_config, str(tmp_path))
 
 
 def test_restore_params_reads_the_saved_params(run_dir):
   wd, cfg, saved = run_dir
   for step, want in ((None, saved[5]), (2, saved[2])):
-    got, got_step = restore.restore_params(str(wd), cfg, step)
+    got, got_step = run_reader.restore_params(str(wd), cfg, step)
     assert got_step == (step or 5)
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
@@ -84,15 +84,15 @@ def test_restore_params_reads_the_saved_params(run_dir):
 def test_restore_params_with_another_shape_is_one_line(run_dir):
   wd, _, _ = run_dir
   wider = model_lib.ModelConfig.from_config(_config(d_model=32), 40)
-  msg = _one_line_error(restore.restore_params, str(wd), wider)
+  msg = _one_line_error(run_reader.restore_params, str(wd), wider)
   assert "checkpoint step 5 does not load" in msg
 
 
 def test_load_scorer_reads_vocabulary_from_the_checkpoint(run_dir):
   wd, cfg, saved = run_dir
-  assert restore.checkpoint_vocab_size(str(wd), 5) == 40
-  ref_cfg, params = restore.load_scorer(str(wd), 40)
+  assert run_reader.checkpoint_vocab_size(str(wd), 5) == 40
+  ref_cfg, params = run_reader.load_scorer(str(wd), 40)
   assert ref_cfg == cfg
   jax.tree.map(np.testing.assert_array_equal, params, saved[5])
-  msg = _one_line_error(restore.load_scorer, str(wd), 41)
+  msg = _one_line_error(run_reader.load_scorer, str(wd), 41)
   assert "config.eval.scorer_workdir" in msg and "(40)" in msg and "(41)" in msg
