@@ -32,7 +32,7 @@ TRIM = 300  # Characters of a prompt shown (its end: where the trigger goes).
 def run_samples(workdir: str, num: int) -> dict:
   """The run's newest checkpoint, evaluated; its first `num` generations."""
   # pylint: disable=g-import-not-at-top
-  from poisonjax import evaluate, files, run_reader, sharding
+  from poisonjax import evaluate, files, run_reader, rundir, sharding
   from poisonjax import model as model_lib
   from poisonjax.data import vocabulary
 
@@ -43,9 +43,9 @@ def run_samples(workdir: str, num: int) -> dict:
   evaluator = evaluate.Evaluator(config, model_cfg, vocab, mesh)
   params, step = run_reader.restore_params(workdir, model_cfg, mesh=mesh)
   metrics = evaluator.evaluate(params)
-  logged = [r for r in files.read_jsonl(files.as_path(workdir) / "eval.jsonl")
+  logged = [r for r in files.read_jsonl(files.as_path(workdir) / rundir.EVAL)
             if r.get("step") == step]
-  summary_path = files.as_path(workdir) / "summary.json"
+  summary_path = files.as_path(workdir) / rundir.SUMMARY
   summary = files.read_json(summary_path) if summary_path.exists() else {}
   return {
       "workdir": workdir, "step": int(step),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from poisonjax import files
 from poisonjax import plots
+from poisonjax import rundir
 from poisonjax.finetune import evaluate as ft_evaluate
 from poisonjax.study import grids
 from poisonjax.study import results as study_results
@@ -23,14 +24,14 @@ COLUMNS = ("run", "study", "variant", "size", "params", "poison_count", "seed",
 
 
 def _manifest(workdir) -> dict:
-  path = files.as_path(workdir) / "manifest.json"
+  path = files.as_path(workdir) / rundir.MANIFEST
   return files.read_json(path) if path.exists() else {}
 
 
 def collect(study, root) -> list[dict]:
   """Every evaluation of the study's finished or running runs under root."""
   runs = [r for r in grids.expand(study)
-          if (files.as_path(root) / r.name / "eval.jsonl").exists()]
+          if (files.as_path(root) / r.name / rundir.EVAL).exists()]
   rows = study_results.collect(root, runs)
   manifests = {r.name: _manifest(files.as_path(root) / r.name) for r in runs}
   out = []
