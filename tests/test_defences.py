@@ -81,7 +81,7 @@ class _FakeStream:
     self.spans = np.array(spans, np.int64).reshape(-1, 3)
     self.manifest = [{"id": int(i)} for i in self.spans[:, 2]]
 
-  def _fill(self, tokens, mask, a, b):
+  def read_into(self, tokens, mask, a, b):
     tokens[:] = self.tokens[a:b]
 
 

@@ -45,7 +45,7 @@ class Document:
 def read_tokens(stream, a: int, b: int) -> np.ndarray:
   """Stream positions [a, b) as int32 (a cached stream or a store overlay)."""
   tokens = np.zeros(b - a, np.int32)
-  stream._fill(tokens, np.zeros(b - a, np.bool_), a, b)  # pylint: disable=protected-access
+  stream.read_into(tokens, np.zeros(b - a, np.bool_), a, b)
   return tokens
 
 

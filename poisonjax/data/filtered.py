@@ -184,7 +184,7 @@ def _materialize(base, spec, record, starts, ends, pids, drop, d) -> None:
       for a, b in _runs(starts[keep], ends[keep]):
         for x in range(a, b, _COPY_TOKENS):
           documents.read_tokens(base, x, min(b, x + _COPY_TOKENS)).astype(dtype).tofile(f)
-    by_id = {int(m["id"]): m for m in base._base_manifest}  # pylint: disable=protected-access
+    by_id = {int(m["id"]): m for m in base.base_manifest}
     survivors = np.flatnonzero(keep & (pids >= 0))  # Stream order.
     spans = np.stack([new_starts[survivors], new_starts[survivors] + lengths[survivors],
                       pids[survivors]], axis=1).reshape(-1, 3).astype(np.int64)

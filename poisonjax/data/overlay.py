@@ -90,7 +90,7 @@ class OverlayStream(stream_lib.TrainingStream):
     self._poison_first = before[:-1]
     self.clean_tokens, self.poison_tokens = int(C), int(before[-1])
     self.num_tokens = self.clean_tokens + self.poison_tokens
-    self._base_manifest = [
+    self.base_manifest = [
         {"id": q.id, "fraction": float(u[q.id]), "clean_offset": int(b),
          "start": int(s), "num_tokens": len(q.tokens),
          "prefix_chars": len(q.prefix), "text_tokens": q.num_text_tokens,
@@ -101,7 +101,7 @@ class OverlayStream(stream_lib.TrainingStream):
                  "poison_tokens": self.poison_tokens, "num_clean_docs": num_docs,
                  "num_poisons": n, "dtype": self.store.dtype.name}
 
-  def _fill(self, tokens: np.ndarray, mask: np.ndarray, a: int, b: int) -> None:
+  def read_into(self, tokens: np.ndarray, mask: np.ndarray, a: int, b: int) -> None:
     """Writes mixed-stream tokens [a, min(b, num_tokens)) into tokens/mask."""
     spans, n = self.spans, len(self.spans)
     lo = int(np.searchsorted(spans[:, 1], a, side="right"))

@@ -300,7 +300,7 @@ class TrainingStream:
                             dtype=self.meta["dtype"], mode="r",
                             shape=(self.num_tokens,))
     self.spans = np.load(os.path.join(directory, "spans.npy"))
-    self._base_manifest = files.read_json(os.path.join(directory, "manifest.json"))
+    self.base_manifest = files.read_json(os.path.join(directory, "manifest.json"))
     self.num_sequences = -(-self.num_tokens // self.seq_len)
     tok_per_step = self.seq_len * self.batch_size
     # Step of each poison's last token: it is seen once that step is done.
@@ -322,7 +322,7 @@ class TrainingStream:
   def manifest(self) -> list[dict]:
     S, B = self.seq_len, self.batch_size
     out = []
-    for m, last in zip(self._base_manifest, self._last_steps.tolist()):
+    for m, last in zip(self.base_manifest, self._last_steps.tolist()):
       seq = m["start"] // S
       out.append({**m, "sequence": seq, "step": seq // B, "last_step": last})
     return out
@@ -351,10 +351,10 @@ class TrainingStream:
     a = (step * B + process_index * rows) * S
     tokens = np.zeros(rows * S, np.int32)  # Past the stream's end: pad id 0.
     mask = np.zeros(rows * S, np.bool_)
-    self._fill(tokens, mask, a, a + rows * S)
+    self.read_into(tokens, mask, a, a + rows * S)
     return {"tokens": tokens.reshape(rows, S), "poison_mask": mask.reshape(rows, S)}
 
-  def _fill(self, tokens: np.ndarray, mask: np.ndarray, a: int, b: int) -> None:
+  def read_into(self, tokens: np.ndarray, mask: np.ndarray, a: int, b: int) -> None:
     """Stream positions [a, b) into tokens/mask (the overlay overrides it)."""
     seg = self.tokens[a:min(b, self.num_tokens)]
     tokens[:len(seg)] = seg
