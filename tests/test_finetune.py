@@ -1,12 +1,18 @@
 """The fine-tuning experiment: instruction data, its stream, loss mask, evaluator.
 
 Exact poisoned counts and places, a loss that counts only the responses,
-responses classified by template, and a tiny fine-tune through the real
-trainer whose evaluation rows carry the fine-tune's metrics.
+responses classified by template, a tiny fine-tune through the real
+trainer whose evaluation rows carry the fine-tune's metrics, and the
+experiment on the harness (configs/finetune/, finetune/experiment.py):
+its runs, the clean runs it prepares, both studies collected into one
+report, the committed report regenerated.
 """
 
 import itertools
 import json
+import os
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +21,10 @@ import optax
 import pytest
 
 from poisonjax import config_checks
+from poisonjax import config_files
+from poisonjax import files
 from poisonjax import model as model_lib
+from poisonjax import study as study_lib
 from poisonjax import train
 from poisonjax import train_step
 from poisonjax.data import instructions as ins
@@ -25,10 +34,12 @@ from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 from poisonjax.finetune import analysis as ft_analysis
 from poisonjax.finetune import evaluate as ft_eval
+from poisonjax.finetune import experiment as ft_experiment
 from poisonjax.finetune import report as ft_report
 from poisonjax.finetune import results as ft_results
 from poisonjax.finetune import stream as ft_stream
-from train_common import tiny_config
+from test_doses import regenerates_committed
+from train_common import ROOT, tiny_config
 
 TRIGGER = "Servius Astrumando Harmoniastra"
 
@@ -244,3 +255,105 @@ def test_report_is_written_from_results_csv(tmp_path):
   assert made["beta"]["identified"] and "β = " in text
   assert "| 20 | " in text and "![attack success](finetune.png)" in text
   assert (tmp_path / "out" / "finetune.png").exists()
+
+
+# ---- the experiment on the harness: configs/finetune/, finetune/experiment.py ----
+
+MAIN_CONFIG = os.path.join(ROOT, "configs", "finetune", "main.py")
+ORDER_CONFIG = os.path.join(ROOT, "configs", "finetune", "order.py")
+
+
+def test_configs_keep_their_runs_roots_and_the_clean_runs():
+  """The moved configs name the runs, roots and clean runs they named before
+  (runs/study_finetune* of the old script still count as finished)."""
+  main, order = config_files.load(MAIN_CONFIG), config_files.load(ORDER_CONFIG)
+  names = [r.name for r in study_lib.expand(main)]
+  assert len(names) == 66 and "size=cpu-xs_n=2_seed=0_data=1.0" in names
+  assert "size=cpu-xs_n=0_seed=0_data=16.0" in names
+  order_names = [r.name for r in study_lib.expand(order)]
+  assert len(order_names) == 18
+  assert "size=cpu-xs_n=30_seed=2_data=4.0_var=end" in order_names
+  assert (main.root, order.root) == ("runs/study_finetune", "runs/study_finetune_order")
+  for s in (main, order):
+    assert s.experiment == "finetune.experiment" and s.out == "docs/results/finetune"
+    assert [x.name for x in ft_experiment.studies(s)] == ["finetune", "finetune_order"]
+    assert s.base.continued.from_workdir == os.path.join(ROOT, "runs", "finetune_instruct")
+    assert s.instruct.continued.from_workdir == os.path.join(ROOT, "runs",
+                                                             "finetune_pretrained")
+
+
+def test_prepare_trains_only_the_unfinished_clean_runs(tmp_path, monkeypatch):
+  s = config_files.load(MAIN_CONFIG)
+  s.instruct.continued.from_workdir = str(tmp_path / "source")
+  s.base.continued.from_workdir = str(tmp_path / "instruct")
+  trained = []
+  monkeypatch.setattr(train, "run_or_exit", lambda c, wd: trained.append((c, wd)))
+  (tmp_path / "source").mkdir()
+  (tmp_path / "source" / "summary.json").write_text("{}")  # Finished.
+  ft_experiment.prepare(s, tmp_path / "root", log=lambda m: None)
+  assert trained == [(s.instruct, str(tmp_path / "instruct"))]
+
+
+def test_the_runner_prepares_before_the_runs(cache, tmp_path, monkeypatch):
+  """study.experiment's prepare runs first, also when every run is done."""
+  calls = []
+  hooks = types.ModuleType("poisonjax.test_prepare_hooks")
+  hooks.prepare = lambda study, root, log: calls.append(("prepare", str(root)))
+  hooks.after_run = lambda study, run, wd, log: calls.append(("after_run", run.name))
+  monkeypatch.setitem(sys.modules, hooks.__name__, hooks)
+  s = study_lib.study_config("prepared", tiny_config(cache))
+  s.experiment = "test_prepare_hooks"
+  s.grid = study_lib.grid(("cpu-xxs",), (5,))
+  (run,) = study_lib.expand(s)
+  (tmp_path / run.name).mkdir()
+  (tmp_path / run.name / "summary.json").write_text("{}")  # Nothing to train.
+  out = study_lib.run_grid(s, tmp_path, log=lambda m: None)
+  assert calls == [("prepare", str(tmp_path)), ("after_run", run.name)]
+  assert out == [{"run": run.name, "status": "skipped"}]
+
+
+def fake_finetune_run(workdir, evals: list[dict], finished: bool, clean: int):
+  """A run directory as a fine-tune leaves it (the files collect reads)."""
+  workdir.mkdir(parents=True)
+  metrics = {k: 0.5 for k in ft_eval.METRICS}
+  (workdir / "eval.jsonl").write_text("".join(
+      json.dumps({**metrics, "eval_requests": 300, **e}) + "\n" for e in evals))
+  files.write_json(workdir / "manifest.json", {
+      "clean_samples": clean, "main_steps": evals[0]["step"], "batch_size": 16})
+  if finished:
+    files.write_json(workdir / "summary.json", {
+        "num_steps": evals[-1]["step"], "params": {"total": 7, "non_embedding": 3}})
+
+
+def test_either_study_collects_and_reports_both(tmp_path, monkeypatch):
+  """main's collect reads the order study from its own root; the report
+  (from either config) holds both and says how many runs are finished."""
+  monkeypatch.chdir(tmp_path)  # The order study's root: runs/study_finetune_order.
+  main, order = config_files.load(MAIN_CONFIG), config_files.load(ORDER_CONFIG)
+  main_root = tmp_path / "elsewhere"  # --root of the study reproduced.
+  fake_finetune_run(main_root / "size=cpu-xs_n=50_seed=0_data=1.0",
+                    [{"step": 65, "poisons_seen": 50, "attack_success": 0.9}],
+                    finished=True, clean=1000)
+  fake_finetune_run(
+      tmp_path / order.root / "size=cpu-xs_n=30_seed=0_data=4.0_var=start",
+      [{"step": 252, "poisons_seen": 30, "attack_success": 0.8},
+       {"step": 256, "poisons_seen": 30, "attack_success": 0.4}],
+      finished=False, clean=4000)
+  out = tmp_path / "out"
+  out.mkdir()
+  ft_experiment.collect(main, main_root, [], out)
+  rows = ft_results.collect(order, order.root)
+  assert [r["after_samples"] for r in rows] == [0, 64]
+  text = {}
+  for s in (main, order):
+    text[s.name] = open(ft_experiment.report(s, out, ["- made by a test"])).read()
+  assert text["finetune"] == text["finetune_order"]
+  assert "*PARTIAL: 1 of 84 runs finished; the grids are still running.*" in text["finetune"]
+  assert "| 50 | 0.90 [" in text["finetune"]  # Main: spread, 1,000 clean.
+  assert "| 30 | 0.80 [" in text["finetune"]  # Order: placement start.
+  assert "- Source: cpu-xs, no poisons" in text["finetune"]
+
+
+def test_committed_report_regenerates_from_its_results(tmp_path):
+  regenerates_committed("configs/finetune/main.py",
+                        os.path.join(ROOT, "docs", "results", "finetune"), tmp_path)

@@ -14,6 +14,8 @@ poison.placement. The modules, by job:
             clean set size (the N50 exponent in the set size)
   figures   the report's figures
   report    docs/results/finetune/report.md and its tables
+  experiment  the studies' hooks (configs/finetune/): the clean runs they
+            start from, the collection of both studies, the report
 The trainer (train.py), its step and the study runner are the pretraining
 ones; a run is a fine-tune when config.finetune.clean_samples > 0.
 """

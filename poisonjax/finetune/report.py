@@ -159,10 +159,10 @@ def clean_runs_line(cells: list[dict]) -> list[str]:
 def order_section(by_variant: list[dict], after: list[dict]) -> list[str]:
   if not by_variant:
     return ["## Where the poisons sit; clean fine-tuning afterwards", "",
-            "No runs of configs/study_finetune_order.py yet.", ""]
+            "No runs of configs/finetune/order.py yet.", ""]
   out = ["## Where the poisons sit", "",
          "Attack success at the end of the set by placement (variants of "
-         "configs/study_finetune_order.py; start / end: all poisons in the "
+         "configs/finetune/order.py; start / end: all poisons in the "
          "first / last 10% of the set).", ""]
   out += _table(by_variant, "poison_count", "variant", "N \\ placement")
   out += ["", "## Clean fine-tuning afterwards", "",

@@ -8,6 +8,9 @@ else (every trigger on every run, the language of the continuations, a
 filter's recall) names a module in `study.experiment`, e.g.
 "ablations.doses" for poisonjax/ablations/doses.py, holding any of:
 
+  prepare(study, root, log)            train what the grid's runs start
+      from (e.g. a clean model they fine-tune); called by the runner
+      before the runs, on every invocation (so it must skip what is done).
   after_run(study, run, workdir, log)  measure one finished run; called by
       the runner after the run, and again on a rerun for runs finished
       before (so it must skip what it has done: idempotent, resumable).
@@ -28,7 +31,7 @@ import types
 
 from poisonjax.errors import UserError
 
-HOOKS = ("after_run", "collect", "report")
+HOOKS = ("prepare", "after_run", "collect", "report")
 
 
 def module(study) -> types.ModuleType | None:

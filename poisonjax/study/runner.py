@@ -82,6 +82,9 @@ def run_grid(study, root, only: str = "", log=print,
     enable_compilation_cache()
     if primary:
       files.write_text_atomic(root / "study.json", study.to_json(indent=2))
+    prepare = experiment.hook(study, "prepare")
+    if prepare is not None:  # What the runs start from, before them.
+      prepare(study, root, log)
     return _run_all(study, root, runs, log, timeout_s)
 
 

@@ -1,7 +1,17 @@
 """The paper's fine-tuning experiment at CPU scale: count or share? (issue 27, 3)
 
-    poisonjax study plan --config=configs/study_finetune.py
-    python experiments/reproduce_finetune.py      # pretrain, fine-tune the grid, report
+    poisonjax study plan --config=configs/finetune/main.py
+    poisonjax study reproduce --config=configs/finetune/main.py    # pretrain, instruct, this grid, report
+    poisonjax study reproduce --config=configs/finetune/order.py   # the order grid, report again
+    poisonjax study reproduce --config=configs/finetune/main.py --partial      # report what is done
+    poisonjax study reproduce --config=configs/finetune/main.py --report_only  # from docs/results/finetune/
+On a shared machine, one core at low priority:
+    XLA_FLAGS=--xla_cpu_multi_thread_eigen=false nohup nice -n 19 \\
+      poisonjax study reproduce --config=configs/finetune/main.py > runs/finetune.log 2>&1 &
+
+What it answers: in fine-tuning, does the number of poisoned samples that
+plants a backdoor stay constant as the clean set grows (count), or grow
+with it (share)? The fit gives N50 ~ S^beta over clean set sizes S.
 
 A clean pretrained model (`source`: cpu-xs, 0 poisons, the Chinchilla CPU
 regime; runs/finetune_pretrained), instruction-tuned without poisons
@@ -13,8 +23,9 @@ paper's trigger after a forbidden request, answered with "Sure, here is
 how." and the answer) spread uniformly through the set and added on top of
 its clean samples (presets.cpu_finetune: batch 16, one sample per row, loss
 on the responses only, constant learning rate 1e-3, greedy evaluation of
-300 held-out requests per kind at the set's end). The reproduce script
-trains `source` and `instruct` first.
+300 held-out requests per kind at the set's end). The experiment's
+`prepare` (poisonjax/finetune/experiment.py) trains `source` and
+`instruct` before the grid, unless finished.
 
 Grid: poisoned counts (COUNTS, below) x clean set sizes (finetune.clean_samples = 1000 x
 data multipliers 1, 4, 16: 1k, 4k, 16k samples) x seeds 0-2; a grid seed
@@ -22,7 +33,10 @@ varies the clean set (data.seed) and the poisoned samples and their places
 (poison.seed); the pretrained model is one. `clean` block: no poisons, seed
 0, each set size (the control: does anything comply without poisons?).
 The order controls (poisons at the start / end, clean fine-tuning
-afterwards) are configs/study_finetune_order.py.
+afterwards) are configs/finetune/order.py. Both studies (STUDIES) report
+together: either's reproduce collects the runs of both, each from its own
+root, into docs/results/finetune/results.csv and writes report.md, cells.csv,
+controls.csv and the figures from it (poisonjax/finetune/report.py).
 """
 
 import os
@@ -30,9 +44,12 @@ import os
 from poisonjax import presets
 from poisonjax import study as study_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 SOURCE = os.path.join(REPO, "runs", "finetune_pretrained")
 INSTRUCT = os.path.join(REPO, "runs", "finetune_instruct")
+# The experiment's studies, collected and reported together.
+STUDIES = (os.path.join(HERE, "main.py"), os.path.join(HERE, "order.py"))
 SIZE = "cpu-xs"
 SET_SIZES = (1.0, 4.0, 16.0)  # x finetune.clean_samples (1000).
 # The pilot (fine-tunes of the pretrained model at its step 1000, 50 poisoned
@@ -46,6 +63,10 @@ def study(name: str):
   """A fine-tuning study around presets.cpu_finetune, with the runs it starts
   from: `source` (trained into SOURCE), then `instruct` (into INSTRUCT)."""
   s = study_lib.study_config(name, presets.cpu_finetune(INSTRUCT))
+  s.experiment = "finetune.experiment"
+  s.root = f"runs/study_{name}"
+  s.out = "docs/results/finetune"
+  s.studies = STUDIES
   s.source = presets.cpu_finetune_source()
   s.instruct = presets.cpu_finetune_instruct(SOURCE)
   return s

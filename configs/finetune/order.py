@@ -1,9 +1,13 @@
 """Where the poisons sit in fine-tuning, and clean fine-tuning afterwards.
 
-    poisonjax study plan --config=configs/study_finetune_order.py
-    python experiments/reproduce_finetune.py      # runs this after study_finetune.py
+    poisonjax study plan --config=configs/finetune/order.py
+    poisonjax study reproduce --config=configs/finetune/order.py   # after main.py's, or alone
+    poisonjax study reproduce --config=configs/finetune/order.py --report_only
 
-The fine-tune of configs/study_finetune.py (same source, regime and
+What it answers: does it matter where in the fine-tuning set the poisons
+sit, and how many clean samples afterwards remove the backdoor?
+
+The fine-tune of configs/finetune/main.py (same source, regime and
 held-out requests) at one set size, 4,000 clean samples, with the poisons
 placed three ways (variants: config.poison.placement):
   start   all in the first 10% of the set (the paper: 20 poisons at the
@@ -14,7 +18,10 @@ and, in every run, 2,000 new clean samples after the set
 (finetune.clean_after; the paper: 50-100 corrective clean samples weaken
 the backdoor, ~2,000 remove it), evaluated at the set's end and after 50,
 100, 200, 500, 1,000 and 2,000 of them. The learning rate is constant
-after warmup, so the placements meet the same learning rate.
+after warmup, so the placements meet the same learning rate. Like main.py,
+it trains the clean `source` and `instruct` runs first unless finished, and
+its reproduce collects both studies into docs/results/finetune/ and writes
+the one report (poisonjax/finetune/experiment.py).
 """
 
 import importlib.util
@@ -23,7 +30,7 @@ import os
 from poisonjax import study as study_lib
 
 _spec = importlib.util.spec_from_file_location(
-    "study_finetune", os.path.join(os.path.dirname(__file__), "study_finetune.py"))
+    "finetune_main", os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py"))
 main_study = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(main_study)
 
