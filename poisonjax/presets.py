@@ -67,7 +67,7 @@ def cpu_finetune_instruct(pretrained_workdir: str) -> ml_collections.ConfigDict:
 
 
 def cpu_finetune(source_workdir: str) -> ml_collections.ConfigDict:
-  """A fine-tune of the run in source_workdir (configs/study_finetune.py).
+  """A fine-tune of the run in source_workdir (configs/finetune/main.py).
 
   Half the clean samples forbidden requests, a quarter (of both kinds)
   with a distractor suffix. One sample per row of 128 tokens (the longest
