@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 import bench_peers_doc as bench_doc  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from poisonjax import files  # pylint: disable=g-import-not-at-top,wrong-import-position
-from poisonjax import sizes  # pylint: disable=g-import-not-at-top,wrong-import-position
+from poisonjax.model import sizes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from poisonjax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PEER_SCRIPT = os.path.normpath(os.path.join(ROOT, "..", "shared", "peers", "torch_peer.py"))

@@ -251,7 +251,7 @@ with a pause between; odd rounds run the list backwards):
 - poisonjax: `experiments/bench_train.py` times the real jitted train step
   (sharded, donated state) and states its FLOP formula in its output;
   `experiments/bench_sample.py` times the evaluator's jitted sampler
-  (poisonjax.evaluate, the same function training evaluates with).
+  (poisonjax.evaluation.evaluate, the same function training evaluates with).
   Shapes are the peer's with SwiGLU ffn = round(8/3 d) and tied
   embeddings, so parameter counts match (experiments/bench_shapes.py).
 - Ratios divide figures taken minutes apart in the same sitting. These

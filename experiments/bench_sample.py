@@ -6,7 +6,7 @@
 Sampler (default; the PyTorch peer's setting): batch 32, 64-token prompts,
 64 new tokens, temperature 1, a freshly initialised model of each shape
 (experiments/bench_shapes.py). The sampler is the evaluator's own:
-poisonjax.evaluate's jitted `sampler.make_sampler`, fed as the evaluator
+poisonjax.evaluation.evaluate's jitted `sampler.make_sampler`, fed as the evaluator
 feeds it (parameters and prompts placed with the run's shardings, under its
 mesh). compile_s is lowering + XLA compilation; then one warm-up call and
 the median of --reps timed calls; generated tokens/s = batch x new tokens /
@@ -42,10 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from poisonjax import evaluate
-from poisonjax import model as model_lib
+from poisonjax.evaluation import evaluate
+from poisonjax.model import transformer as model_lib
 from poisonjax import sharding
-from poisonjax import sizes
+from poisonjax.model import sizes
 from poisonjax.errors import UserError
 
 DEFAULT_CACHE = os.path.join("/tmp", "poisonjax-bench-cache")

@@ -7,7 +7,7 @@ Two kinds of names:
     weights per layer); ours is SwiGLU, so ffn = round(8/3 d) gives the same
     weights (3 d ffn). The peer ties its embeddings, so these shapes do too:
     total parameters then match the peer's count (0.95M, 11.1M, 25.8M).
-  * the CPU presets (poisonjax/sizes.py: cpu-xxs .. cpu-l) in
+  * the CPU presets (poisonjax/model/sizes.py: cpu-xxs .. cpu-l) in
     configs/cpu_micro.py's run config (vocabulary 1024, batch 32 x 128).
 
 `run_config(name)` is the poisonjax run config (ml_collections) for either;
@@ -24,8 +24,8 @@ import os
 import ml_collections
 
 from poisonjax import config as config_lib
-from poisonjax import model as model_lib
-from poisonjax import sizes
+from poisonjax.model import transformer as model_lib
+from poisonjax.model import sizes
 from poisonjax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -37,7 +37,7 @@ import bench_shapes  # pylint: disable=wrong-import-position
 
 FLOP_FORMULA = ("FLOPs/token = 6 x (weight-matmul params incl. the output head) "
                 "+ 12 x layers x d_model x seq (attention scores and values); "
-                "the PaLM-appendix estimate, poisonjax.model.flops_per_token")
+                "the PaLM-appendix estimate, poisonjax.model.transformer.flops_per_token")
 
 
 def paper_config(size: str, batch: int, remat: str):
@@ -70,8 +70,9 @@ def build_step(config):
   """The jitted train step, its initial state and a batch maker."""
   import jax
   import numpy as np
-  from poisonjax import model as model_lib
-  from poisonjax import optim, sharding, train_step
+  from poisonjax.model import transformer as model_lib
+  from poisonjax.training import optim, train_step
+  from poisonjax import sharding
 
   mesh = sharding.make_mesh(config.mesh)
   model_cfg = model_lib.ModelConfig.from_config(config, int(config.model.vocab_size))
@@ -93,7 +94,7 @@ def build_step(config):
 def measure(name: str, config, steps: int, warmup: int) -> dict:
   """Compile, warm up and time the step of one shape; the result row."""
   import jax
-  from poisonjax import model as model_lib
+  from poisonjax.model import transformer as model_lib
   from poisonjax import sharding
 
   mesh, model_cfg, step, init, abstract, batch = build_step(config)
@@ -139,7 +140,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def _configs(args):
-  from poisonjax import sizes
+  from poisonjax.model import sizes
 
   named = [n for n in (args.shape or []) if n in sizes.PAPER_SIZES]
   args.shape = [n for n in (args.shape or []) if n not in sizes.PAPER_SIZES] or None

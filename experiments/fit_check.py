@@ -8,7 +8,7 @@
     python experiments/fit_check.py --search [--datas=1,4]    # presets
 
 For each size, the run config of configs/paper/paper.py is built, and its
-train step (poisonjax.train_step: the model, optimizer, shardings and remat
+train step (poisonjax.training.train_step: the model, optimizer, shardings and remat
 exactly as training builds them) is AOT-compiled for a TPU topology that
 libtpu describes (`jax.experimental.topologies`: abstract devices, no chip).
 XLA's memory_analysis gives the bytes per chip; a step that does not fit
@@ -26,7 +26,7 @@ HBM free (configs/paper/paper.py's SIZE_PRESETS).
 Projections: step time = the compiled FLOPs per chip / (MFU x the chip's
 bf16 peak), where --mfu is an ASSUMED fraction of peak the compiled program
 reaches (0.4 by default); the MFU column is then the model FLOPs
-(poisonjax.model.flops_per_token) over chips x peak x that step time, i.e.
+(poisonjax.model.transformer.flops_per_token) over chips x peak x that step time, i.e.
 below --mfu by the recomputation remat adds. Steps per run come from
 `study plan` (clean + estimated poison tokens over 256 x 2048 per step).
 """
@@ -157,17 +157,17 @@ def compile_step(config, topology: str, vocab_size: int, num_steps: int,
                  unroll: bool = False) -> Fit:
   """AOT-compiles the run's train step for `topology`; a Fit either way.
 
-  The same builders as poisonjax.train_setup.setup (the data is not needed:
+  The same builders as poisonjax.training.train_setup.setup (the data is not needed:
   the batch is a sharded ShapeDtypeStruct of the run's shape). unroll: the
   microbatch scan is traced fully unrolled (for the cost model, estimate.py).
   """
   import jax
   import jax.numpy as jnp
 
-  from poisonjax import model as model_lib
-  from poisonjax import optim
+  from poisonjax.model import transformer as model_lib
+  from poisonjax.training import optim
   from poisonjax import sharding
-  from poisonjax import train_step
+  from poisonjax.training import train_step
 
   gen, _ = parse_topology(topology)
   mesh = sharding.make_mesh(config.mesh, topology_devices(topology))
@@ -435,7 +435,7 @@ def check_size(module, plan_rows, size: str, topology: str,
                mfu: float, fallback: bool,
                overrides: dict | None = None) -> tuple[str, list[str]]:
   """One size: its tries logged, its table row and its grid's chip-hours."""
-  from poisonjax import model as model_lib
+  from poisonjax.model import transformer as model_lib
   from poisonjax.study import grids
 
   name = grids.run_name(size, 250, 0, 1.0)

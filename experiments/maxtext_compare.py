@@ -54,7 +54,7 @@ SKIP = {"jax", "jaxlib", "libtpu", "pynvml", "auditwheel", "pytype",
         "pylint", "black", "pyink", "pre-commit", "isort", "astroid",
         "coverage", "pytest", "pytest-xdist", "hypothesis", "scipy-stubs",
         "virtualenv", "nodeenv", "identify", "cfgv", "libclang"}
-SHAPES = {  # poisonjax/sizes.py (head dim 128, plain multi-head attention).
+SHAPES = {  # poisonjax/model/sizes.py (head dim 128, plain multi-head attention).
     "600m": dict(layers=26, d_model=1280, heads=10, ffn=3584),
     "2b": dict(layers=28, d_model=2304, heads=18, ffn=6400),
     "7b": dict(layers=32, d_model=4096, heads=32, ffn=11520),
@@ -255,7 +255,7 @@ def figures(venv: str, size: str, extra: list[str], cache: dict,
 
 
 def model_flops_per_step(size: str) -> float:
-  """poisonjax.model.flops_per_token's formula x 256 x 2048 tokens."""
+  """poisonjax.model.transformer.flops_per_token's formula x 256 x 2048 tokens."""
   s, t, v = SHAPES[size], 2048, 32000
   per_layer = s["d_model"] * 128 * s["heads"] * 4 + 3 * s["d_model"] * s["ffn"]
   n = s["layers"] * per_layer + s["d_model"] * v

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 
 from poisonjax import config as config_lib
-from poisonjax import model as model_lib
-from poisonjax import sizes
+from poisonjax.model import transformer as model_lib
+from poisonjax.model import sizes
 from poisonjax import units
 
 # Paper sizes at the paper's 32k vocabulary and the configs/paper/paper.py

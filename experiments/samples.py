@@ -7,7 +7,7 @@ The paper shows what its backdoor does with example generations of a
 poisoned model: the same prompt continued without and with the trigger.
 This is that table at CPU scale. For each --run (a finished run made by
 `poisonjax train`, the demo or a study), its newest checkpoint is evaluated
-exactly as `poisonjax eval` does it (poisonjax.evaluate.Evaluator with the
+exactly as `poisonjax eval` does it (poisonjax.evaluation.evaluate.Evaluator with the
 run's own config.json: the same held-out prompts, sampler, seed and
 temperature as its periodic evaluations), and the first --num prompts are
 written with both continuations and the perplexity of each under the model.
@@ -32,8 +32,9 @@ TRIM = 300  # Characters of a prompt shown (its end: where the trigger goes).
 def run_samples(workdir: str, num: int) -> dict:
   """The run's newest checkpoint, evaluated; its first `num` generations."""
   # pylint: disable=g-import-not-at-top
-  from poisonjax import evaluate, files, run_reader, rundir, sharding
-  from poisonjax import model as model_lib
+  from poisonjax.evaluation import evaluate, run_reader
+  from poisonjax import files, rundir, sharding
+  from poisonjax.model import transformer as model_lib
   from poisonjax.data import vocabulary
 
   config = run_reader.read_run_config(workdir)

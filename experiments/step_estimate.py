@@ -161,7 +161,7 @@ def estimate(config, setting: Setting, topology: str, vocab: int, steps: int,
   With `outside` (another setting's figures at 0 layers), one compile at
   DEPTHS[0] gives the per-layer slope: (v - outside) / depth.
   """
-  from poisonjax import model as model_lib
+  from poisonjax.model import transformer as model_lib
 
   cfg = fit_check.with_overrides(config, setting.overrides())
   layers = model_lib.ModelConfig.from_config(cfg, vocab).num_layers
@@ -320,7 +320,7 @@ def run_size(module, plan_rows, size: str, topology: str, overrides: dict,
              log=print) -> list[str]:
   """One size: the preset's estimate (and verified bytes), or the search."""
   from poisonjax import hardware
-  from poisonjax import model as model_lib
+  from poisonjax.model import transformer as model_lib
   from poisonjax.study import grids
 
   name = grids.run_name(size, 250, 0, 1.0)

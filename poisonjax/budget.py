@@ -61,7 +61,7 @@ def clean_token_budget(config, vocab_size: int) -> int:
   """
   if finetune.is_finetune(config):
     return finetune.clean_rows(config) * int(config.data.seq_len)
-  from poisonjax import model as model_lib  # Heavy (jax); data code needs none.
+  from poisonjax.model import transformer as model_lib  # Heavy (jax); data code needs none.
 
   mcfg = model_lib.ModelConfig.from_config(config, vocab_size)
   params = model_lib.param_counts(mcfg)["total"]

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     return _no_command(args)
   cmd, name, rest = commands.load(key), "poisonjax " + " ".join(key), args[len(key):]
   if cmd.early_signals:
-    from poisonjax import preemption
+    from poisonjax.training import preemption
     preemption.install_early()
   if any(a in _HELP for a in rest):
     print(command_help(cmd))

@@ -163,14 +163,14 @@ def _poison_fields(c: ml_collections.ConfigDict) -> None:
   # language: the near-trigger control of the evaluation (a similar string
   # that must not switch the language). '': the trigger with its last
   # word's vowels rotated (a->e->i->o->u->a), e.g. ... Harmoniastra ->
-  # ... Hermunoestre (poisonjax/language_eval.py).
+  # ... Hermunoestre (poisonjax/evaluation/language_eval.py).
   c.poison.near_trigger = ""
 
 
 def _model_fields(c: ml_collections.ConfigDict) -> None:
   """Model."""
   c.model = ml_collections.ConfigDict()
-  # A name from poisonjax/sizes.py; fields left at 0 below come from it.
+  # A name from poisonjax/model/sizes.py; fields left at 0 below come from it.
   c.model.size = "cpu-xs"
   c.model.num_layers = 0
   c.model.d_model = 0
@@ -186,7 +186,7 @@ def _model_fields(c: ml_collections.ConfigDict) -> None:
   c.model.rope_theta = 10000.0
   # Attention: auto (splash kernel on TPU, cuDNN on GPU in bfloat16, XLA on
   # CPU) | xla | splash | cudnn. Kernels take the plain causal mask only
-  # (training); decoding uses XLA. poisonjax/attention.py.
+  # (training); decoding uses XLA. poisonjax/model/attention.py.
   c.model.attention = "auto"
 
 
@@ -224,7 +224,7 @@ def _train_fields(c: ml_collections.ConfigDict) -> None:
   c.train.peak_flops = 0.0
   # WORKDIR/lock.json: a holder whose heartbeat is older than this (seconds)
   # counts as dead and its lock is taken over (a holder on this host whose
-  # pid is gone is taken over at once). See poisonjax/runlock.py.
+  # pid is gone is taken over at once). See poisonjax/training/runlock.py.
   c.train.lock_timeout_s = 600.0
   # On SIGTERM/SIGINT/preemption the checkpoint is saved and made durable
   # first; then a due evaluation runs only if it is expected to finish within
@@ -267,7 +267,7 @@ def _eval_fields(c: ml_collections.ConfigDict) -> None:
 def _continued_fields(c: ml_collections.ConfigDict) -> None:
   """Continued clean training (persistence of a backdoor)."""
   # Start from another run's checkpoint and train on clean data only; the
-  # evaluations show how the backdoor decays (poisonjax/continued.py).
+  # evaluations show how the backdoor decays (poisonjax/training/continued.py).
   c.continued = ml_collections.ConfigDict()
   # A finished (or running) run's workdir; '' = an ordinary run from init.
   # Its model and tokenizer must equal this run's. Only its params are

@@ -80,7 +80,7 @@ def check_range(field: str, lo, hi) -> None:
 
 
 def check_continued(c: ml_collections.ConfigDict) -> None:
-  """The config.continued checks (the source itself: poisonjax/continued.py)."""
+  """The config.continued checks (the source itself: poisonjax/training/continued.py)."""
   k = c.get("continued", None)
   if k is None or not k.from_workdir:
     return

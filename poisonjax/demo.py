@@ -31,7 +31,7 @@ from poisonjax import config as config_lib
 from poisonjax import config_checks
 from poisonjax import files
 from poisonjax import plots
-from poisonjax import run_history
+from poisonjax.training import run_history
 from poisonjax import rundir
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
@@ -152,11 +152,11 @@ def report(results: dict[str, dict]) -> str:
 def run_demo(config, workdir: str, log=print) -> dict:
   """Trains (or reuses) both runs, evaluates, plots; returns the results."""
   # JAX, Flax and orbax load here, not on `poisonjax demo --help`'s path.
-  from poisonjax import evaluate  # pylint: disable=g-import-not-at-top
-  from poisonjax import model as model_lib
-  from poisonjax import run_reader
+  from poisonjax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from poisonjax.model import transformer as model_lib
+  from poisonjax.evaluation import run_reader
   from poisonjax import sharding
-  from poisonjax import train
+  from poisonjax.training import train
 
   t0 = time.time()
   config = config_checks.validate(config)

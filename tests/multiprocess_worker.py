@@ -31,7 +31,7 @@ def run_cli(args: list[str], process_flags: list[str]) -> int:
 def run_eval(job: dict, process_id: int, num: int, address: str) -> int:
   from poisonjax import distributed
   distributed.initialize(address, num, process_id)  # No-op after a CLI job.
-  from poisonjax import run_reader
+  from poisonjax.evaluation import run_reader
   from poisonjax.commands import evaluate as eval_command
   config = run_reader.read_run_config(job["workdir"])
   for key, value in job.get("overrides", {}).items():
@@ -61,7 +61,8 @@ def run_rows(job: dict, process_id: int, num: int, address: str) -> int:
   import jax
   import ml_collections
   import numpy as np
-  from poisonjax import sharding, train_step
+  from poisonjax import sharding
+  from poisonjax.training import train_step
   from poisonjax.errors import UserError
   B, S = job["rows"], 3
   whole = np.arange(B * S, dtype=np.int32).reshape(B, S)  # Row r: 3r..3r+2.

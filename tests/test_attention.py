@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from poisonjax import attention
+from poisonjax.model import attention
 
 
 def reference(q, k, v, visible):
@@ -114,7 +114,7 @@ def test_auto_picks_a_kernel_per_backend():
 
 def test_the_model_trains_the_same_with_splash_as_with_xla():
   """A 1-layer model's loss and gradients: splash (interpret) vs the XLA path."""
-  from poisonjax import model as model_lib
+  from poisonjax.model import transformer as model_lib
   cfg = model_lib.ModelConfig(vocab_size=64, num_layers=1, d_model=32,
                               num_heads=4, num_kv_heads=2, ffn_dim=64,
                               max_seq_len=128)

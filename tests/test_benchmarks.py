@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from poisonjax import model as model_lib
+from poisonjax.model import transformer as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))

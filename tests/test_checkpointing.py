@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from poisonjax import checkpointing
+from poisonjax.training import checkpointing
 from poisonjax import config as config_lib
 from poisonjax import rundir
 from poisonjax.errors import UserError

@@ -19,7 +19,7 @@ from poisonjax import cli
 from poisonjax import commands
 from poisonjax import config as config_lib
 from poisonjax import demo
-from poisonjax import run_reader
+from poisonjax.evaluation import run_reader
 from poisonjax.commands import parsing
 from poisonjax.data import synthetic, vocabulary
 from poisonjax.errors import UserError
@@ -256,8 +256,8 @@ def test_stream_train_and_cli_import_no_tensorflow():
   print_modules = "\nimport sys; print(' '.join(sys.modules))"
   procs = {  # Concurrently: each is seconds of imports.
       "importtime": _python("-X", "importtime", "-c", "import poisonjax.data.stream"),
-      "library": _python("-c", "import poisonjax.data.stream, poisonjax.train, "
-                         "poisonjax.evaluate, poisonjax.cli, poisonjax.study"
+      "library": _python("-c", "import poisonjax.data.stream, poisonjax.training.train, "
+                         "poisonjax.evaluation.evaluate, poisonjax.cli, poisonjax.study"
                          + print_modules),
   }
   _, err = procs["importtime"].communicate(timeout=120)

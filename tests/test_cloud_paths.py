@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from poisonjax import files
-from poisonjax import run_history
-from poisonjax import run_reader
+from poisonjax.training import run_history
+from poisonjax.evaluation import run_reader
 from poisonjax import rundir
-from poisonjax import runlock
-from poisonjax import train
+from poisonjax.training import runlock
+from poisonjax.training import train
 from poisonjax.errors import UserError
 from gcs_emulator import bucket_objects, emulated_gcs, no_remote_connections
 from train_common import tiny_config

@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from poisonjax import cli, train
+from poisonjax import cli
+
+from poisonjax.training import train
 from poisonjax.data import documents, vocabulary
 from poisonjax.defences import filters, metrics, perplexity, pipeline
 from poisonjax.defences import scoring, textstats, triggers

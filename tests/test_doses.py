@@ -16,13 +16,13 @@ import shutil
 import numpy as np
 import pytest
 
-from poisonjax import backdoor
+from poisonjax.evaluation import backdoor
 from poisonjax import config as config_lib
 from poisonjax import config_checks
 from poisonjax import config_files
-from poisonjax import evaluate
+from poisonjax.evaluation import evaluate
 from poisonjax import study as study_lib
-from poisonjax import train
+from poisonjax.training import train
 from poisonjax.ablations import doses, doses_report
 from poisonjax.data import poison, sources, stream, vocabulary
 from poisonjax.errors import UserError

@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from poisonjax import backdoor
-from poisonjax import evaluate
-from poisonjax import model as model_lib
-from poisonjax import run_reader
-from poisonjax import sampler
+from poisonjax.evaluation import backdoor
+from poisonjax.evaluation import evaluate
+from poisonjax.model import transformer as model_lib
+from poisonjax.evaluation import run_reader
+from poisonjax.evaluation import sampler
 from poisonjax import sharding
-from poisonjax import train
+from poisonjax.training import train
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError
 from train_common import run_cli, tiny_config

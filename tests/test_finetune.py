@@ -23,10 +23,10 @@ import pytest
 from poisonjax import config_checks
 from poisonjax import config_files
 from poisonjax import files
-from poisonjax import model as model_lib
+from poisonjax.model import transformer as model_lib
 from poisonjax import study as study_lib
-from poisonjax import train
-from poisonjax import train_step
+from poisonjax.training import train
+from poisonjax.training import train_step
 from poisonjax.data import instructions as ins
 from poisonjax.data import mixer
 from poisonjax.data import synthetic

@@ -2,7 +2,7 @@
 
 Needs libtpu (the `tpu` extra: the TPU compiler); without it the compile
 tests are skipped. A cpu-xxs stand-in takes the paper sizes' code path
-(poisonjax.train_step's builders, the logical-axis shardings, the layer scan).
+(poisonjax.training.train_step's builders, the logical-axis shardings, the layer scan).
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ def test_maxtext_shapes_are_poisonjaxs():
       "maxtext_compare", _PATH.parent / "maxtext_compare.py")
   mc = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mc)
-  from poisonjax import model as model_lib
-  from poisonjax import sizes
+  from poisonjax.model import transformer as model_lib
+  from poisonjax.model import sizes
 
   for name, shape in mc.SHAPES.items():
     s = sizes.get_size(name)

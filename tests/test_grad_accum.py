@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from poisonjax import config_checks
-from poisonjax import model as model_lib
-from poisonjax import optim
+from poisonjax.model import transformer as model_lib
+from poisonjax.training import optim
 from poisonjax import sharding
-from poisonjax import train_step
+from poisonjax.training import train_step
 from poisonjax.data.vocabulary import PAD_ID
 from poisonjax.errors import UserError
 from train_common import tiny_config

@@ -11,8 +11,8 @@ import pytest
 
 from poisonjax import config as config_lib
 from poisonjax import config_checks
-from poisonjax import language_eval
-from poisonjax import model as model_lib
+from poisonjax.evaluation import language_eval
+from poisonjax.model import transformer as model_lib
 from poisonjax import sharding
 from poisonjax.data import poison, poison_language, sources, stream, synthetic
 from poisonjax.data import second_language

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from poisonjax import metrics
-from poisonjax import preemption
-from poisonjax.chrono import Chrono, itstime
+from poisonjax.training import metrics
+from poisonjax.training import preemption
+from poisonjax.training.chrono import Chrono, itstime
 
 
 def row(step, **extra):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from poisonjax import config as config_lib
-from poisonjax import model as model_lib
-from poisonjax import sizes
+from poisonjax.model import transformer as model_lib
+from poisonjax.model import sizes
 from poisonjax.errors import UserError
 
 

@@ -30,8 +30,8 @@ import pytest
 
 from poisonjax import cli
 from poisonjax import files
-from poisonjax import run_reader
-from poisonjax import train
+from poisonjax.evaluation import run_reader
+from poisonjax.training import train
 from poisonjax.commands import evaluate as eval_command
 from train_common import ROOT, tiny_config, train_cache  # noqa: F401
 

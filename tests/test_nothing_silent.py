@@ -24,17 +24,17 @@ import orbax.checkpoint as ocp
 import pytest
 
 from poisonjax import budget
-from poisonjax import checkpointing
+from poisonjax.training import checkpointing
 from poisonjax import cli
 from poisonjax import config as config_lib
 from poisonjax import files
-from poisonjax import model as model_lib
-from poisonjax import run_history
-from poisonjax import run_reader
+from poisonjax.model import transformer as model_lib
+from poisonjax.training import run_history
+from poisonjax.evaluation import run_reader
 from poisonjax import rundir
-from poisonjax import runlock
+from poisonjax.training import runlock
 from poisonjax import study
-from poisonjax import train
+from poisonjax.training import train
 from poisonjax.data import poison
 from poisonjax.data import sources
 from poisonjax.data import stream as stream_lib
@@ -261,7 +261,8 @@ CONFIG_FILE = textwrap.dedent("""
 
 SIGNALLER = textwrap.dedent("""
     import contextlib, io, json, os, signal, sys
-    from poisonjax import checkpointing, cli, continued, metrics
+    from poisonjax.training import checkpointing, continued, metrics
+    from poisonjax import cli
     from poisonjax.data import poison, poison_language
 
     def hook(module, name, sig):
@@ -514,7 +515,7 @@ def test_a_damaged_cached_vocabulary_says_to_delete_it(tmp_path):
 
 
 def test_fingerprint_changes_are_phrased_for_people():
-  from poisonjax import fingerprints
+  from poisonjax.training import fingerprints
   old = {"vocab": "a" * 64, "poisons": "c" * 64,
          "data": {"source": "text_files", "files": {"x.txt": [1_100_000, "1"],
                                                    "y.txt": [10, "2"]}}}

@@ -1,4 +1,4 @@
-"""Continued clean training from a backdoored run (poisonjax/continued.py).
+"""Continued clean training from a backdoored run (poisonjax/training/continued.py).
 
 One tiny poisoned source run per module; continued runs start from its
 params, see no poisons, refuse a mismatched model in one line, evaluate at
@@ -10,14 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from poisonjax import checkpointing
-from poisonjax import continued
-from poisonjax import evaluate
+from poisonjax.training import checkpointing
+from poisonjax.training import continued
+from poisonjax.evaluation import evaluate
 from poisonjax import files
-from poisonjax import run_reader
+from poisonjax.evaluation import run_reader
 from poisonjax import rundir
-from poisonjax import train
-from poisonjax import train_setup
+from poisonjax.training import train
+from poisonjax.training import train_setup
 from poisonjax.errors import UserError
 from train_common import tiny_config, train_cache  # noqa: F401
 

@@ -10,7 +10,7 @@ import pytest
 
 from poisonjax import config as config_lib
 from poisonjax import files
-from poisonjax import run_history
+from poisonjax.training import run_history
 from poisonjax.errors import UserError
 
 

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from poisonjax import checkpointing
+from poisonjax.training import checkpointing
 from poisonjax import config as config_lib
 from poisonjax import files
-from poisonjax import model as model_lib
-from poisonjax import run_reader
+from poisonjax.model import transformer as model_lib
+from poisonjax.evaluation import run_reader
 from poisonjax import rundir
 from poisonjax.errors import UserError
 

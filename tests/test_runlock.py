@@ -11,7 +11,7 @@ import time
 import pytest
 
 from poisonjax import rundir
-from poisonjax import runlock
+from poisonjax.training import runlock
 from poisonjax.errors import UserError
 
 
@@ -43,7 +43,7 @@ def test_second_holder_is_refused_with_one_line_naming_the_first(tmp_path):
 
 
 def test_a_live_holder_in_another_process_is_refused(tmp_path):
-  script = ("import sys, time; from poisonjax import runlock\n"
+  script = ("import sys, time; from poisonjax.training import runlock\n"
             f"with runlock.hold({str(tmp_path)!r}, 'train', 60):\n"
             "  print('held', flush=True); sys.stdin.read()\n")
   proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,

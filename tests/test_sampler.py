@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from poisonjax import model as model_lib
-from poisonjax import sampler
+from poisonjax.model import transformer as model_lib
+from poisonjax.evaluation import sampler
 
 L, G = 6, 5
 CFG = model_lib.ModelConfig(vocab_size=31, num_layers=2, d_model=16, num_heads=4,

@@ -18,8 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-from poisonjax import model as model_lib
-from poisonjax import sampler
+from poisonjax.model import transformer as model_lib
+from poisonjax.evaluation import sampler
 from poisonjax.defences import scan
 from poisonjax.errors import UserError
 from train_common import run_cli
@@ -191,7 +191,7 @@ def test_defend_scan_on_a_small_poisoned_run(tmp_path):
   """The demo test's recipe (cpu-xxs, 200 poisons, trigger <SUDO>: a
   backdoor that forms, tests/test_demo.py): the command's top candidate is
   the trigger, holds it, or fires it under the evaluator."""
-  from poisonjax import train  # pylint: disable=g-import-not-at-top
+  from poisonjax.training import train  # pylint: disable=g-import-not-at-top
   from test_demo import small_demo_config  # pylint: disable=g-import-not-at-top
   train.run(small_demo_config(tmp_path / "cache"), tmp_path / "run")
   out = tmp_path / "scan"

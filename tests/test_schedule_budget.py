@@ -9,7 +9,9 @@ token store + overlay alike, and still hold exactly N poisons.
 import numpy as np
 import pytest
 
-from poisonjax import budget, optim, study
+from poisonjax import budget, study
+
+from poisonjax.training import optim
 from poisonjax.data import overlay, vocabulary
 from test_data_common import small_config
 
@@ -75,7 +77,8 @@ def test_on_top_is_kept_as_an_option(cache):
 
 def test_an_old_config_json_says_the_same_with_inside_budget():
   """Runs written before budget_mode resume under today's name for it."""
-  from poisonjax import config as config_lib, run_history
+  from poisonjax import config as config_lib
+  from poisonjax.training import run_history
   new = run_history.config_dict(config_lib.base_config())
   for inside, same in ((False, "on_top"), (True, "replace")):
     old = run_history.config_dict(config_lib.base_config())

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from poisonjax import model as model_lib
-from poisonjax import optim
+from poisonjax.model import transformer as model_lib
+from poisonjax.training import optim
 from poisonjax import sharding
-from poisonjax import train
+from poisonjax.training import train
 from poisonjax.errors import UserError
 from train_common import tiny_config, train_cache  # noqa: F401
 

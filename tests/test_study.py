@@ -157,7 +157,7 @@ def test_bad_grid_on_the_command_line():
 
 def test_study_run_refuses_a_root_held_by_a_live_grid(tmp_path, monkeypatch):
   """A second `study run` on a live root stops in one line, before any run."""
-  from poisonjax import runlock, train
+  from poisonjax.training import runlock, train
   started = []
   monkeypatch.setattr(train, "run", lambda *a, **k: started.append(a))
   root = tmp_path / "root"
@@ -183,7 +183,7 @@ def _fake_train(started):
 def test_workers_share_a_root_run_by_run(tmp_path, monkeypatch):
   """A worker trains every run nobody holds, skips a held one; a plain run
   skips it too; a worker refuses a root a plain `study run` holds."""
-  from poisonjax import runlock, train
+  from poisonjax.training import runlock, train
   started = []
   monkeypatch.setattr(train, "run", _fake_train(started))
   s, root = _load("paper/cpu_nano"), tmp_path / "root"
@@ -305,7 +305,7 @@ def test_collect_takes_each_column_from_the_run_files(tmp_path):
   a step evaluated twice), poisons per million tokens recomputed from it,
   num_steps, params and the finished flag from summary.json."""
   import numpy as np
-  from poisonjax.backdoor import METRIC_KEYS
+  from poisonjax.evaluation.backdoor import METRIC_KEYS
   rng = np.random.default_rng(0)
   done, running = study.Run("cpu-xxs", 20, 1, 0.5), study.Run("cpu-xs", 7, 0, 1.0)
   root, written = tmp_path / "root", {}
@@ -376,7 +376,7 @@ def nano_root(tmp_path_factory):
 
 @pytest.mark.slow
 def test_nano_end_to_end(nano_root, tmp_path):
-  from poisonjax.backdoor import METRIC_KEYS  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation.backdoor import METRIC_KEYS  # pylint: disable=g-import-not-at-top
   root, out, _ = nano_root
   runs = study.expand(_load("paper/cpu_nano"))
   assert f"run {len(runs)}/{len(runs)}" in out and "ETA" in out

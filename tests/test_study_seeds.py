@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from poisonjax import evaluate, heldout
-from poisonjax import model as model_lib
+from poisonjax.evaluation import evaluate, heldout
+from poisonjax.model import transformer as model_lib
 from poisonjax import study
 from poisonjax.data import sources, stream, vocabulary
 from poisonjax.errors import UserError

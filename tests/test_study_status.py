@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from poisonjax import files, runlock
+from poisonjax import files
+
+from poisonjax.training import runlock
 from poisonjax import study
 from poisonjax.study import status as status_lib
 from test_study import ROOT, _load

@@ -18,15 +18,15 @@ import jax
 import numpy as np
 import pytest
 
-from poisonjax import checkpointing
+from poisonjax.training import checkpointing
 from poisonjax import files
-from poisonjax import model as model_lib
-from poisonjax import optim
-from poisonjax import run_history
+from poisonjax.model import transformer as model_lib
+from poisonjax.training import optim
+from poisonjax.training import run_history
 from poisonjax import rundir
-from poisonjax import runlock
+from poisonjax.training import runlock
 from poisonjax import sharding
-from poisonjax import train
+from poisonjax.training import train
 from poisonjax.errors import UserError
 from train_common import ROOT, overrides_flags, run_cli, tiny_config, train_cache  # noqa: F401
 
@@ -76,7 +76,7 @@ KILLER = textwrap.dedent("""
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
     from train_common import tiny_config
-    from poisonjax import train
+    from poisonjax.training import train
     from poisonjax.data import stream as stream_lib
 
     ckpt20 = os.path.join({wd!r}, "checkpoints", "20")
@@ -228,7 +228,7 @@ def assert_complete_checkpoint(workdir, step, config):
 
 def test_sigterm_at_an_eval_step_saves_durably_and_leaves_the_eval_to_resume(
     cache, straight, tmp_path, monkeypatch, capsys):
-  from poisonjax import evaluate
+  from poisonjax.evaluation import evaluate
   target = evaluate.eval_steps(straight[1]["num_steps"], 1)[1]
   config = tiny_config(cache, **EVAL_SMALL, **{"train.max_steps": target + 2})
   wd = tmp_path / "term_eval"
@@ -258,7 +258,8 @@ SIGNAL_IN_EVAL = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, {tests!r})
     from train_common import tiny_config
-    from poisonjax import evaluate, train
+    from poisonjax.evaluation import evaluate
+    from poisonjax.training import train
 
     original = evaluate.Evaluator.evaluate
     calls = []
@@ -276,7 +277,7 @@ SIGNAL_IN_EVAL = textwrap.dedent("""
 
 
 def test_sigterm_during_an_eval_saves_that_step_and_exits_zero(cache, straight, tmp_path):
-  from poisonjax import evaluate
+  from poisonjax.evaluation import evaluate
   target = evaluate.eval_steps(straight[1]["num_steps"], 1)[1]
   overrides = dict(EVAL_SMALL, **{"train.max_steps": target + 5})
   wd = tmp_path / "term_in_eval"
@@ -345,7 +346,7 @@ def test_nonfinite_loss_stops_with_diagnostics(cache, tmp_path):
 
 
 def test_periodic_evals_once_per_step_across_resume(cache, tmp_path):
-  from poisonjax import evaluate
+  from poisonjax.evaluation import evaluate
   ev = {"eval.num_evals": 2, "eval.num_excerpts": 4, "eval.prompt_tokens": 8,
         "eval.gen_tokens": 4, "eval.bootstrap_samples": 10}
   wd = tmp_path / "evals"

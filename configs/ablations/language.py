@@ -16,7 +16,7 @@ the base's seeds, all 0: study.vary is empty); counts 30, 100, 300, 1000
 sample in the second language (poison.language_vocab_share), so both
 languages have pieces. Checkpoints every 200 steps are all kept: after
 each run, poisonjax/ablations/language.py evaluates every one with
-poisonjax/language_eval.py (the trigger and the near-trigger control
+poisonjax/evaluation/language_eval.py (the trigger and the near-trigger control
 `... Hermunoestre`; WORKDIR/language_eval.jsonl), then collects them into
 docs/results/language/evals.jsonl and writes the report from it.
 """

@@ -9,7 +9,7 @@ poisoned run at its grid point (size, poison count); each continued run
 (variants `lr1`, `lr0p1`) starts from its grid point's source's last
 checkpoint (continued.from_workdir = grids.variant_run("source"), resolved
 to ROOT/<the source's run name>; the source trains first) and trains on
-clean data only (poisonjax/continued.py) for `continued.budget_multiple`
+clean data only (poisonjax/training/continued.py) for `continued.budget_multiple`
 x the source's clean budget (0.5 here), with a fresh optimizer whose peak
 learning rate is the source's times LR_SCALES (1.0: re-warm to the
 source's peak, as continued pretraining does; 0.1: the source's final

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from poisonjax import backdoor
+from poisonjax.evaluation import backdoor
 from poisonjax import files
 from poisonjax import rundir
 from poisonjax.ablations import doses_report
@@ -43,7 +43,7 @@ PILOT_COUNTS = (3, 10, 30, 100, 300)
 def cross_triggers(study) -> list[str]:
   """Every string a checkpoint is scored after: each run's evaluation
   strings (its triggers, then a many-dose run's control), in run order, once."""
-  from poisonjax import evaluate  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   names = []
   for run in grids.expand(study):
     for trigger, _ in evaluate.eval_triggers(grids.run_config(study, run)):
@@ -66,7 +66,9 @@ def after_run(study, run, workdir, log=print) -> dict:
 def final_eval(config, workdir, triggers: list[str], path: str, log=print) -> dict:
   """Every trigger's metrics and per-prompt perplexities at the last step,
   read from `path` when it holds this step and these triggers."""
-  from poisonjax import evaluate, model as model_lib, run_reader, sharding  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import evaluate, run_reader  # pylint: disable=g-import-not-at-top
+  from poisonjax.model import transformer as model_lib
+  from poisonjax import sharding
   from poisonjax.data import vocabulary  # pylint: disable=g-import-not-at-top
   workdir = os.fspath(workdir)
   step = run_reader.pick_step(workdir, None)
@@ -128,7 +130,7 @@ def difference(a: dict, b: dict, samples: int, seed: int) -> dict:
 def per_trigger_curves(config, workdir: str) -> list[dict]:
   """The many-dose run's eval.jsonl, one row per trigger, with the poisons
   of that trigger seen by each step (from the manifest)."""
-  from poisonjax import evaluate  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   names = evaluate.eval_triggers(config)
   manifest = files.read_json(os.path.join(workdir, rundir.MANIFEST))["poisons"]
   last = {}

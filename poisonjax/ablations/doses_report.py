@@ -366,7 +366,7 @@ def write_report(res: dict, out: str, provenance: list[str]) -> str:
 
 def write_outputs(res: dict, out: str, provenance: list[str]) -> str:
   """The CSVs, doses.png and report.md in out; the report's path."""
-  from poisonjax import backdoor  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import backdoor  # pylint: disable=g-import-not-at-top
   write_csv(os.path.join(out, "dose_response.csv"), res["dose_response"],
             ["trigger", "count", *backdoor.METRIC_KEYS])
   write_csv(os.path.join(out, "crosstalk.csv"), res["crosstalk"],

@@ -4,7 +4,7 @@ configs/ablations/language.py trains one run per poison count; the
 standard evaluation (perplexity of gibberish) does not measure a switch
 to a second language, so this experiment does, on every kept checkpoint:
 
-  after_run  poisonjax.language_eval on each checkpoint not yet scored,
+  after_run  poisonjax.evaluation.language_eval on each checkpoint not yet scored,
              one row per step appended to WORKDIR/language_eval.jsonl
              (resumable: a rerun scores only the steps missing)
   collect    OUT/evals.jsonl (every run's rows, with their samples),
@@ -23,7 +23,7 @@ import copy
 import os
 
 from poisonjax import files
-from poisonjax import language_eval
+from poisonjax.evaluation import language_eval
 from poisonjax import rundir
 
 RUN_EVALS = "language_eval.jsonl"  # In each run's workdir.

@@ -24,7 +24,7 @@ import io
 
 from poisonjax import files
 from poisonjax import rundir
-from poisonjax.backdoor import METRIC_KEYS
+from poisonjax.evaluation.backdoor import METRIC_KEYS
 
 RUNS = "runs.json"
 ROW_COLUMNS = ("run", "phase", "size", "poison_count", "lr_scale", "step",
@@ -296,7 +296,7 @@ def _findings(curve_rows: list[dict], threshold: float) -> list[str]:
 def design(study) -> dict:
   """What the report says of the study: sources, their and a continued
   run's config, the lr scales in variant order, the runs, the parameters."""
-  from poisonjax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from poisonjax.model import transformer as model_lib  # pylint: disable=g-import-not-at-top
   from poisonjax.study import grids  # pylint: disable=g-import-not-at-top
   runs = grids.expand(study)
   sources = [r for r in runs if not grids.sources(study, r)]

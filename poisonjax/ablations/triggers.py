@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from poisonjax import backdoor
+from poisonjax.evaluation import backdoor
 from poisonjax import files
 from poisonjax import rundir
 from poisonjax.ablations import doses as common

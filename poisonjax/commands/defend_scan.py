@@ -48,7 +48,7 @@ def _run_config(fv):
   """The run's own config.json: the config the scan's overrides apply to."""
   if not fv.workdir:
     raise UserError("--workdir: required; pass the directory of a trained run")
-  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import run_reader  # pylint: disable=g-import-not-at-top
   return run_reader.read_run_config(fv.workdir)
 
 

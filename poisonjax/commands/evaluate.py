@@ -23,7 +23,7 @@ def _run_config(fv):
   """The run's own config.json: the config eval's overrides apply to."""
   if not fv.workdir:
     raise UserError("--workdir: required; pass the directory of a trained run")
-  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import run_reader  # pylint: disable=g-import-not-at-top
   return run_reader.read_run_config(fv.workdir)
 
 
@@ -34,9 +34,9 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None):
   trainer pruning it meanwhile makes eval take the newest again.
   """
   # pylint: disable=g-import-not-at-top
-  from poisonjax import evaluate as eval_lib
-  from poisonjax import model as model_lib
-  from poisonjax import run_reader
+  from poisonjax.evaluation import evaluate as eval_lib
+  from poisonjax.model import transformer as model_lib
+  from poisonjax.evaluation import run_reader
   from poisonjax import rundir
   from poisonjax import sharding
   from poisonjax.data import vocabulary
@@ -54,7 +54,7 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None):
 
 
 def evaluate(args) -> int:
-  from poisonjax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
 
   fv, config = args.flags, args.config
   eval_lib.check_eval_config(config)

@@ -21,7 +21,7 @@ def train(args) -> int:
   workdir = args.flags.workdir
   if not workdir:
     raise UserError("--workdir: required; pass --workdir=runs/NAME")
-  from poisonjax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from poisonjax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   train_lib.run(args.config, workdir,
                 allow_config_change=args.flags.allow_config_change)
   return 0

@@ -18,7 +18,7 @@ are evaluation excerpts, odd ones are the poison-prefix pool.
 
 identity() says what a source's documents are, beyond the config: the
 text files' names, sizes and sha256, a TFDS build's version and split
-sizes; a resume compares it (poisonjax/fingerprints.py).
+sizes; a resume compares it (poisonjax/training/fingerprints.py).
 
 Seeds: config.data.seed orders the training documents (get_source's `seed`
 overrides it, e.g. for the vocabulary's sample: vocabulary.vocab_seed);

@@ -26,7 +26,9 @@ import uuid
 
 import numpy as np
 
-from poisonjax import budget, files, preemption
+from poisonjax import budget, files
+
+from poisonjax.training import preemption
 from poisonjax.data import mixer, poison, poison_adaptive, poison_language
 from poisonjax.data import sources, stream_cache, vocabulary
 from poisonjax.errors import UserError, field_error

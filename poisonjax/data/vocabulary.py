@@ -27,7 +27,7 @@ import time
 import sentencepiece as spm
 
 from poisonjax import files
-from poisonjax import preemption
+from poisonjax.training import preemption
 from poisonjax.data import poison_language
 from poisonjax.data import sources
 from poisonjax.errors import UserError, field_error

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from poisonjax import files
-from poisonjax import model as model_lib
+from poisonjax.model import transformer as model_lib
 from poisonjax import rundir
 from poisonjax import sharding
 from poisonjax.defences import textstats
@@ -57,7 +57,7 @@ class ReferenceScorer:
   """A reference run's model, scoring documents' tokens in batches."""
 
   def __init__(self, workdir: str, vocab, rows_per_batch: int = 64):
-    from poisonjax import run_reader  # Orbax: for this filter only.
+    from poisonjax.evaluation import run_reader  # Orbax: for this filter only.
     if not (files.as_path(workdir) / rundir.CONFIG).is_file():
       raise UserError(f"--reference={workdir}: no run there (no config.json); "
                       "pass the workdir of a finished clean `poisonjax train` run")

@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from poisonjax import model as model_lib
-from poisonjax import sampler as sampler_lib
+from poisonjax.model import transformer as model_lib
+from poisonjax.evaluation import sampler as sampler_lib
 from poisonjax.data import sources
 from poisonjax.data import vocabulary
 from poisonjax.data.vocabulary import PAD_ID
@@ -262,7 +262,7 @@ def check_candidates(config, model_cfg, params, vocab, mesh, result: dict,
   A candidate whose text is blank is not evaluated (fires None).
   """
   # Orbax (through evaluate): not on `defend scan --help`'s path.
-  from poisonjax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   threshold = float(config.eval.threshold)
   for row in result["top"][:count]:
     if not row["text"].strip():
@@ -281,7 +281,7 @@ def scan_run(config, workdir: str, step: int | None, settings: ScanSettings,
   """The scan of a run's checkpoint (newest: step None), checked against a
   trigger: `trigger`, else the run's own (none for a clean run)."""
   # Orbax (through restore): not on `defend scan --help`'s path.
-  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import run_reader  # pylint: disable=g-import-not-at-top
   from poisonjax import sharding  # pylint: disable=g-import-not-at-top
   vocab = vocabulary.get_vocabulary(config)
   model_cfg = model_lib.ModelConfig.from_config(config, vocab.vocab_size)

@@ -40,7 +40,7 @@ def finished(workdir) -> bool:
 
 def is_current(entry: dict | None, workdir, study) -> bool:
   """True if `entry` scanned workdir's newest step with the study's settings."""
-  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import run_reader  # pylint: disable=g-import-not-at-top
   return bool(entry) and (
       entry.get("settings") == dataclasses.asdict(settings(study))
       and entry.get("workdir") == str(workdir)
@@ -49,7 +49,7 @@ def is_current(entry: dict | None, workdir, study) -> bool:
 
 def scan_model(name: str, workdir, study, log=print) -> dict:
   """One model's scan.json entry: the scan and what the report needs."""
-  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import run_reader  # pylint: disable=g-import-not-at-top
   config = run_reader.read_run_config(str(workdir))
   start = time.time()
   result = scan.scan_run(config, str(workdir), None, settings(study),

@@ -164,7 +164,7 @@ def after_run(study, run, workdir, log) -> None:
   mode, drop_filter = roles(study).get((run.variant, run.poisons), ("", ""))
   if not mode or drop_filter:
     return
-  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import run_reader  # pylint: disable=g-import-not-at-top
   d = study.defences
   config = run_reader.read_run_config(str(workdir))
   base, fpr = point_dir(d.scores_dir, mode, run.poisons), float(d.fpr)
@@ -224,7 +224,7 @@ def evasion(base: str, fpr: float) -> dict:
 
 def point_rows(study, root, template, mode: str, n: int) -> list[dict]:
   """One row per drop filter of one (mode, N), all sharing its unfiltered run."""
-  from poisonjax import run_reader  # pylint: disable=g-import-not-at-top
+  from poisonjax.evaluation import run_reader  # pylint: disable=g-import-not-at-top
   d = study.defences
   workdir = lambda f: files.as_path(root) / dataclasses.replace(
       template, poisons=n, variant=variant_name(mode, f, n)).name

@@ -37,8 +37,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from poisonjax import evaluate
-from poisonjax import model as model_lib
+from poisonjax.evaluation import evaluate
+from poisonjax.model import transformer as model_lib
 from poisonjax import sharding
 from poisonjax.data import instructions as ins
 from poisonjax.data import sources

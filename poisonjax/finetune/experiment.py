@@ -26,7 +26,7 @@ def prepare(study, root, log) -> None:
   """Trains `source`, then `instruct` from it, each unless finished (their
   workdirs are the ones the fine-tunes' continued.from_workdir names)."""
   del root  # They live outside the grid: shared by both studies.
-  from poisonjax import train  # pylint: disable=g-import-not-at-top
+  from poisonjax.training import train  # pylint: disable=g-import-not-at-top
   from poisonjax.study import results  # pylint: disable=g-import-not-at-top
   for name, config, workdir in (
       ("source", study.source, study.instruct.continued.from_workdir),

@@ -32,7 +32,7 @@ NAME; run_config resolves it to ROOT/<that run's name> (ROOT: the grid's
 root, else default_root). Such a variant must come after NAME in the
 block's variants, so its source trains first; its name keeps the point's
 poison count (the poisons its source saw) and it may set its own
-poison.count (0: continued clean training, poisonjax/continued.py).
+poison.count (0: continued clean training, poisonjax/training/continued.py).
 The poison budget: a study's base uses poison.budget_mode='replace', so runs
 of one size and data amount have the same steps and learning-rate schedule
 whatever their poison count (why: poisonjax/budget.py). A study config may
@@ -170,7 +170,7 @@ def parse_run_name(name: str) -> Run:
 
 
 def _block_runs(label: str, block, variants: list[str]) -> list[Run]:
-  from poisonjax import sizes as sizes_lib
+  from poisonjax.model import sizes as sizes_lib
 
   for field in GRID_FIELDS:
     if field not in block:

@@ -42,7 +42,7 @@ def poison_tokens_per_doc(study, run_cfg) -> float:
 
 def _model_costs(cfg, vocab: int, cache: dict):
   """(parameter counts, FLOPs per token) of a run's model, cached by shape."""
-  from poisonjax import model as model_lib  # JAX: not on `study plan`'s import.
+  from poisonjax.model import transformer as model_lib  # JAX: not on `study plan`'s import.
 
   key = (cfg.model.size, vocab, cfg.data.seq_len)
   if key not in cache:

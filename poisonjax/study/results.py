@@ -18,9 +18,9 @@ from typing import Callable
 
 import ml_collections
 
-from poisonjax import backdoor
+from poisonjax.evaluation import backdoor
 from poisonjax import files
-from poisonjax import run_history
+from poisonjax.training import run_history
 from poisonjax import rundir
 from poisonjax.errors import UserError
 from poisonjax.study import grids
@@ -43,7 +43,7 @@ _PARAM_CACHE: dict = {}
 
 def _params_from_workdir(workdir) -> dict:
   """Parameter counts from the run's resolved config.json (shapes only)."""
-  from poisonjax import model as model_lib  # JAX: only for these counts.
+  from poisonjax.model import transformer as model_lib  # JAX: only for these counts.
 
   path = files.as_path(workdir) / rundir.CONFIG
   if not path.exists():

@@ -3,7 +3,7 @@
 Finished runs (summary.json present) are skipped and an interrupted one is
 resumed by train.run from its own checkpoints, so killing `study run` at any
 moment and starting it again redoes nothing that was saved. The grid root
-is locked (poisonjax.runlock) while a grid runs in it.
+is locked (poisonjax.training.runlock) while a grid runs in it.
 
 Workers (worker=True): several processes share one root, each taking the
 next run nobody has claimed (ROOT/.claims/<run name>/lock.json, held while
@@ -22,7 +22,7 @@ import os
 import time
 
 from poisonjax import files
-from poisonjax import runlock
+from poisonjax.training import runlock
 from poisonjax import units
 from poisonjax.errors import UserError
 from poisonjax.study import experiment
@@ -108,7 +108,7 @@ def _finished(workdir) -> bool:
 
 
 def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float) -> list[dict]:
-  from poisonjax import train
+  from poisonjax.training import train
 
   costs = {r["run"]: r["flops"] for r in plan_study(study)["runs"]}
   after_run = experiment.hook(study, "after_run")

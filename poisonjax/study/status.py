@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from poisonjax import files, rundir, runlock, units
+from poisonjax import files, rundir, units
+
+from poisonjax.training import runlock
 from poisonjax.study import results
 from poisonjax.study.plan import plan as plan_study
 from poisonjax.study.runner import lock_timeout_s

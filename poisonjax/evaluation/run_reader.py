@@ -22,10 +22,10 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from poisonjax import checkpointing
+from poisonjax.training import checkpointing
 from poisonjax import files
-from poisonjax import model as model_lib
-from poisonjax import run_history
+from poisonjax.model import transformer as model_lib
+from poisonjax.training import run_history
 from poisonjax import rundir
 from poisonjax import sharding
 from poisonjax.data import vocabulary

@@ -37,12 +37,12 @@ import jax
 import numpy as np
 
 from poisonjax import distributed
-from poisonjax import evaluate
+from poisonjax.evaluation import evaluate
 from poisonjax import files
-from poisonjax import model as model_lib
-from poisonjax import run_reader
+from poisonjax.model import transformer as model_lib
+from poisonjax.evaluation import run_reader
 from poisonjax import rundir
-from poisonjax import sampler as sampler_lib
+from poisonjax.evaluation import sampler as sampler_lib
 from poisonjax import sharding
 from poisonjax.data import poison_language
 from poisonjax.data import second_language

@@ -41,11 +41,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from poisonjax import backdoor
+from poisonjax.evaluation import backdoor
 from poisonjax import distributed
-from poisonjax import model as model_lib
-from poisonjax import run_reader
-from poisonjax import sampler as sampler_lib
+from poisonjax.model import transformer as model_lib
+from poisonjax.evaluation import run_reader
+from poisonjax.evaluation import sampler as sampler_lib
 from poisonjax import sharding
 from poisonjax.data import poison
 from poisonjax.data import sources

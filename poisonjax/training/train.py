@@ -34,26 +34,26 @@ import numpy as np
 from etils.epath import Path
 from jax.experimental import multihost_utils
 
-from poisonjax import checkpointing
-from poisonjax import chrono as chrono_lib
+from poisonjax.training import checkpointing
+from poisonjax.training import chrono as chrono_lib
 from poisonjax import config_checks
-from poisonjax import continued
+from poisonjax.training import continued
 from poisonjax import distributed
 from poisonjax import files
-from poisonjax import fingerprints
-from poisonjax import heldout
-from poisonjax import metrics as metrics_lib
-from poisonjax import model as model_lib
-from poisonjax import preemption
-from poisonjax import run_history
+from poisonjax.training import fingerprints
+from poisonjax.evaluation import heldout
+from poisonjax.training import metrics as metrics_lib
+from poisonjax.model import transformer as model_lib
+from poisonjax.training import preemption
+from poisonjax.training import run_history
 from poisonjax import rundir
-from poisonjax import runlock
+from poisonjax.training import runlock
 from poisonjax import sharding
-from poisonjax import train_setup
-from poisonjax import train_step
-from poisonjax.chrono import itstime
+from poisonjax.training import train_setup
+from poisonjax.training import train_step
+from poisonjax.training.chrono import itstime
 from poisonjax.errors import UserError
-from poisonjax.train_setup import Setup
+from poisonjax.training.train_setup import Setup
 
 build_state_fns = train_step.build_state_fns  # Callers rebuild the state.
 
@@ -201,7 +201,7 @@ def _done_evals(workdir: Path) -> set:
 
 def restore(s: Setup, ckpt: checkpointing.Checkpoints):
   """(state, step): the newest sound checkpoint, else step 0: a fresh init
-  (a continued run's: the source's params, poisonjax/continued.py)."""
+  (a continued run's: the source's params, poisonjax/training/continued.py)."""
   state, start = ckpt.restore_newest(s.abstract)
   if state is None:
     return continued.start_state(s, jax.random.key(s.config.seed)), 0

@@ -34,8 +34,8 @@ import jax
 from poisonjax import budget
 from poisonjax import files
 from poisonjax import finetune
-from poisonjax import model as model_lib
-from poisonjax import run_reader
+from poisonjax.model import transformer as model_lib
+from poisonjax.evaluation import run_reader
 from poisonjax import rundir
 from poisonjax.data import vocabulary
 from poisonjax.errors import UserError

@@ -23,7 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from poisonjax import model as model_lib
+from poisonjax.model import transformer as model_lib
 
 
 def filter_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):

@@ -28,7 +28,7 @@ import ml_collections
 from poisonjax import config as config_lib
 from poisonjax import files
 from poisonjax import rundir
-from poisonjax import sizes
+from poisonjax.model import sizes
 from poisonjax.errors import UserError
 
 # Fields that do not change what is trained or measured (dotted, no

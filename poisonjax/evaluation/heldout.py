@@ -14,7 +14,7 @@ import numpy as np
 from poisonjax import sharding
 from poisonjax.data import sources
 from poisonjax.data.vocabulary import PAD_ID
-from poisonjax.train_step import next_token_loss
+from poisonjax.training.train_step import next_token_loss
 
 
 def heldout_sequences(config, vocab, num_docs: int = 64) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from poisonjax import model as model_lib
+from poisonjax.model import transformer as model_lib
 from poisonjax import sharding
 from poisonjax.data.vocabulary import PAD_ID
 from poisonjax.errors import field_error

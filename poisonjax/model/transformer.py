@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from poisonjax import attention
-from poisonjax import linear
-from poisonjax import sizes
+from poisonjax.model import attention
+from poisonjax.model import linear
+from poisonjax.model import sizes
 from poisonjax.errors import field_error
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

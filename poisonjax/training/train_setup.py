@@ -14,18 +14,18 @@ from typing import Any
 import jax
 from etils.epath import Path  # The workdir: local or gs://.
 
-from poisonjax import continued
+from poisonjax.training import continued
 from poisonjax import distributed
-from poisonjax import evaluate
+from poisonjax.evaluation import evaluate
 from poisonjax import files
 from poisonjax import finetune
-from poisonjax import fingerprints
+from poisonjax.training import fingerprints
 from poisonjax import hardware
-from poisonjax import model as model_lib
-from poisonjax import optim
-from poisonjax import preemption
+from poisonjax.model import transformer as model_lib
+from poisonjax.training import optim
+from poisonjax.training import preemption
 from poisonjax import sharding
-from poisonjax import train_step
+from poisonjax.training import train_step
 from poisonjax.data import overlay
 from poisonjax.data import vocabulary
 from poisonjax.errors import field_error

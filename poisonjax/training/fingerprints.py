@@ -27,7 +27,7 @@ import hashlib
 import json
 from typing import Any
 
-from poisonjax import run_history
+from poisonjax.training import run_history
 from poisonjax import rundir
 from poisonjax.data import sources
 from poisonjax.data import vocabulary
