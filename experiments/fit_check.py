@@ -4,8 +4,8 @@
     python experiments/fit_check.py [--sizes=600m,13b] [--topology=v5p:4x4x4]
         [--topology=13b=v5e:16x16] [--mfu=0.4] [--no_fallback]
         [--set=model.remat=dots]
-    python experiments/fit_check.py --estimate [--sizes=...]  # cost model
-    python experiments/fit_check.py --search [--datas=1,4]    # presets
+    python experiments/step_estimate.py [--sizes=...]          # cost model
+    python experiments/step_estimate.py --search [--datas=1,4] # presets
 
 For each size, the run config of configs/paper/paper.py is built, and its
 train step (poisonjax.training.train_step: the model, optimizer, shardings and remat
@@ -16,7 +16,7 @@ fails to compile with RESOURCE_EXHAUSTED, which is caught and reported. If
 the preset does not fit, the fall-backs are tried in order: the whole slice
 on fsdp (parameters and optimizer state sharded), then remat=full.
 
---estimate and --search (experiments/step_estimate.py) replace the assumed
+experiments/step_estimate.py (and its --search) replaces the assumed
 MFU below by XLA's TPU cost model: `optimal_seconds` of the step compiled
 with 2 and 4 unrolled layers, extrapolated per layer (an estimate by the
 compiler, not a measured run); --search picks, per size, the remat policy,
@@ -469,39 +469,23 @@ def check_size(module, plan_rows, size: str, topology: str,
   return "\n".join(rows), notes
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+  """The flags this check shares with step_estimate.py: sizes, slices, study."""
   p.add_argument("--sizes", default="600m,2b,7b,13b")
   p.add_argument("--topology", action="append", default=[],
                  help="GEN:AxBxC for every size, or SIZE=GEN:AxBxC; repeatable")
   p.add_argument("--mfu", type=float, default=0.4,
                  help="assumed fraction of peak the compiled FLOPs run at")
-  p.add_argument("--no_fallback", action="store_true",
-                 help="compile the preset only (no fsdp / remat fall-backs)")
   p.add_argument("--set", action="append", default=[], dest="overrides",
                  help="SECTION.FIELD=VALUE on every run config (e.g. "
                       "model.remat=dots); repeatable")
   p.add_argument("--study", default=PAPER_STUDY)
-  p.add_argument("--estimate", action="store_true",
-                 help="the preset's step time by XLA's TPU cost model "
-                      "(experiments/step_estimate.py), not the --mfu guess")
-  p.add_argument("--search", action="store_true",
-                 help="search remat x microbatches x data split by the cost "
-                      "model; the fastest that leaves 10%% of HBM free")
-  p.add_argument("--datas", default="1",
-                 help="mesh data-axis sizes the search tries (fsdp: the rest)")
-  p.add_argument("--remats", default="full,dots,none",
-                 help="remat policies the search tries, in this order")
-  p.add_argument("--one_depth", action="store_true",
-                 help="settings after the first (--search) or the --set "
-                      "setting (--estimate) compiled at 2 layers only, with "
-                      "the first's / the preset's part outside the layers")
-  p.add_argument("--no_verify", action="store_true",
-                 help="skip the full-depth scanned compile of the chosen "
-                      "setting (its bytes: the extrapolated guess)")
-  args = p.parse_args(argv)
+
+
+def common_setup(args, prog: str):
+  """(study module, plan rows, sizes, topologies, overrides), or an exit status."""
   if why := libtpu_missing():
-    print(f"fit_check: {why}", file=sys.stderr)
+    print(f"{prog}: {why}", file=sys.stderr)
     return 2
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # The host side: keys only.
   import poisonjax.study as study_lib
@@ -511,12 +495,23 @@ def main(argv=None) -> int:
     topos = topologies_for(sizes, args.topology)
     overrides = parse_overrides(args.overrides)
   except ValueError as e:
-    print(f"fit_check: error: {e}", file=sys.stderr)
+    print(f"{prog}: error: {e}", file=sys.stderr)
     return 2
   module = load_study(args.study)
   plan_rows = study_lib.plan(module.get_config(), args.mfu)["runs"]
-  if args.estimate or args.search:
-    return _estimates(module, plan_rows, sizes, topos, overrides, args)
+  return module, plan_rows, sizes, topos, overrides
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_common_flags(p)
+  p.add_argument("--no_fallback", action="store_true",
+                 help="compile the preset only (no fsdp / remat fall-backs)")
+  args = p.parse_args(argv)
+  setup = common_setup(args, "fit_check")
+  if isinstance(setup, int):
+    return setup
+  module, plan_rows, sizes, topos, overrides = setup
   rows, notes = [], []
   for size in sizes:
     row, size_notes = check_size(module, plan_rows, size, topos[size],
@@ -529,35 +524,6 @@ def main(argv=None) -> int:
         "(6N + attention) / (chips x peak x step time); the run is the N=250, "
         "seed 0, 1x-data point (steps from `study plan`).")
   print("\n".join(notes))
-  return 0
-
-
-def _estimates(module, plan_rows, sizes, topos, overrides, args) -> int:
-  """--estimate / --search: the cost model's tables (step_estimate.py)."""
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import step_estimate
-
-  datas = tuple(int(d) for d in args.datas.split(","))
-  remats = tuple(args.remats.split(","))
-  if bad := [r for r in remats if r not in step_estimate.REMATS]:
-    print(f"fit_check: error: --remats: {bad[0]!r} is not one of "
-          f"{', '.join(step_estimate.REMATS)}", file=sys.stderr)
-    return 2
-  rows = []
-  for size in sizes:
-    rows += step_estimate.run_size(module, plan_rows, size, topos[size],
-                                   overrides, args.search, datas, remats,
-                                   args.one_depth, not args.no_verify,
-                                   log=lambda *a: print(*a, flush=True))
-  print("\n" + step_estimate.TABLE_HEAD + "\n" + "\n".join(rows) + "\n")
-  print("Step s: XLA's TPU cost model (compiled.cost_analysis()"
-        "['optimal_seconds']) of the train step compiled with 2 and 4 "
-        "unrolled layers, extrapolated per layer to the full depth: an "
-        "ESTIMATE by the compiler, not a measured run. MFU = model FLOPs "
-        "(6N + attention) / (chips x bf16 peak x step s). GiB/chip compiled: "
-        "the program as trained (scanned, full depth). Grid chip-hours: the "
-        "size's runs in `study plan` x step s x chips. " +
-        step_estimate.versions())
   return 0
 
 

@@ -4,7 +4,7 @@
     python experiments/maxtext_compare.py [--sizes=600m,7b] [--venv=DIR]
         [--set=attention=dot_product]
 
-Side by side with experiments/fit_check.py --estimate: MaxText (PyPI
+Side by side with experiments/step_estimate.py: MaxText (PyPI
 `maxtext`) is never a poisonjax dependency; --setup builds it its own
 virtual environment (default /work/maxtext-venv). maxtext 0.2.5 declares
 Python >= 3.12 and its `tpu` extra wants jax >= 0.11.1, whose jaxlib has

@@ -209,8 +209,9 @@ def test_maxtext_shapes_are_poisonjaxs():
 
 @needs_libtpu
 def test_unrolled_microbatches_count_every_microbatch():
-  """Scanned, the cost model counts one microbatch; unrolled, all of them."""
-  one = fit_check.compile_step(_stand_in(), "v5p:2x2x1", 1024, 100)
+  """Scanned, the cost model counts one microbatch; unrolled, all of them
+  (the layers unrolled in both: a scanned layer stack counts one layer)."""
+  one = fit_check.compile_step(_stand_in(), "v5p:2x2x1", 1024, 100, unroll=True)
   c = fit_check.with_overrides(_stand_in(), {"train.microbatches": 2})
   scanned = fit_check.compile_step(c, "v5p:2x2x1", 1024, 100)
   unrolled = fit_check.compile_step(c, "v5p:2x2x1", 1024, 100, unroll=True)

@@ -64,7 +64,7 @@ def base():
 # Per size, on its slice (experiments/fit_check.py's default: 600m on
 # v5p:2x2x1, the others on v5p:4x4x4): the setting with the smallest step
 # time by XLA's TPU cost model among the remat policies x microbatches
-# searched that leaves >= 10% of HBM free (`fit_check.py --search`,
+# searched that leaves >= 10% of HBM free (`step_estimate.py --search`,
 # docs/fit_check.md: estimated, not measured). Applied after the size is
 # set (study.size_overrides); base() holds the fall-back that fits all.
 #   600m: dots + 2 microbatches, 4.07 s/step est. (full: 4.24), 75.0 GiB
