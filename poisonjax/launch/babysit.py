@@ -190,6 +190,10 @@ class Sitter:
     if liveness == "running":
       return
     if liveness == "exited":
+      # A preemption stops the run before the slice's state says so: look
+      # again before counting it as the run's failure on a live slice.
+      if self.describe() != "ready":
+        return
       self._say(f"the run ended (status {status}) without finishing")
       if not self.limits.recreate:
         return self._finish(status or 1, f"run ended with status {status or 1}")
