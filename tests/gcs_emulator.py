@@ -136,10 +136,14 @@ def emulated_gcs():
         emulator_server.Router.handle, threading.Lock()))
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
+    with_generation = _download_with_generation(objects.download)
     for _, methods in emulator_server.HANDLERS:
       for method, handler in list(methods.items()):
         if handler is objects.download:
-          mp.setitem(methods, method, _download_with_generation(handler))
+          mp.setitem(methods, method, with_generation)
+    # The JSON API's GET ...?alt=media (tensorstore's reads) reaches the
+    # download through this module-level name, not through HANDLERS.
+    mp.setattr(objects, "download", with_generation)
     for key, value in _env(url, f"127.0.0.1:{free_port()}").items():
       mp.setenv(key, value)
     mp.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
