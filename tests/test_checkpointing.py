@@ -152,3 +152,24 @@ def test_digest_is_written_only_once_durable(tmp_path):
   assert "_CHECKPOINT_METADATA" in digest
   assert all(h.startswith("crc32c:") for _, h in digest.values())
   assert digest == checkpointing.digest(tmp_path / "checkpoints" / "5")
+
+
+def test_unfinished_save_is_deleted_before_the_manager_lists_the_folder(
+    saved, monkeypatch, capsys):
+  """Orbax deletes it too, but in the background while it lists the folder
+  (on gs:// such a listing can meet the only checkpoint half deleted)."""
+  unfinished = saved / "checkpoints" / "3.orbax-checkpoint-tmp-17"
+  unfinished.mkdir()
+  (unfinished / "partial").write_text("x")
+  seen_at_build = []
+  real_manager = ocp.CheckpointManager
+
+  def manager(directory, **kwargs):
+    seen_at_build.append(sorted(os.listdir(directory)))
+    return real_manager(directory, **kwargs)
+
+  monkeypatch.setattr(ocp, "CheckpointManager", manager)
+  state, step = restore(saved)
+  assert seen_at_build == [["1", "2"]]
+  assert step == 2 and not unfinished.exists()
+  assert "3.orbax-checkpoint-tmp-17: a save cut short" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from absl import logging
 from etils.epath import Path
 from jax.experimental import multihost_utils
 
-from poisonjax import files, rundir
+from poisonjax import distributed, files, rundir
 from poisonjax.errors import UserError
 
 RETRIES = 3  # Tries of a read that fails with OSError...
@@ -77,6 +77,8 @@ class Checkpoints:
     _plain_array_saves_on_cpu()
     self.workdir = files.absolute(workdir)  # gs:// goes to orbax as it is.
     self.directory = self.workdir / rundir.CHECKPOINTS
+    distributed.primary_first(
+        lambda: _remove_unfinished_saves(self.directory), "the checkpoint folder")
     t = config.train
     options = ocp.CheckpointManagerOptions(
         max_to_keep=t.keep_checkpoints,
@@ -233,6 +235,21 @@ class Checkpoints:
     (self.workdir / rundir.CHECKPOINT_DIGESTS / f"{step}.json").unlink(missing_ok=True)
     self.manager.reload()
     return dest
+
+
+def _remove_unfinished_saves(directory: Path) -> None:
+  """Deletes saves cut short (no commit record) before any process lists the
+  folder. Orbax would do it too, but in the background while every process
+  lists it: on gs://, where a folder is only its objects' common prefix, a
+  listing that meets the only checkpoint half deleted fails with
+  FileNotFoundError (seen after a preemption in the launch rehearsal)."""
+  if not distributed.is_primary() or not directory.exists():
+    return
+  for unfinished in ocp.utils.tmp_checkpoints(directory):
+    path = unfinished.get()
+    print(f"poisonjax: deleting {path}: a save cut short (never committed)",
+          file=sys.stderr, flush=True)
+    path.rmtree(missing_ok=True)
 
 
 def _seal(workdir: Path, directory: Path, steps: list[int], kept: set) -> None:
