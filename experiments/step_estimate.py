@@ -38,6 +38,7 @@ DEPTHS = (2, 4)
 HEADROOM = 0.10  # A setting is kept when it leaves >= 10% of HBM free.
 REMATS = ("full", "dots", "none")  # The old preset first.
 MAX_MICROBATCHES = 8
+CACHE_ONLY = False  # --cache_only: never compile, report what is missing.
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
                      "results", "fit_check", "compiles.jsonl")
 
@@ -97,7 +98,10 @@ def versions() -> str:
 
 
 def cache_key(config, topology: str) -> str:
-  """What changes the compiled program (and so its figures)."""
+  """What changes the compiled program (and so its figures); attention as
+  resolved for the TPU (`auto` is splash there)."""
+  from poisonjax.model import attention
+
   m, t = config.model, config.train
   fields = {
       "v": versions(), "topology": topology, "size": m.size,
@@ -106,7 +110,8 @@ def cache_key(config, topology: str) -> str:
       "fsdp": int(config.mesh.fsdp), "tensor": int(config.mesh.tensor),
       "batch": int(t.batch_size), "seq": int(config.data.seq_len),
       "microbatches": int(t.get("microbatches", 1)),
-      "attention": str(m.get("attention", "xla")),
+      "attention": attention.resolve(m.get("attention", "auto"), "tpu",
+                                     m.dtype),
   }
   return json.dumps(fields, sort_keys=True)
 
@@ -129,6 +134,10 @@ def compiled(config, topology: str, vocab: int, steps: int, unroll: bool,
   key = cache_key(config, topology)
   if key in cache:
     return cache[key]
+  if CACHE_ONLY:
+    chips = math.prod(fit_check.parse_topology(topology)[1])
+    return {"key": key, "chips": chips, "hbm": math.nan,
+            "error": "not in the compile cache (--cache_only)"}
   fit = fit_check.compile_step(config, topology, vocab, steps, unroll=unroll)
   row = {"key": key, "seconds": fit.raw_seconds, "flops": fit.raw_flops,
          "bytes": fit.total_bytes, "temp_bytes": fit.temp_bytes,
@@ -380,7 +389,12 @@ def main(argv=None) -> int:
   p.add_argument("--no_verify", action="store_true",
                  help="skip the full-depth scanned compile of the chosen "
                       "setting (its bytes: the extrapolated guess)")
+  p.add_argument("--cache_only", action="store_true",
+                 help="rebuild the tables from the compile cache alone (no "
+                      "libtpu compile); a setting not in it says so")
   args = p.parse_args(argv)
+  global CACHE_ONLY
+  CACHE_ONLY = args.cache_only
   remats = tuple(args.remats.split(","))
   if bad := [r for r in remats if r not in REMATS]:
     print(f"step_estimate: error: --remats: {bad[0]!r} is not one of "

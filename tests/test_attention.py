@@ -86,6 +86,15 @@ def test_splash_equals_the_xla_path_in_values_and_gradients(kv_heads, groups):
   _assert_as_xla(got, q, k, v, visible, cot)
 
 
+def test_splash_pads_a_length_off_its_block_and_stays_equal():
+  """Training attends over seq_len - 1 positions (127 here): padded to the
+  kernel's 128, cut back, values and gradients as the XLA path's."""
+  q, k, v, visible, cot = _causal_inputs(2, 2, 2, 127, 32, seed=4)
+  got = _values_and_grads(attention.splash_attention, q, k, v, cot)
+  assert got[0].shape == q.shape
+  _assert_as_xla(got, q, k, v, visible, cot)
+
+
 def test_splash_under_a_mesh_is_shard_mapped_and_equal():
   """On 8 CPU devices (data 2, fsdp 2, tensor 2): batch and key heads split."""
   from poisonjax import sharding

@@ -99,6 +99,21 @@ def test_compiles_the_train_step_for_v5p_2x2x1():
 
 
 @needs_libtpu
+@pytest.mark.parametrize("attention, kernels", [("auto", True), ("xla", False)])
+def test_auto_attention_is_the_splash_kernel_when_compiled_for_tpu(
+    attention, kernels):
+  """On this CPU host the trace is for the slice's devices: `auto` means
+  splash there, compiled as the TPU kernel (not Pallas' interpret mode)."""
+  config = _stand_in()
+  config.model.attention = attention
+  config.data.seq_len = 128  # Splash's blocks: multiples of 128.
+  fit = fit_check.compile_step(config, "v5p:2x2x1", vocab_size=1024,
+                               num_steps=100)
+  assert fit.fits
+  assert (fit.kernels > 0) == kernels, fit.kernels
+
+
+@needs_libtpu
 def test_state_larger_than_hbm_is_refused_without_compiling(monkeypatch):
   chips = dict(fit_check.TPU_CHIPS)
   chips["v5p"] = ("megacore", 1024.0, "TPU v5p")

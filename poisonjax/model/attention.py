@@ -86,8 +86,17 @@ def _bwd(res, do):
 causal_attention.defvjp(_fwd, _bwd)
 
 
+def target_platform() -> str:
+  """The platform the program is traced for: the mesh's devices' when a mesh
+  is set (an ahead-of-time compile for a TPU slice on a CPU host traces for
+  "tpu"), else jax.default_backend()."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def resolve(implementation: str, platform: str, dtype) -> str:
-  """The implementation `auto` means on `platform` (jax.default_backend())."""
+  """The implementation `auto` means on `platform` (target_platform())."""
   if implementation not in IMPLEMENTATIONS:
     raise UserError(f"config.model.attention={implementation!r}: unknown; use "
                     f"one of {', '.join(IMPLEMENTATIONS)}")
@@ -115,11 +124,8 @@ def attend(q, k, v, visible, implementation: str, plain_causal: bool):
 
 
 def _block(t: int) -> int:
-  for size in (512, 256, 128):
-    if t % size == 0:
-      return size
-  raise UserError(f"config.data.seq_len={t}: splash attention needs a multiple "
-                  "of 128; set model.attention='xla' or change seq_len")
+  """The kernel's block along T (T already a multiple of 128)."""
+  return next(size for size in (512, 256, 128) if t % size == 0)
 
 
 def _splash_kernel(groups: int, t: int, interpret: bool):
@@ -137,17 +143,29 @@ def _splash_kernel(groups: int, t: int, interpret: bool):
 
 def splash_attention(q, k, v):
   """Splash attention per (batch row, key head): q [B, K, G, T, D] (scaled),
-  k, v [B, K, T, D]; sharded like the activations when a mesh is set."""
-  kernel = _splash_kernel(q.shape[2], q.shape[3], jax.default_backend() != "tpu")
+  k, v [B, K, T, D]; sharded like the activations when a mesh is set.
+
+  T is padded at the end to a multiple of 128, the kernel's block (training
+  sees seq_len - 1 positions): under the causal mask no real query sees a
+  padded key, and the padded queries' rows are cut off.
+  """
+  t = q.shape[3]
+  pad = -t % 128
+  if pad:
+    q = jnp.pad(q, [(0, 0)] * 3 + [(0, pad), (0, 0)])
+    k, v = (jnp.pad(x, [(0, 0)] * 2 + [(0, pad), (0, 0)]) for x in (k, v))
+  kernel = _splash_kernel(q.shape[2], t + pad, target_platform() != "tpu")
   local = jax.vmap(jax.vmap(kernel))
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return local(q, k, v)
-  heads = "tensor" if q.shape[1] % mesh.shape["tensor"] == 0 else None
-  qo = P(("data", "fsdp"), heads, None, None, None)
-  kv = P(("data", "fsdp"), heads, None, None)
-  return jax.shard_map(local, in_specs=(qo, kv, kv), out_specs=qo,
-                       check_vma=False)(q, k, v)
+    out = local(q, k, v)
+  else:
+    heads = "tensor" if q.shape[1] % mesh.shape["tensor"] == 0 else None
+    qo = P(("data", "fsdp"), heads, None, None, None)
+    kv = P(("data", "fsdp"), heads, None, None)
+    out = jax.shard_map(local, in_specs=(qo, kv, kv), out_specs=qo,
+                        check_vma=False)(q, k, v)
+  return out[:, :, :, :t]
 
 
 def cudnn_attention(q, k, v):

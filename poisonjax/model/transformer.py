@@ -159,7 +159,7 @@ class Attention(nn.Module):
     # Key j is visible to query i iff 0 <= pos_j <= pos_i.
     visible = (key_pos[:, None, :] <= positions[:, :, None]) & (key_pos[:, None, :] >= 0)
     b, _, t, _ = q.shape
-    implementation = attention.resolve(cfg.attention, jax.default_backend(),
+    implementation = attention.resolve(cfg.attention, attention.target_platform(),
                                        cfg.dtype)
     out = attention.attend(q.reshape(b, kv, h // kv, t, d), k, v, visible,
                            implementation, self.plain_causal and not decode)
