@@ -46,6 +46,8 @@ import subprocess
 import sys
 import time
 
+import step_estimate
+
 VENV = "/work/maxtext-venv"
 MAXTEXT = "maxtext==0.2.4"
 PINS = ["jax==0.10.2", "jaxlib==0.10.2", "libtpu==0.0.42.1"]
@@ -292,9 +294,10 @@ def main(argv=None) -> int:
           f"{', '.join(SHAPES)}", file=sys.stderr)
     return 2
   cache = load_results()
+  splash = "attention=dot_product" not in args.extra  # autoselected on TPU.
   print("| size | slice | MaxText setting | compiled | step s (est.) | "
-        "MFU (est.) | FLOPs/chip/step | GiB/chip |\n"
-        "|---|---|---|---|---|---|---|---|")
+        "of which splash at peak | MFU (est.) | FLOPs/chip/step | GiB/chip |"
+        "\n|---|---|---|---|---|---|---|---|---|")
   for size in args.sizes.split(","):
     f = figures(args.venv, size, args.extra, cache, args.mode,
                 log=lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -302,16 +305,25 @@ def main(argv=None) -> int:
     setting = ", ".join(["defaults"] + args.extra)
     if "seconds" not in f:
       print(f"| {size} | {topo} | {setting} | {f['compiled']} | failed: "
-            f"{f['error'][:200]} | | | |")
+            f"{f['error'][:200]} | | | | |")
       continue
-    mfu = (model_flops_per_step(size) / (chips * 459e12 * f["seconds"])
+    shape = SHAPES[size]
+    kernel = step_estimate.splash_seconds(
+        256, shape["layers"] if args.mode != "2" else DEPTHS[0],
+        shape["heads"], 128, 2048, 512, True, chips, 459e12) if splash else 0
+    step = f["seconds"] + kernel
+    mfu = (model_flops_per_step(size) / (chips * 459e12 * step)
            if args.mode != "2" else math.nan)
-    print(f"| {size} | {topo} | {setting} | {f['compiled']} | "
-          f"{f['seconds']:.3f} | {mfu:.3f} | {f['flops']:.3e} | "
-          f"{f['bytes'] / 2**30:.1f} |")
+    print(f"| {size} | {topo} | {setting} | {f['compiled']} | {step:.3f} | "
+          + (f"{kernel:.3f}" if splash else "-") + f" | {mfu:.3f} | "
+          f"{f['flops']:.3e} | {f['bytes'] / 2**30:.1f} |")
   print("XLA's TPU cost model (optimal_seconds; unrolled layers, extrapolated "
-        "per layer unless --mode=2); not a measured run. MFU: model FLOPs "
-        "(6N + attention, poisonjax's formula) / (chips x 459 TFLOP/s).")
+        "per layer unless --mode=2); not a measured run. With splash "
+        "(MaxText's autoselected attention on TPU: blocks of 512, remat "
+        "full) plus the kernels' FLOPs at peak, the term step_estimate.py "
+        "adds to poisonjax's (the cost model sees a Mosaic kernel as no "
+        "time). MFU: model FLOPs (6N + attention, poisonjax's formula) / "
+        "(chips x 459 TFLOP/s).")
   return 0
 
 

@@ -75,10 +75,14 @@ class Estimate:
   error: str = ""  # Why there is no estimate (e.g. out of memory at depth 4).
   verified_bytes: float = math.nan  # Full-depth scanned compile, when done.
   outside: dict | None = None  # The line's value at 0 layers, per figure.
+  kernel_s: float = 0.0  # Of step_s: the splash kernels at the chip's peak.
   method: str = "2+4"  # "2+4" layers, or "2+outside" (--one_depth).
 
   @property
   def fits_guess(self) -> bool:
+    """By the compiled program's bytes where known, else the line's."""
+    if self.verified_bytes == self.verified_bytes:
+      return not self.error and self.fits
     return not self.error and self.bytes_guess <= (1 - HEADROOM) * self.hbm
 
   @property
@@ -144,8 +148,10 @@ def compiled(config, topology: str, vocab: int, steps: int, unroll: bool,
          "param_bytes": fit.param_bytes, "opt_bytes": fit.opt_bytes,
          "hbm": fit.hbm, "chips": fit.chips, "error": fit.error,
          "compile_s": fit.compile_s}
-  log(f"    compiled {json.loads(key)['layers']} layers "
-      f"{'scanned' if config.model.scan_layers else 'unrolled'} "
+  log(f"    compiled "
+      + (f"{json.loads(key)['layers']} layers unrolled "
+         if not config.model.scan_layers else "full depth scanned ")
+      + 
       f"[{fit.compile_s:.0f} s]: "
       + (f"{fit.raw_seconds:.4f} s, {fit.total_bytes / fit_check.GiB:.1f} GiB"
          if not fit.error else fit.error))
@@ -154,6 +160,41 @@ def compiled(config, topology: str, vocab: int, steps: int, unroll: bool,
     f.write(json.dumps(row) + "\n")
   cache[key] = row
   return row
+
+
+def splash_seconds(batch: int, layers: int, heads: int, head_dim: int,
+                   t: int, block: int, recompute: bool, chips: int,
+                   peak: float) -> float:
+  """Causal splash attention's time per train step at the chip's bf16 peak.
+
+  XLA's cost model sees a Mosaic kernel as (almost) no time: a causal
+  4 x 16 x 2048^2 splash forward estimates 0.4 us, the XLA path 1.1 ms. So
+  its time is added from its FLOPs, at peak (a bound in the spirit of
+  optimal_seconds): per (sequence, head) 2 matmuls forward, 7 backward (the
+  dkv kernel recomputes the scores and forms dP, dV, dK; the dq kernel the
+  scores, dP and dQ) and the forward again under remat (`recompute`: a
+  kernel's output is not a dot, no remat policy saves it), each 2 T^2 D
+  over the causal blocks, (n + 1) / 2n of them for n blocks per row.
+  """
+  blocks = t // block
+  matmuls = 2 + 7 + (2 if recompute else 0)
+  flops = (batch * layers * heads * matmuls * 2 * t * t * head_dim
+           * (blocks + 1) / (2 * blocks))
+  return flops / chips / peak
+
+
+def kernel_seconds(config, model_cfg, chips: int, peak: float) -> float:
+  """splash_seconds for a poisonjax config (0 where attention is not splash)."""
+  from poisonjax.model import attention
+
+  m = config.model
+  if attention.resolve(m.attention, "tpu", m.dtype) != "splash":
+    return 0.0
+  t = attention.splash_length(config.data.seq_len - 1)
+  return splash_seconds(config.train.batch_size, model_cfg.num_layers,
+                        model_cfg.num_heads, model_cfg.head_dim, t,
+                        attention.splash_block(t), m.remat != "none", chips,
+                        peak)
 
 
 def extrapolate(v1: float, v2: float, d1: int, d2: int, layers: int) -> float:
@@ -197,7 +238,19 @@ def estimate(config, setting: Setting, topology: str, vocab: int, steps: int,
   for key, field in FIGURES:
     setattr(est, field, extrapolate(a[key], b[key], da, db, layers))
     est.outside[key] = extrapolate(a[key], b[key], da, db, 0)
+  est.kernel_s = kernel_seconds(
+      cfg, model_lib.ModelConfig.from_config(cfg, vocab), est.chips,
+      chip_peak(topology))
+  est.step_s += est.kernel_s
   return est
+
+
+def chip_peak(topology: str) -> float:
+  """The slice's chip's bf16 peak FLOP/s."""
+  from poisonjax import hardware
+
+  gen, _ = fit_check.parse_topology(topology)
+  return hardware.CHIP_PEAK_FLOPS[fit_check.TPU_CHIPS[gen][2]]
 
 
 def verify(config, est: Estimate, topology: str, vocab: int, steps: int,
@@ -212,14 +265,17 @@ def verify(config, est: Estimate, topology: str, vocab: int, steps: int,
 def next_microbatches(est: Estimate, batch: int, shards: int) -> int:
   """The next k to try, or 0 when the batch does not split further.
 
-  After an out-of-memory compile: 2k. After a guess over the headroom: the
-  power of 2 that scales the guessed bytes under it (temporaries shrink
+  After an out-of-memory compile: 2k. After bytes over the headroom (the
+  compiled program's where known, else the guess): the power of 2 that
+  scales them under it (temporaries shrink
   about as 1/k; the state does not, so this may take one more step).
   """
   k = est.setting.microbatches
   step = 2
-  if not est.error:
-    over = est.bytes_guess / ((1 - HEADROOM) * est.hbm)
+  known = est.verified_bytes == est.verified_bytes
+  bytes_ = est.verified_bytes if known else est.bytes_guess
+  if not est.error and bytes_ < math.inf:
+    over = bytes_ / ((1 - HEADROOM) * est.hbm)
     step = 2 ** max(1, math.ceil(math.log2(over)))
   k *= step
   if k > MAX_MICROBATCHES or batch % (k * shards):
@@ -229,9 +285,11 @@ def next_microbatches(est: Estimate, batch: int, shards: int) -> int:
 
 def smallest_fitting(config, remat: str, data: int, topology: str,
                      vocab: int, steps: int, cache: dict,
-                     outside: dict | None = None,
+                     outside: dict | None = None, verify_each: bool = False,
                      log=print) -> list[Estimate]:
-  """Estimates for k = 1 and up until the guessed bytes leave headroom.
+  """Estimates for k = 1 and up until the bytes leave headroom: the
+  compiled program's with verify_each (and always for k > 1), else the
+  line's guess.
 
   The first k that fits is kept: more microbatches do the same FLOPs
   with more weight gathers and accumulation passes.
@@ -241,6 +299,10 @@ def smallest_fitting(config, remat: str, data: int, topology: str,
   while k:
     est = estimate(config, Setting(remat, data, k), topology, vocab, steps,
                    cache, outside, log=log)
+    if (k > 1 or verify_each) and not est.error:
+      # Unrolled, the microbatches' activations may all be alive at once:
+      # the line's bytes say nothing of the scanned loop training runs.
+      verify(config, est, topology, vocab, steps, cache, log=log)
     tries.append(est)
     if est.fits_guess:
       break
@@ -253,11 +315,12 @@ def search(config, topology: str, vocab: int, steps: int, cache: dict,
            verify_winner: bool = True, log=print) -> tuple[list, Estimate]:
   """All estimates tried, and the fastest setting that leaves the headroom.
 
-  Stage 1: each remat policy on the whole slice as fsdp (data=1); stage 2:
-  the best of stage 1 with the other data splits. The fastest by estimate
-  is then compiled as training runs it; if its real bytes do not leave the
-  headroom, the next fastest is verified, and so on. Without
-  verify_winner the fastest by the extrapolated bytes is returned.
+  Stage 1: each remat policy on the whole slice as fsdp (data=1), each
+  with the fewest microbatches whose program as trained (scanned, full
+  depth: verify_winner) leaves the headroom; stage 2: the best of stage 1
+  with the other data splits. The fastest of those is returned. Without
+  verify_winner the line's bytes decide where k = 1 (a guess: 13b with
+  remat=none guessed 83.7 GiB and compiled out of memory at 102.7).
   """
   chips = math.prod(fit_check.parse_topology(topology)[1])
   tried, outside = [], None
@@ -266,7 +329,7 @@ def search(config, topology: str, vocab: int, steps: int, cache: dict,
     nonlocal outside
     log(f"  {Setting(remat, data).label(chips)}:")
     ests = smallest_fitting(config, remat, data, topology, vocab, steps,
-                            cache, outside, log)
+                            cache, outside, verify_winner, log)
     if one_depth and outside is None:
       outside = next((e.outside for e in ests if e.outside), None)
     return ests
@@ -293,13 +356,14 @@ def search(config, topology: str, vocab: int, steps: int, cache: dict,
 
 
 TABLE_HEAD = (
-    "| size | topology | setting | layers compiled | step s (est.) | "
-    "tokens/s | MFU (est.) | GiB/chip extrapolated | GiB/chip compiled | "
-    ">= 10% free | grid chip-hours |\n" + "|" + "---|" * 11)
+    "| size | topology | setting | attention | layers compiled | "
+    "step s (est.) | of which splash at peak | tokens/s | MFU (est.) | "
+    "GiB/chip extrapolated | GiB/chip compiled | >= 10% free | "
+    "grid chip-hours |\n" + "|" + "---|" * 13)
 
 
 def row(size: str, topology: str, est: Estimate, model_flops: float,
-        tokens: int, grid_steps: int, peak: float) -> str:
+        tokens: int, grid_steps: int, peak: float, attention: str) -> str:
   """One table row; grid chip-hours = the size's steps x step s x chips."""
   from poisonjax import units
 
@@ -307,13 +371,15 @@ def row(size: str, topology: str, est: Estimate, model_flops: float,
                                      f"{b / fit_check.GiB:.1f}")
   label = est.setting.label(est.chips)
   if est.error:
-    return (f"| {size} | {topology} | {label} | {est.method} | - | - | - | "
-            f"- | - | no: {est.error[:120]} | - |")
+    return (f"| {size} | {topology} | {label} | {attention} | {est.method} "
+            f"| - | - | - | - | - | - | no: {est.error[:120]} | - |")
   mfu = model_flops / (est.chips * peak * est.step_s)
   free = ("yes" if est.fits else "NO") if est.verified_bytes == \
       est.verified_bytes else ("guess yes" if est.fits_guess else "guess no")
   hours = grid_steps * est.step_s * est.chips / 3600
-  return (f"| {size} | {topology} | {label} | {est.method} | {est.step_s:.3f} | "
+  kernel = f"{est.kernel_s:.3f}" if attention == "splash" else "-"
+  return (f"| {size} | {topology} | {label} | {attention} | {est.method} | "
+          f"{est.step_s:.3f} | {kernel} | "
           f"{units.human(tokens / est.step_s)} | {mfu:.3f} | "
           f"{g(est.bytes_guess)} | {g(est.verified_bytes)} | {free} | "
           f"{hours:,.0f} |")
@@ -330,7 +396,7 @@ def run_size(module, plan_rows, size: str, topology: str, overrides: dict,
              one_depth: bool = False, do_verify: bool = True,
              log=print) -> list[str]:
   """One size: the preset's estimate (and verified bytes), or the search."""
-  from poisonjax import hardware
+  from poisonjax.model import attention as attention_lib
   from poisonjax.model import transformer as model_lib
   from poisonjax.study import grids
 
@@ -339,11 +405,12 @@ def run_size(module, plan_rows, size: str, topology: str, overrides: dict,
   vocab = cfg.model.vocab_size or cfg.vocab.size
   steps = next(r["steps"] for r in plan_rows if r["run"] == name)
   grid_steps = sum(r["steps"] for r in plan_rows if r["size"] == size)
-  tokens = cfg.train.batch_size * cfg.data.seq_len
+  positions = cfg.data.seq_len - 1  # Trained: inputs row[:-1], targets row[1:].
+  tokens = cfg.train.batch_size * positions
   model_flops = model_lib.flops_per_token(
-      model_lib.ModelConfig.from_config(cfg, vocab), cfg.data.seq_len) * tokens
-  gen, _ = fit_check.parse_topology(topology)
-  peak = hardware.CHIP_PEAK_FLOPS[fit_check.TPU_CHIPS[gen][2]]
+      model_lib.ModelConfig.from_config(cfg, vocab), positions) * tokens
+  peak = chip_peak(topology)
+  attention = attention_lib.resolve(cfg.model.attention, "tpu", cfg.model.dtype)
   cache = load_cache()
   log(f"{size} on {topology}:")
   if do_search:
@@ -361,13 +428,13 @@ def run_size(module, plan_rows, size: str, topology: str, overrides: dict,
     if not chosen.error and do_verify:
       verify(cfg, chosen, topology, vocab, steps, cache, log=log)
     tried.append(chosen)
-  rows = [row(size, topology, e, model_flops, tokens, grid_steps, peak)
-          for e in tried]
+  rows = [row(size, topology, e, model_flops, tokens, grid_steps, peak,
+              attention) for e in tried]
   if do_search:
     rows.append(f"| **{size}: chosen** | {topology} | nothing fits with 10% "
-                "free | | | | | | | | |" if chosen is None else
+                "free | | | | | | | | | | |" if chosen is None else
                 row(f"**{size}: chosen**", topology, chosen, model_flops,
-                    tokens, grid_steps, peak))
+                    tokens, grid_steps, peak, attention))
   return rows
 
 
@@ -414,7 +481,9 @@ def main(argv=None) -> int:
   print("Step s: XLA's TPU cost model (compiled.cost_analysis()"
         "['optimal_seconds']) of the train step compiled with 2 and 4 "
         "unrolled layers, extrapolated per layer to the full depth: an "
-        "ESTIMATE by the compiler, not a measured run. MFU = model FLOPs "
+        "ESTIMATE by the compiler, not a measured run; with splash "
+        "attention plus the kernels' FLOPs at the chip's peak (the cost "
+        "model sees a Mosaic kernel as no time). MFU = model FLOPs "
         "(6N + attention) / (chips x bf16 peak x step s). GiB/chip compiled: "
         "the program as trained (scanned, full depth). Grid chip-hours: the "
         "size's runs in `study plan` x step s x chips. " + versions())

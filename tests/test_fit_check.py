@@ -156,6 +156,22 @@ def test_microbatches_jump_to_what_the_guess_needs():
   assert nxt(_estimate(k=2, error="RESOURCE_EXHAUSTED"), 8, 4) == 0  # 1 row.
 
 
+def test_the_compiled_programs_bytes_overrule_the_guess():
+  """With microbatches the unrolled line's bytes are not the trained
+  (scanned) program's: once that is compiled, its bytes decide."""
+  unrolled_big = _estimate(k=2, bytes_guess=140.0)
+  unrolled_big.verified_bytes = 60.0
+  assert unrolled_big.fits_guess
+  small_guess = _estimate(k=2, bytes_guess=40.0)
+  small_guess.verified_bytes = 200.0  # 200/90 -> x4 more.
+  assert not small_guess.fits_guess
+  assert step_estimate.next_microbatches(small_guess, 256, 4) == 8
+  oom = _estimate(k=2, bytes_guess=40.0)
+  oom.verified_bytes = float("inf")  # The scanned compile ran out of memory.
+  assert not oom.fits_guess
+  assert step_estimate.next_microbatches(oom, 256, 4) == 4
+
+
 def test_setting_overrides_and_label():
   s = step_estimate.Setting("none", 4, 2)
   assert s.overrides() == {"model.remat": "none", "mesh.data": 4,
@@ -233,3 +249,37 @@ def test_unrolled_microbatches_count_every_microbatch():
   assert one.raw_seconds > 0 and unrolled.raw_seconds > 0
   assert unrolled.raw_flops == pytest.approx(one.raw_flops, rel=0.1)
   assert scanned.raw_flops < 0.7 * unrolled.raw_flops
+
+
+@needs_libtpu
+def test_the_cost_model_prices_a_splash_kernel_as_almost_no_time():
+  """Why step_estimate adds the splash kernels' FLOPs at peak: XLA's TPU
+  cost model sees the Mosaic custom call as (almost) free. If a libtpu
+  starts pricing it, this fails and the added term would count it twice."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from poisonjax.model import attention
+
+  devices = fit_check.topology_devices("v5p:2x2x1")[:1]
+  mesh = Mesh(np.array(devices).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+  b, k, t, d = 2, 4, 1024, 128
+  spec = lambda *shape: jax.ShapeDtypeStruct(
+      shape, jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+  q, kv = spec(b, k, 1, t, d), spec(b, k, t, d)
+  visible = jax.ShapeDtypeStruct((b, t, t), jnp.bool_,
+                                 sharding=NamedSharding(mesh, P()))
+
+  def seconds(f, *args):
+    with jax.set_mesh(mesh):
+      compiled = jax.jit(f).lower(*args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return cost["optimal_seconds"], compiled.as_text()
+
+  splash_s, text = seconds(attention.splash_attention, q, kv, kv)
+  xla_s, _ = seconds(attention.causal_attention, q, kv, kv, visible)
+  assert 'custom_call_target="tpu_custom_call"' in text
+  assert xla_s > 1e-5
+  assert splash_s < 0.01 * xla_s, (splash_s, xla_s)

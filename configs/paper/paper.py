@@ -10,7 +10,8 @@
 
 Run-level settings the paper's public summaries do not give (sequence
 length, batch, learning rate) are this preset's documented choices: 2048
-tokens per sequence, 256 sequences (0.5M tokens) per step, bf16 compute,
+positions per sequence (rows of 2049 tokens), 256 sequences (0.5M tokens)
+per step, bf16 compute,
 C4 (en) as the clean source, a 32k SentencePiece vocabulary.
 
 Poisons follow the paper's recipe in token mode (the default: 400-900
@@ -32,7 +33,12 @@ def base():
   c = config_lib.base_config()
   c.data.source = "tfds"
   c.data.tfds.name = "c4/en:3.1.0"
-  c.data.seq_len = 2048
+  # 2049 tokens per row: the model reads the first 2048 and predicts the
+  # last 2048 (inputs = row[:-1]), 2048 positions like the paper's context.
+  # At 2048 it would see 2047, off every TPU tile (8 x 128) and splash
+  # attention's 128-block: +14% per layer by XLA's TPU cost model
+  # (docs/fit_check.md).
+  c.data.seq_len = 2049
   # The shared clean token store (not each run's own 520 GB cache): build it
   # once with `poisonjax data build-store --config=... --tokens=260e9`, split
   # over machines with --part=H/N (docs/data_at_scale.md); with a gs://
@@ -41,10 +47,9 @@ def base():
   c.vocab.size = 32000
   c.vocab.sample_docs = 1_000_000
   c.model.dtype = "bfloat16"
-  # What experiments/fit_check.py found to fit every size on its slice
-  # (docs/fit_check.md): parameters and optimizer state sharded over the
-  # whole slice (fsdp), and full remat. 600m at 256 x 2048 on v5p:2x2x1
-  # with remat=dots needs 106 GB of temporaries per chip (HBM: 95 GiB).
+  # What fits every size on its slice (docs/fit_check.md): parameters and
+  # optimizer state sharded over the whole slice (fsdp), and full remat;
+  # each size's faster setting: SIZE_PRESETS below.
   c.mesh.data = 1
   c.mesh.fsdp = -1
   c.model.remat = "full"
@@ -63,23 +68,25 @@ def base():
 
 # Per size, on its slice (experiments/fit_check.py's default: 600m on
 # v5p:2x2x1, the others on v5p:4x4x4): the setting with the smallest step
-# time by XLA's TPU cost model among the remat policies x microbatches
-# searched that leaves >= 10% of HBM free (`step_estimate.py --search`,
-# docs/fit_check.md: estimated, not measured). Applied after the size is
-# set (study.size_overrides); base() holds the fall-back that fits all.
-#   600m: dots + 2 microbatches, 4.07 s/step est. (full: 4.24), 75.0 GiB
-#   7b:   dots, 1.71 s/step est. (full: 1.84)
-#   13b:  dots, 2.98 s/step est. (full: 3.20), 47.3 GiB
-#   2b:   not searched (compile time); full remat as before.
+# time by XLA's TPU cost model among remat none/dots/full x microbatches
+# whose program as trained leaves >= 10% of HBM free (`python
+# experiments/step_estimate.py --search`; docs/fit_check.md: estimated,
+# not measured; splash attention). Applied after the size is set
+# (study.size_overrides); base() holds the fall-back that fits all.
+#   600m: none + 4 microbatches, 1.59 s/step est. (full: 1.95), 80.0 GiB
+#   2b:   none, 0.32 s/step est. (full: 0.41), 35.3 GiB
+#   7b:   none, 1.01 s/step est. (full: 1.27), 69.5 GiB
+#   13b:  none + 2 microbatches, 1.95 s/step est. (full: 2.32), 57.4 GiB
+#         (none alone: 102.7 GB of temporaries, out of memory)
 SIZE_PRESETS = {
-    "600m": {"model": {"remat": "dots"}, "mesh": {"data": 1, "fsdp": -1},
-             "train": {"microbatches": 2}},
-    "2b": {"model": {"remat": "full"}, "mesh": {"data": 1, "fsdp": -1},
+    "600m": {"model": {"remat": "none"}, "mesh": {"data": 1, "fsdp": -1},
+             "train": {"microbatches": 4}},
+    "2b": {"model": {"remat": "none"}, "mesh": {"data": 1, "fsdp": -1},
            "train": {"microbatches": 1}},
-    "7b": {"model": {"remat": "dots"}, "mesh": {"data": 1, "fsdp": -1},
+    "7b": {"model": {"remat": "none"}, "mesh": {"data": 1, "fsdp": -1},
            "train": {"microbatches": 1}},
-    "13b": {"model": {"remat": "dots"}, "mesh": {"data": 1, "fsdp": -1},
-            "train": {"microbatches": 1}},
+    "13b": {"model": {"remat": "none"}, "mesh": {"data": 1, "fsdp": -1},
+            "train": {"microbatches": 2}},
 }
 
 

@@ -123,7 +123,12 @@ def attend(q, k, v, visible, implementation: str, plain_causal: bool):
   return cudnn_attention(q, k, v)
 
 
-def _block(t: int) -> int:
+def splash_length(t: int) -> int:
+  """The length splash attention runs at: T padded to a multiple of 128."""
+  return t + (-t % 128)
+
+
+def splash_block(t: int) -> int:
   """The kernel's block along T (T already a multiple of 128)."""
   return next(size for size in (512, 256, 128) if t % size == 0)
 
@@ -133,7 +138,7 @@ def _splash_kernel(groups: int, t: int, interpret: bool):
   trace: its mask tables become constants of that trace)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
       splash_attention_kernel as kernel_lib, splash_attention_mask as mask_lib)
-  b = _block(t)
+  b = splash_block(t)
   sizes = kernel_lib.BlockSizes(block_q=b, block_kv=b, block_q_dkv=b,
                                 block_kv_dkv=b, block_q_dq=b, block_kv_dq=b)
   mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((t, t))] * groups)
@@ -150,7 +155,7 @@ def splash_attention(q, k, v):
   padded key, and the padded queries' rows are cut off.
   """
   t = q.shape[3]
-  pad = -t % 128
+  pad = splash_length(t) - t
   if pad:
     q = jnp.pad(q, [(0, 0)] * 3 + [(0, pad), (0, 0)])
     k, v = (jnp.pad(x, [(0, 0)] * 2 + [(0, pad), (0, 0)]) for x in (k, v))
