@@ -448,12 +448,18 @@ def check_size(module, plan_rows, size: str, topology: str,
   print(f"{size} ({name}), {steps:,} steps:", flush=True)
   tries = first_fit(cfg, topology, vocab, steps, fallback)
   fit = tries[-1]
-  tokens = cfg.train.batch_size * cfg.data.seq_len
+  positions = cfg.data.seq_len - 1  # Trained: inputs row[:-1].
+  tokens = cfg.train.batch_size * positions
   mcfg = model_lib.ModelConfig.from_config(with_overrides(
       cfg, {"model.remat": fit.remat}), vocab)
-  model_flops = model_lib.flops_per_token(mcfg, cfg.data.seq_len) * tokens
+  model_flops = model_lib.flops_per_token(mcfg, positions) * tokens
   rows = [format_row(size, t, None, steps) for t in tries[:-1]]
   notes = []
+  if fit.fits and fit.kernels:
+    fit.flops = model_flops / fit.chips
+    notes.append(f"{size}: {fit.kernels} Pallas kernel calls (splash "
+                 "attention), whose FLOPs XLA cannot see: FLOPs/chip/step is "
+                 "model FLOPs; the cost model's step time: step_estimate.py")
   if fit.fits:
     proj = projection(fit, model_flops, tokens, steps, mfu)
     grid_steps = sum(r["steps"] for r in plan_rows if r["size"] == size)
