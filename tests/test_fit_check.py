@@ -283,3 +283,23 @@ def test_the_cost_model_prices_a_splash_kernel_as_almost_no_time():
   assert 'custom_call_target="tpu_custom_call"' in text
   assert xla_s > 1e-5
   assert splash_s < 0.01 * xla_s, (splash_s, xla_s)
+
+
+def test_splash_term_counts_the_kernels_matmuls_over_the_causal_blocks():
+  """2 forward + 7 backward matmuls (+2 recomputed under remat) of 2 T^2 D
+  each, over (n + 1) / 2n of the blocks; nothing for the XLA path."""
+  one = step_estimate.splash_seconds(1, 1, 1, 128, 2048, 512, False, 1, 1.0)
+  assert one == pytest.approx(9 * 2 * 2048 ** 2 * 128 * 5 / 8)
+  again = step_estimate.splash_seconds(1, 1, 1, 128, 2048, 512, True, 1, 1.0)
+  assert again / one == pytest.approx(11 / 9)
+  from poisonjax.model import transformer as model_lib
+  c = _stand_in()
+  c.data.seq_len = 129  # 128 positions: one block, the whole square.
+  mcfg = model_lib.ModelConfig.from_config(c, 1024)
+  c.model.attention = "xla"
+  assert step_estimate.kernel_seconds(c, mcfg, 4, 1.0) == 0.0
+  c.model.attention = "auto"  # Splash on the TPU.
+  want = (c.train.batch_size * mcfg.num_layers * mcfg.num_heads * 9 * 2
+          * 128 ** 2 * mcfg.head_dim / 4)
+  assert step_estimate.kernel_seconds(c, mcfg, 4, 1.0) == pytest.approx(
+      want * 11 / 9)  # The stand-in's remat=dots recomputes the kernel.
