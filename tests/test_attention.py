@@ -51,6 +51,20 @@ def test_bfloat16_gradients_keep_the_dtype_and_track_float32():
     np.testing.assert_allclose(g.astype(jnp.float32), w, rtol=0.1, atol=0.1)
 
 
+@pytest.mark.parametrize("t", [8, 9])  # Even and odd lengths.
+def test_causal_halves_equal_the_whole_in_values_and_gradients(t):
+  """The plain-causal XLA path skips the first half's view of the second
+  half's keys; everything else is the same maths."""
+  q, k, v, visible, cot = _causal_inputs(2, 2, 2, t, 8, seed=3)
+  got = _values_and_grads(
+      lambda *x: attention.causal_halves_attention(*x, visible), q, k, v, cot)
+  _assert_as_xla(got, q, k, v, visible, cot)
+  routed = _values_and_grads(
+      lambda *x: attention.attend(*x, visible, "xla", plain_causal=True),
+      q, k, v, cot)
+  np.testing.assert_array_equal(routed[0], got[0])
+
+
 # ---------------------------------------------------------------------------
 # Per-backend kernels: splash (Pallas, interpret mode off TPU) and cuDNN.
 # ---------------------------------------------------------------------------

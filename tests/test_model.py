@@ -37,6 +37,26 @@ def test_shapes_and_dtype(tiny):
   assert model_lib.count_params(params) == model_lib.param_counts(cfg)["total"]
 
 
+def test_unrolled_scan_is_the_same_model(tiny):
+  """scan_unroll changes the loop, not the parameters or the function."""
+  cfg, model, params, tokens = tiny
+  loss = lambda m: lambda p: jnp.mean(m.apply({"params": p}, tokens) ** 2)
+  unrolled = model_lib.Transformer(tiny_cfg(scan_unroll=2))
+  assert model_lib.scan_unroll(unrolled.cfg) == 2
+  assert model_lib.scan_unroll(cfg) == cfg.num_layers  # Auto on CPU: all.
+  assert model_lib.scan_unroll(tiny_cfg(scan_unroll=1)) == 1
+  want, got = (jax.value_and_grad(loss(m))(params) for m in (
+      model_lib.Transformer(tiny_cfg(scan_unroll=1)), unrolled))
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
+
+
+def test_negative_scan_unroll_is_one_clear_error():
+  with pytest.raises(UserError, match="config.model.scan_unroll=-1"):
+    tiny_cfg(scan_unroll=-1)
+
+
 def test_causal(tiny):
   _, model, params, tokens = tiny
   apply = jax.jit(lambda t: model.apply({"params": params}, t))
