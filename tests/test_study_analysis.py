@@ -267,3 +267,15 @@ def test_report_compares_with_previous_results(tmp_path):
             f"{analysis.format_n50(n['estimate'])} |") in section
   prev = count_vs_share.compare(old, 50.0, 40, 1)["responses"]["success"]
   assert f"before, {prev['better']} better by dAIC {prev['delta_aic']:.2f}" in section
+
+
+def test_count_vs_share_figure_draws_one_size(tmp_path):
+  """A partial study with one size at several data amounts: the fit has no
+  size term, and the figure is still drawn (it used to index past it)."""
+  from poisonjax.study import figures_fits
+  runs = _synthetic_runs(np.random.default_rng(3), "count", sizes=(1e5,),
+                         mults=(1.0, 4.0), n_seeds=3)
+  c = count_vs_share.compare(runs, threshold=50.0, n_boot=20, seed=0)
+  assert len(c["models"]["log_increase/count"]["beta"]) == 2
+  figures_fits.compare_figure(runs, c, str(tmp_path / "cvs.png"))
+  assert (tmp_path / "cvs.png").stat().st_size > 0

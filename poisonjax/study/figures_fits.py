@@ -110,7 +110,9 @@ def _compare_panel(ax, runs, comparison, predictor, colors, markers):
       continue
     grid = np.geomspace(x[sel].min(), x[sel].max(), 50)
     lx = np.log(grid / (1e6 if predictor == "share" else 1))
-    fit = b[0] + b[1] * lx + b[2] * math.log(runs.params[sel][0])
+    # One size: the design has no log-size column (count_vs_share.design).
+    size_term = b[2] * math.log(runs.params[sel][0]) if len(b) > 2 else 0.0
+    fit = b[0] + b[1] * lx + size_term
     ax.plot(grid, np.exp(fit), color=colors[size], lw=1)
   ax.set_xscale("log")
   ax.set_yscale("log")
