@@ -143,14 +143,30 @@ def test_separation_is_flagged_and_gets_no_slope():
   assert "| success | count |" in text and "not identified (separated) | - | - |" in text
   assert "- Success: the count model separates the runs" in text
   assert "- Success: **count**" in text and "- Log increase: **" in text
-  # One data amount: with log size, log share is log count shifted; both separate.
-  c = count_vs_share.compare(step_at_20(_synthetic_runs(rng, "count", (1e5, 1e6), (1.0,))),
+  # Amounts 1x and 1.5x, a step at 150 poisons: the step is a cut in count and
+  # (with log size) in share alike, so both separate.
+  step_at_100 = lambda r: dataclasses.replace(r, increase=np.where(r.poisons > 100, 500.0, 1.0))
+  c = count_vs_share.compare(step_at_100(_synthetic_runs(rng, "count", (1e5, 1e6), (1.0, 1.5))),
                                50.0, 40, 0)
   assert c["models"]["success/count"]["separated"] and c["models"]["success/share"]["separated"]
   lines = report_sections.comparison(c, 50.0)
   assert any("these runs cannot rank them on success" in l for l in lines)
   assert not any(l.startswith(("- Success: **", "- Success, ")) for l in lines)
   assert any(l.startswith("- Log increase: **") for l in lines)
+
+
+def test_count_and_share_are_not_compared_where_they_coincide():
+  """One data amount: with log size in both models, log share is log count
+  shifted, the two fits are one model, and no verdict may be drawn."""
+  runs = _synthetic_runs(np.random.default_rng(4), "count", (1e5, 1e6), (1.0,), n_seeds=3)
+  c = count_vs_share.compare(runs, 50.0, 20, 0)
+  assert not c["fitted"] and c["contrast_sd"] < count_vs_share.COLLINEAR_SD
+  text = "\n".join(report_sections.comparison(c, 50.0))
+  assert "Not fitted: count and share coincide here" in text
+  assert "describes the runs better" not in text
+  # Two amounts: the same runs become comparable.
+  two = _synthetic_runs(np.random.default_rng(4), "count", (1e5, 1e6), (1.0, 4.0), n_seeds=3)
+  assert count_vs_share.compare(two, 50.0, 20, 0)["fitted"]
 
 
 def _csv_rows(runs: analysis.Runs) -> list[dict]:
@@ -244,8 +260,8 @@ def test_report_only_regenerates_from_results_csv(tmp_path):
 
 def test_report_compares_with_previous_results(tmp_path):
   """OUT/previous/results.csv is fitted the same way and shown side by side."""
-  now = _synthetic_runs(np.random.default_rng(3), "count", (1e5, 1e6), (1.0,))
-  before = _synthetic_runs(np.random.default_rng(4), "share", (1e5, 1e6), (1.0,))
+  now = _synthetic_runs(np.random.default_rng(3), "count", (1e5, 1e6), (1.0, 4.0))
+  before = _synthetic_runs(np.random.default_rng(4), "share", (1e5, 1e6), (1.0, 4.0))
   out = tmp_path / "out"
   (out / "previous").mkdir(parents=True)
   results.write_csv(_csv_rows(now), str(out / "results.csv"))
@@ -279,3 +295,23 @@ def test_count_vs_share_figure_draws_one_size(tmp_path):
   assert len(c["models"]["log_increase/count"]["beta"]) == 2
   figures_fits.compare_figure(runs, c, str(tmp_path / "cvs.png"))
   assert (tmp_path / "cvs.png").stat().st_size > 0
+
+
+def test_final_vs_size_sentence_names_the_trend_only_with_two_sizes():
+  from poisonjax.study import figures
+  row = lambda size, params, n, mean, ok: {
+      "size": size, "params": params, "poison_count": n, "data_multiplier": 1.0,
+      "increase_mean": mean, "n_success": ok, "n_seeds": 2}
+  one = [row("a", 1e5, 30, 2.0, 0), row("a", 1e5, 100, 400.0, 2)]
+  assert "one size only" in figures.sentence_final_vs_size(one, 50.0)
+  two = one + [row("b", 1e6, 30, 90.0, 1), row("b", 1e6, 100, 600.0, 2)]
+  text = figures.sentence_final_vs_size(two, 50.0)
+  assert "30 poisons: a 2.0 -> b 90.0, every seed above 50 at no size, some seeds at b" in text
+
+
+def test_a_verdict_is_never_decisive_on_fewer_than_five_seeds():
+  r = {"better": "count", "delta_aic": 12.0, "count_weight": 0.998,
+       "boot_count_better": 1.0, "boot_delta_aic": [8.0, 15.0]}
+  assert report_sections.verdict("success", r, 100, 8).endswith("Evidence: decisive.")
+  few = report_sections.verdict("success", r, 100, 3)
+  assert "Evidence: clear but not decisive (decisive needs 5 or more seeds" in few

@@ -127,17 +127,24 @@ def test_beta_uses_only_the_runs_at_one_x_and_says_when_it_cannot():
   assert not r["fitted"] and "two sizes" in r["reason"]
 
 
-def test_targets_take_the_wider_interval():
+def test_targets_take_the_wider_interval_inside_the_counts_tried():
+  counts = [25, 35, 50, 70]
   th = [{"size": "a", "data_multiplier": 1.0, "firth": analysis.FirthN50(40, 30, 55, 4),
-         "interval": {"lo": 32, "hi": 52}},
+         "interval": {"lo": 32, "hi": 52}, "counts": counts},
         {"size": "b", "data_multiplier": 1.0, "firth": analysis.FirthN50(40, 30, 55, 4),
-         "interval": {"lo": 20, "hi": 52}},
+         "interval": {"lo": 20, "hi": 52}, "counts": counts},
+        {"size": "c", "data_multiplier": 1.0, "firth": analysis.FirthN50(40, 30, 55, 4),
+         "interval": {"lo": 32, "hi": 52}, "counts": [20, 30, 50]},
         {"size": "a", "data_multiplier": 8.0, "firth": analysis.FirthN50(40, 1, 1e3, 1),
-         "interval": {"lo": 1, "hi": 1e3}}]
+         "interval": {"lo": 1, "hi": 1e3}, "counts": counts}]
   size = {"fitted": True, "boot": [-0.3, 0.5], "profile": [-0.45, 0.6]}
   tg = analysis_size.targets(size, {}, th)
-  assert [(r["size"], r["met"]) for r in tg["n50"]] == [("a", True), ("b", False)]
+  # b: the bootstrap reaches x2.0; c: within x1.5 but its profile end (55)
+  # lies beyond the largest count tried (50), an extrapolation.
+  assert [(r["size"], r["met"]) for r in tg["n50"]] == [("a", True), ("b", False),
+                                                         ("c", False)]
   assert tg["n50"][1]["boot_factor"] == pytest.approx(2.0)
+  assert tg["n50"][2]["profile_factor"] < 1.5 and not tg["n50"][2]["inside"]
   assert not tg["beta"]["met"] and tg["beta"]["profile_half"] == pytest.approx(0.525)
   size["profile"] = [-0.3, 0.6]
   assert analysis_size.targets(size, {}, th)["beta"]["met"]

@@ -28,11 +28,20 @@ cpu-xs / cpu-s): a two-stage design whose first stage is that study. Seeds
 rather than counts where runs are dear: the bootstraps resample seeds, and
 five clusters or fewer make them too narrow.
 
-  cpu-xxs 1x  N = 30, 42, 60, 85, 120 (a factor sqrt 2 apart) x seeds 0-7
-  cpu-xs  1x  the same counts x seeds 0-5
+  cpu-xxs 1x  N = 30, 42, 60, 85, 120, 170 (a factor sqrt 2 apart) x seeds 0-5
+  cpu-xs  1x  N = 42, 60, 85, 120, 170 x seeds 0-5
   cpu-s   1x  N = 25, 40, 60 x seeds 0-4 (68 min a run: the budget's bulk)
   cpu-xxs 8x  N = 50, 100, 200 x seeds 0, 1: the data-amount arm, where
               count and share differ (100 poisons are ~0.2% of the tokens)
+
+Second stage (2026-12-07, after 27 cpu-xxs runs at 300 prompts): the
+first plan had counts 30-120 at cpu-xxs and cpu-xs, seeds 0-7 at cpu-xxs.
+At cpu-xxs 30 and 42 gave 0 of 10 successes, 120 gave 5 of 5, and N50 came
+out at 88 with the profile interval's upper end beyond 120 (outside the
+counts tried), so the remaining runs moved up one step: 170 added at
+cpu-xxs (seeds 0-5; seeds 6-7 dropped), and cpu-xs runs 42-170 (its first
+stage: 0 of 3 at 30, 2 of 3 at 100). A design that depends on earlier
+outcomes leaves the likelihood, and so every fit here, unchanged.
 
 Simulated before running (common-slope and profile intervals, true beta
 -0.35 as measured, seed shifts of SD 0.2 in log N50, 20 repetitions): with
@@ -52,7 +61,8 @@ min), raised a few percent for the 300-prompt evaluations.
 from poisonjax import presets
 from poisonjax import study as study_lib
 
-COUNTS_SMALL = (30, 42, 60, 85, 120)  # cpu-xxs, cpu-xs: N50 ~55-85 there.
+COUNTS_XXS = (30, 42, 60, 85, 120, 170)  # cpu-xxs: N50 ~88 (27 runs).
+COUNTS_XS = (42, 60, 85, 120, 170)  # cpu-xs: 0 of 3 at 30, 2 of 3 at 100.
 COUNTS_S = (25, 40, 60)  # cpu-s: N50 ~36 there.
 COUNTS_ARM = (50, 100, 200)  # cpu-xxs at 8x: 1 of 3 succeeded at 100.
 NUM_PROMPTS = 300  # The paper's; the 63-run study used 64.
@@ -68,8 +78,8 @@ def get_config(arg=None):
   s = study_lib.study_config("cpu_decisive", base())
   s.plan.chars_per_token = 3.0  # ~1k-piece SentencePiece on the synthetic corpus.
   s.plan.core_s_per_step = {"cpu-xxs": 0.245, "cpu-xs": 0.29, "cpu-s": 0.77}
-  s.grid = study_lib.grid(("cpu-xxs",), COUNTS_SMALL, range(8), (1.0,))
-  s.extra.xs = study_lib.grid(("cpu-xs",), COUNTS_SMALL, range(6), (1.0,))
+  s.grid = study_lib.grid(("cpu-xxs",), COUNTS_XXS, range(6), (1.0,))
+  s.extra.xs = study_lib.grid(("cpu-xs",), COUNTS_XS, range(6), (1.0,))
   s.extra.s = study_lib.grid(("cpu-s",), COUNTS_S, range(5), (1.0,))
   s.extra.arm = study_lib.grid(("cpu-xxs",), COUNTS_ARM, (0, 1), (8.0,))
   s.run_order = ("grid", "xs", "s", "arm")

@@ -144,14 +144,23 @@ def _factor(est: float, lo: float, hi: float) -> float:
   return max(hi / est, est / lo)
 
 
+def _within_counts(lo: float, hi: float, counts: list) -> bool:
+  """Whether an interval lies inside the counts tried (an end outside them is
+  the logistic curve extrapolated, not measured)."""
+  return min(counts) <= lo and hi <= max(counts)
+
+
 def _n50_targets(parallel: dict, th_rows: list[dict]) -> list[dict]:
   """Per size at 1x: the common-slope N50 (analysis_parallel) where the
   slopes may be shared (its parallelism test p >= 0.05), else the size's
   own Firth fit with its group's seed bootstrap."""
+  counts = {r["size"]: r["counts"] for r in th_rows if r["data_multiplier"] == 1.0}
   shared = parallel.get("fitted") and parallel["parallel_test"]["p"] >= 0.05
   if shared:
     return [{"size": r["size"], "n50": r["n50"], "source": "common slope",
-             "factors": (_factor(r["n50"], *r["profile"]), _factor(r["n50"], *r["boot"]))}
+             "factors": (_factor(r["n50"], *r["profile"]), _factor(r["n50"], *r["boot"])),
+             "inside": all(_within_counts(*ci, counts[r["size"]])
+                           for ci in (r["profile"], r["boot"]))}
             for r in parallel["rows"]]
   out = []
   for r in th_rows:
@@ -159,7 +168,9 @@ def _n50_targets(parallel: dict, th_rows: list[dict]) -> list[dict]:
       f, ci = r["firth"], r["interval"]
       out.append({"size": r["size"], "n50": f.n50, "source": "own slope",
                   "factors": (_factor(f.n50, f.lo, f.hi),
-                              _factor(f.n50, ci["lo"], ci["hi"]))})
+                              _factor(f.n50, ci["lo"], ci["hi"])),
+                  "inside": (_within_counts(f.lo, f.hi, r["counts"])
+                             and _within_counts(ci["lo"], ci["hi"], r["counts"]))})
   return out
 
 
@@ -167,12 +178,13 @@ def targets(size: dict, parallel: dict, th_rows: list[dict]) -> dict:
   """The study's two targets, each judged on the wider of two intervals.
 
   n50: per size at 1x data, the profile interval and the seed-clustered
-  bootstrap interval must both lie within N50_FACTOR of the estimate
-  (_n50_targets says which estimate). beta: the seed-clustered bootstrap
-  and the profile interval must both be narrower than +- BETA_HALF_WIDTH.
+  bootstrap interval must both lie within N50_FACTOR of the estimate and
+  inside the counts tried (_n50_targets says which estimate). beta: the
+  seed-clustered bootstrap and the profile interval must both be narrower
+  than +- BETA_HALF_WIDTH.
   """
   n50 = [{**r, "profile_factor": r["factors"][0], "boot_factor": r["factors"][1],
-          "met": max(r["factors"]) <= N50_FACTOR}
+          "met": max(r["factors"]) <= N50_FACTOR and r["inside"]}
          for r in _n50_targets(parallel, th_rows)]
   for r in n50:
     del r["factors"]

@@ -105,6 +105,12 @@ def _resample(runs: analysis.Runs, rng) -> analysis.Runs:
   return runs.take(analysis.cluster_resample(runs.seed, rng))
 
 
+# Below this residual SD of log share given log count and log size, the two
+# predictors are one (all runs at one data amount: the share moves only by
+# the poisons' own tokens), and comparing them would report noise.
+COLLINEAR_SD = 1e-3
+
+
 def contrast_sd(runs: analysis.Runs) -> float:
   """SD of log share left after regressing it on log count and log size."""
   X = design(runs, "count")
@@ -122,6 +128,13 @@ def compare(runs: analysis.Runs, threshold: float = analysis.SUCCESS_INCREASE,
     return {"fitted": False, "n_runs": len(runs), "n_success": int(y.sum()),
             "reason": ("fewer than 6 runs" if len(runs) < 6 else
                        "all runs share one outcome")}
+  sd = contrast_sd(runs)
+  if sd < COLLINEAR_SD:
+    return {"fitted": False, "n_runs": len(runs), "n_success": int(y.sum()),
+            "contrast_sd": sd,
+            "reason": ("count and share coincide here: with log size in both "
+                       "models the residual SD of log share given log count is "
+                       f"{sd:.1e}, so the two fits are the same model")}
   fits = _fits(runs, threshold)
   rng = np.random.default_rng(seed)
   boot_daic = {r: np.empty(n_boot) for r in RESPONSES}

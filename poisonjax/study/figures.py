@@ -260,6 +260,9 @@ def sentence_poisons_seen(curves, threshold) -> str:
 def sentence_final_vs_size(finals, threshold) -> str:
   parts = []
   f1 = [r for r in finals if r["data_multiplier"] == 1.0]
+  if len({r["size"] for r in f1}) < 2:
+    return ("Final increase vs model size (1x data): one size only, so no trend "
+            "in size to show.")
   for n in sorted({r["poison_count"] for r in f1}):
     pts = sorted((r for r in f1 if r["poison_count"] == n), key=lambda r: r["params"])
     ok = [r["size"] for r in pts if r["n_success"] == r["n_seeds"]]

@@ -159,13 +159,21 @@ def _separated_line(resp: str, models: dict) -> str | None:
   return None
 
 
-def verdict(resp: str, r: dict, n_boot: int) -> str:
-  """One response's answer: which predictor, by how much, how sure."""
+MIN_CLUSTERS = 5  # Fewer seeds give too few distinct resamples to trust.
+
+
+def verdict(resp: str, r: dict, n_boot: int, n_clusters: int = MIN_CLUSTERS) -> str:
+  """One response's answer: which predictor, by how much, how sure (never
+  decisive on fewer than MIN_CLUSTERS seeds: the bootstrap's agreement
+  share then comes from a handful of distinct resamples)."""
   other = "share" if r["better"] == "count" else "count"
   boot = r["boot_count_better"] if r["better"] == "count" else 1 - r["boot_count_better"]
   sure = ("decisive" if abs(r["delta_aic"]) > 10 and boot >= 0.95 else
           "clear but not decisive" if abs(r["delta_aic"]) > 2 and boot >= 0.8 else
           "weak")
+  if sure == "decisive" and n_clusters < MIN_CLUSTERS:
+    sure = (f"clear but not decisive (decisive needs {MIN_CLUSTERS} or more "
+            f"seeds to resample; there are {n_clusters})")
   return (f"- {resp.replace('_', ' ').capitalize()}: **{r['better']}** describes "
           f"the runs better than {other}: dAIC = AIC(share) - AIC(count) = "
           f"{r['delta_aic']:.2f} (Akaike weight of count {r['count_weight']:.3f}); "
@@ -189,7 +197,7 @@ def size_effect(resp: str, r: dict, models: dict, n_clusters: int = 0) -> str:
           f"on log size {m['size_slope']:.3f}, bootstrap 95% [{lo:.3f}, {hi:.3f}] "
           f"{where} at a fixed {r['better']}"
           + (f" (only {n_clusters} seeds to resample: unreliable, see Caveats)."
-             if 0 < n_clusters < 5 else "."))
+             if 0 < n_clusters < MIN_CLUSTERS else "."))
 
 
 def model_table(c: dict) -> list[str]:
@@ -205,7 +213,7 @@ def verdict_lines(c: dict) -> list[str]:
   for k, r in c["responses"].items():
     sep = _separated_line(k, c["models"])
     lines += ([sep] if sep else []) + ([] if _both_separated(k, c["models"]) else
-                                       [verdict(k, r, c["n_boot"])])
+                                       [verdict(k, r, c["n_boot"], c["n_clusters"])])
   return lines
 
 
@@ -225,8 +233,8 @@ def comparison(c: dict, threshold: float) -> list[str]:
       f"clusters, seed {c['seed']}).", "",
   ] + model_table(c)
   lines += ["", "Evidence: decisive where |dAIC| > 10 and >= 95% of resamples "
-            "agree; clear but not decisive where |dAIC| > 2 and >= 80% agree; "
-            "weak otherwise.", ""]
+            f"agree, with {MIN_CLUSTERS} or more seeds to resample; clear but "
+            "not decisive where |dAIC| > 2 and >= 80% agree; weak otherwise.", ""]
   lines += verdict_lines(c)
   lines += [size_effect(k, r, c["models"], c["n_clusters"])
             for k, r in c["responses"].items()

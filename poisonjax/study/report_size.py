@@ -122,7 +122,10 @@ def target_lines(tg: dict) -> list[str]:
   for r in tg["n50"]:
     lines.append(
         f"- N50 of {r['size']} within a factor of {tg['n50_factor']:g} (95%): "
-        f"**{'met' if r['met'] else 'not met'}** (profile interval reaches "
+        f"**{'met' if r['met'] else 'not met'}** ("
+        + ("" if r["inside"] else "an interval reaches beyond the counts tried, "
+           "where the logistic curve is extrapolated; ")
+        + f"profile interval reaches "
         f"{_factor(r['profile_factor'])}, seed bootstrap "
         f"{_factor(r['boot_factor'])} from the {r['source']} N50 {r['n50']:.3g}).")
   if not tg["n50"]:
