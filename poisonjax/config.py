@@ -222,6 +222,7 @@ def _train_fields(c: ml_collections.ConfigDict) -> None:
   c.train.skip_nonfinite = False  # NaN/Inf loss: skip the step, not stop.
   # TensorBoard event files in the workdir (through TensorFlow's file
   # system, which has no endpoint setting: off where gs:// is an emulator).
+  # Off, TensorFlow is not imported (metrics.jsonl and stdout remain).
   c.train.tensorboard = True
   # Peak FLOP/s per device for MFU. 0: the chip table (poisonjax/hardware.py);
   # on CPU, a float32 matmul measured once at start-up, split over the devices.

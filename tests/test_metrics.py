@@ -109,3 +109,32 @@ def test_shutdown_eval_fits():
   assert preemption.shutdown_eval_fits(60.0, 5.0, 30.0)
   assert not preemption.shutdown_eval_fits(60.0, 40.0, 30.0)
   assert preemption.shutdown_eval_fits(60.0, 5.0, None)
+
+
+BLOCK_TENSORFLOW = """
+import sys
+sys.modules['tensorflow'] = sys.modules['clu'] = None  # As on a bare GPU image.
+from poisonjax import presets
+from poisonjax.training import train
+c = presets.cpu_chinchilla()
+c.model.size = 'cpu-xxs'
+c.poison.count = 3
+c.train.tokens_per_param = 0.3
+c.eval.num_excerpts = 4
+c.eval.num_evals = 1
+c.train.tensorboard = False
+train.run(c, sys.argv[1])
+"""
+
+
+def test_a_run_without_tensorboard_needs_no_tensorflow(tmp_path):
+  """train.tensorboard=False: metrics.jsonl and the progress lines only, and
+  neither TensorFlow nor clu's writers are imported."""
+  import subprocess
+  import sys
+  done = subprocess.run([sys.executable, "-c", BLOCK_TENSORFLOW, str(tmp_path / "run")],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "poisonjax: done: step" in done.stdout
+  assert steps_in(tmp_path / "run" / "metrics.jsonl")
+  assert not list((tmp_path / "run").glob("events.out.tfevents.*"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from absl import logging
 import jax
 from etils.epath import Path
 
@@ -26,8 +27,6 @@ class MetricLogger:
 
   def __init__(self, workdir: Path, total_steps: int, total_poisons: int,
                resume_step: int = 0, tensorboard: bool = True):
-    from clu import metric_writers
-
     self.main = jax.process_index() == 0
     self.path = files.as_path(workdir) / rundir.METRICS
     self.total_steps = total_steps
@@ -35,9 +34,13 @@ class MetricLogger:
     if self.main:
       self.drop_rows_after(resume_step)
     # TensorBoard files go through TensorFlow's file system (gs:// too).
-    self.writer = metric_writers.create_default_writer(
-        str(files.as_path(workdir)),
-        just_logging=not (self.main and tensorboard))
+    # Without them, neither clu's writers nor TensorFlow are imported: a
+    # machine without TensorFlow (a bare GPU image) trains with
+    # train.tensorboard=False.
+    self.writer = None
+    if self.main and tensorboard:
+      from clu import metric_writers
+      self.writer = metric_writers.create_default_writer(str(files.as_path(workdir)))
 
   def drop_rows_after(self, step: int) -> int:
     """Removes the rows with a step past `step`; returns how many."""
@@ -51,8 +54,10 @@ class MetricLogger:
     step = row["step"]
     scalars = {k: v for k, v in row.items()
                if k != "step" and isinstance(v, (int, float))}
-    self.writer.write_scalars(step, scalars)
+    if self.writer is not None:
+      self.writer.write_scalars(step, scalars)
     if not self.main:
+      logging.info("step %d: %s", step, scalars)
       return
     files.append_jsonl(self.path, row)
     print(self.progress_line(row), flush=True)
@@ -69,8 +74,9 @@ class MetricLogger:
             f"{row['poisons_seen']}/{self.total_poisons}")
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
 
 
 def _ends_cleanly(path: Path) -> bool:
