@@ -15,12 +15,16 @@ from poisonjax.study import grids
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _decisive():
-  path = os.path.join(ROOT, "configs", "paper", "cpu_decisive.py")
-  spec = importlib.util.spec_from_file_location("decisive", path)
+def _study(name: str = "cpu_decisive"):
+  path = os.path.join(ROOT, "configs", "paper", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config()
+
+
+def _decisive():
+  return _study("cpu_decisive")
 
 
 def test_blocks_train_in_run_order_seed_major_within():
@@ -59,3 +63,19 @@ def test_plan_gives_measured_core_hours_within_budget():
   row = next(r for r in p["runs"] if r["run"] == "size=cpu-s_n=40_seed=0_data=1.0")
   assert row["core_hours"] == pytest.approx(row["steps"] * 0.77 / 3600)
   assert "core-h" in study_lib.format_plan(p)
+
+
+def test_the_gpu_study_is_the_decisive_regime_over_a_wider_size_range():
+  """configs/paper/gpu_wide.py: each run's config equals the decisive
+  study's run of the same size, count and seed, except for checkpoint
+  spacing and TensorBoard files (no result depends on either); its sizes
+  span at least 20x in parameters."""
+  wide, decisive = _study("gpu_wide"), _decisive()
+  run = next(r for r in grids.expand(wide) if r.size == "cpu-xxs" and r.seed == 0)
+  mine, theirs = grids.run_config(wide, run), grids.run_config(decisive, run)
+  for c in (mine, theirs):
+    c.train.ckpt_every, c.train.tensorboard = 0, False
+  assert mine.to_dict() == theirs.to_dict()
+  wide.grid.seeds, wide.grid.poison_counts = (0,), (30,)
+  params = [r["params"] for r in study_lib.plan(wide)["runs"]]
+  assert len(params) == 5 and max(params) / min(params) >= 20
