@@ -47,6 +47,9 @@ export PYTHONUNBUFFERED=1
 # of the GPU's memory per worker instead of 75% for the first one.
 export JAX_DEFAULT_MATMUL_PRECISION=highest
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk "BEGIN {print 0.8 / $WORKERS}")
+# One compilation per program shared by the workers and the runs of a size.
+export JAX_COMPILATION_CACHE_DIR=/tmp/gpu_wide_jax_cache
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
 { date -u; nvidia-smi -L 2>/dev/null
   "$PYTHON" -c "import jax, flax, optax, orbax.checkpoint as o, ml_collections
