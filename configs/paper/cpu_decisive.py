@@ -29,7 +29,7 @@ rather than counts where runs are dear: the bootstraps resample seeds, and
 five clusters or fewer make them too narrow.
 
   cpu-xxs 1x  N = 30, 42, 60, 85, 120, 170 (a factor sqrt 2 apart) x seeds 0-5
-  cpu-xs  1x  N = 42, 60, 85, 120, 170 x seeds 0-5
+  cpu-xs  1x  N = 30, 42, 60, 85, 120 x seeds 0-5, and 170 x seeds 0-2
   cpu-s   1x  N = 25, 40, 60 x seeds 0-4 (68 min a run: the budget's bulk)
   cpu-xxs 8x  N = 50, 100, 200 x seeds 0, 1: the data-amount arm, where
               count and share differ (100 poisons are ~0.2% of the tokens)
@@ -42,6 +42,11 @@ counts tried), so the remaining runs moved up one step: 170 added at
 cpu-xxs (seeds 0-5; seeds 6-7 dropped), and cpu-xs runs 42-170 (its first
 stage: 0 of 3 at 30, 2 of 3 at 100). A design that depends on earlier
 outcomes leaves the likelihood, and so every fit here, unchanged.
+
+Third stage (2026-12-07, after 14 cpu-xs runs, seeds 0-2): cpu-xs came out
+lower, N50 53 (common slope 56), its intervals' lower ends below 42, the
+smallest count tried, and 170 succeeded 2 of 2: 30 added at cpu-xs (seeds
+0-5) and 170 kept only for seeds 0-2.
 
 Simulated before running (common-slope and profile intervals, true beta
 -0.35 as measured, seed shifts of SD 0.2 in log N50, 20 repetitions): with
@@ -62,7 +67,7 @@ from poisonjax import presets
 from poisonjax import study as study_lib
 
 COUNTS_XXS = (30, 42, 60, 85, 120, 170)  # cpu-xxs: N50 ~88 (27 runs).
-COUNTS_XS = (42, 60, 85, 120, 170)  # cpu-xs: 0 of 3 at 30, 2 of 3 at 100.
+COUNTS_XS = (30, 42, 60, 85, 120)  # cpu-xs: N50 ~53 (14 runs).
 COUNTS_S = (25, 40, 60)  # cpu-s: N50 ~36 there.
 COUNTS_ARM = (50, 100, 200)  # cpu-xxs at 8x: 1 of 3 succeeded at 100.
 NUM_PROMPTS = 300  # The paper's; the 63-run study used 64.
@@ -80,7 +85,8 @@ def get_config(arg=None):
   s.plan.core_s_per_step = {"cpu-xxs": 0.245, "cpu-xs": 0.29, "cpu-s": 0.77}
   s.grid = study_lib.grid(("cpu-xxs",), COUNTS_XXS, range(6), (1.0,))
   s.extra.xs = study_lib.grid(("cpu-xs",), COUNTS_XS, range(6), (1.0,))
+  s.extra.xs_170 = study_lib.grid(("cpu-xs",), (170,), range(3), (1.0,))
   s.extra.s = study_lib.grid(("cpu-s",), COUNTS_S, range(5), (1.0,))
   s.extra.arm = study_lib.grid(("cpu-xxs",), COUNTS_ARM, (0, 1), (8.0,))
-  s.run_order = ("grid", "xs", "s", "arm")
+  s.run_order = ("grid", "xs", "xs_170", "s", "arm")
   return study_lib.config_for_arg(s, arg)
