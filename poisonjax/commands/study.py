@@ -125,6 +125,10 @@ def _reproduce_flags(fv) -> None:
   flags.DEFINE_bool("worker", False, "Share ROOT with other --worker "
                     "processes, each training the next run nobody holds "
                     "(poisonjax/study/runner.py).", flag_values=fv)
+  flags.DEFINE_bool("keep_collected", False, "Go on from OUT's results when "
+                    "ROOT was lost (new machine or checkout): the runs in "
+                    "OUT/results.csv are not trained again and their rows "
+                    "are kept.", flag_values=fv)
   flags.DEFINE_integer("bootstrap", None, "Bootstrap resamples of the fits "
                        "(default: poisonjax.study.analysis.BOOTSTRAP_SAMPLES).",
                        flag_values=fv)
@@ -145,7 +149,8 @@ def reproduce(args) -> int:
     return 0
   return reproduce_lib.reproduce(
       s, args.config_file, root=root, out=out, command=command,
-      partial=fv.partial, worker=fv.worker, n_boot=fv.bootstrap,
+      partial=fv.partial, worker=fv.worker,
+      keep_collected=fv.keep_collected, n_boot=fv.bootstrap,
       log=lambda m: print(m, flush=True))
 
 
@@ -183,7 +188,7 @@ FIGURES = Command(
 
 REPRODUCE = Command(
     usage="poisonjax study reproduce --config=STUDY.py [--root=DIR] [--out=DIR] "
-          "[--partial | --report_only] [--worker]",
+          "[--partial | --report_only] [--worker] [--keep_collected]",
     summary="Plans, runs (resumable), collects and reports one study or "
             "experiment: the command behind every report under docs/results/.",
     run=reproduce, define_flags=_reproduce_flags, config=STUDY_CONFIG,

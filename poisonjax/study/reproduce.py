@@ -7,11 +7,16 @@ experiment with its own measurements supplies its collect/report steps
 (experiment.py); everything else uses results.csv and report.generate.
 How the results were made (command, machine, wall time) is kept in
 OUT/provenance.json, so `--report_only` regenerates the report from the
-committed files in OUT without the runs or any training.
+committed files in OUT without the runs or any training. `--keep_collected`
+goes on from OUT's committed results when ROOT was lost (a new machine or
+checkout): the runs in OUT/results.csv are not trained again and their
+rows are kept beside those of the runs finished in ROOT.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import platform
 import time
@@ -23,6 +28,8 @@ from poisonjax.study import experiment
 from poisonjax.study import grids
 
 PROVENANCE = "provenance.json"
+RESULTS = "results.csv"
+_KEPT = "- Rows of "  # The provenance line of --keep_collected.
 _OLD_PROVENANCE = "## How this was made"  # Reports from before provenance.json.
 
 
@@ -100,20 +107,71 @@ def write_report(study, out, provenance: list[str], n_boot: int | None = None) -
     return custom(study, out, provenance)
   from poisonjax.study import analysis, report  # pylint: disable=g-import-not-at-top
   made = report.generate(
-      str(files.as_path(out) / "results.csv"), str(out),
+      str(files.as_path(out) / RESULTS), str(out),
       threshold=float(study.base.eval.threshold), study=study,
       provenance=provenance, n_boot=n_boot or analysis.BOOTSTRAP_SAMPLES)
   return made["report"]
 
 
-def collect(study, root, runs: list[grids.Run], out) -> None:
-  """OUT's results files from the finished runs in ROOT."""
+def collect(study, root, runs: list[grids.Run], out, kept=None) -> None:
+  """OUT's results files from the finished runs in ROOT and the kept rows
+  (kept_results), in the grid's order."""
   custom = experiment.hook(study, "collect")
   if custom is not None:
     custom(study, files.as_path(root), runs, files.as_path(out))
     return
   from poisonjax.study import results  # pylint: disable=g-import-not-at-top
-  results.write_csv(results.collect(root, runs), str(files.as_path(out) / "results.csv"))
+  by_run = dict(kept or {})
+  for row in results.collect(root, runs):
+    by_run.setdefault(row["run"], []).append(row)
+  rows = [row for r in grids.expand(study) for row in by_run.get(r.name, [])]
+  results.write_csv(rows, str(files.as_path(out) / RESULTS))
+
+
+def kept_results(study, root, out) -> dict[str, list[dict]]:
+  """--keep_collected: OUT/results.csv's rows of finished runs that are not
+  finished in ROOT, by run name (strings, written back unchanged).
+
+  Raises UserError if there is no such file, the study collects its own
+  files, or the file holds a run this study does not have (another study's
+  results must not be mixed in).
+  """
+  flag = "--keep_collected"
+  if experiment.hook(study, "collect") is not None:
+    raise UserError(f"{flag}: study {study.name} collects its own files; "
+                    f"run it without {flag}")
+  path = files.as_path(out) / RESULTS
+  if not path.exists():
+    raise UserError(f"{flag}: {path} not found; nothing to keep (run "
+                    f"without {flag}, or point --out at the earlier results)")
+  rows = list(csv.DictReader(io.StringIO(path.read_text())))
+  runs = grids.expand(study)
+  unknown = sorted({row.get("run", "") for row in rows} - {r.name for r in runs})
+  if unknown:
+    raise UserError(f"{flag}: {path} holds run {unknown[0]!r}, which study "
+                    f"{study.name} does not have ({len(unknown)} such); keep "
+                    "results only of the same study (or drop the flag)")
+  done = {r.name for r in finished_runs(root, runs)}
+  finished = {row["run"] for row in rows if row.get("finished") == "1"}
+  kept = {}
+  for row in rows:
+    if row["run"] in finished - done:
+      kept.setdefault(row["run"], []).append(row)
+  return kept
+
+
+def kept_provenance(out, kept: dict) -> list[str]:
+  """Provenance lines saying which rows were kept and how they were made
+  (the first collection's lines, not nested again on later invocations)."""
+  if not kept:
+    return []
+  earlier = stored_provenance(out)
+  if any(l.startswith(_KEPT) for l in earlier):
+    earlier = [l[2:] for l in earlier if l.startswith("  ")]
+  return [f"{_KEPT}{len(kept)} runs kept from the earlier results in this "
+          "directory (--keep_collected; their run directories are not in "
+          "ROOT, and the wall time above is of ROOT's runs only). How those "
+          "were made:"] + ["  " + l for l in earlier]
 
 
 def regenerate(study, out, command: str, n_boot: int | None = None) -> str:
@@ -129,8 +187,12 @@ def regenerate(study, out, command: str, n_boot: int | None = None) -> str:
 
 def reproduce(study, config_path: str, *, root, out, command: str,
               partial: bool = False, worker: bool = False,
+              keep_collected: bool = False,
               n_boot: int | None = None, log=print) -> int:
-  """Runs (unless partial), collects and reports one study; the exit status."""
+  """Runs (unless partial), collects and reports one study; the exit status.
+
+  keep_collected: runs already in OUT/results.csv count as done (kept_results).
+  """
   from poisonjax import hardware  # pylint: disable=g-import-not-at-top
   # The functions, by their module: the package's name `plan` is the function.
   from poisonjax.study.plan import format_plan, plan as plan_study  # pylint: disable=g-import-not-at-top
@@ -140,20 +202,28 @@ def reproduce(study, config_path: str, *, root, out, command: str,
   plan = plan_study(study, cpu_flops=hardware.measure_cpu_flops())
   log(f"# study {study.name}: {len(runs)} runs")
   log(format_plan(plan))
+  kept = kept_results(study, root, out) if keep_collected else {}
+  if kept:
+    log(f"{len(kept)} runs kept from {files.as_path(out) / RESULTS}: not "
+        "trained again")
   if not partial:
-    runner.run_grid(study, root, log=log, worker=worker)
+    runner.run_grid(study, root, log=log, worker=worker, skip=frozenset(kept))
   done = finished_runs(root, runs)
-  if len(done) < len(runs) and not partial:
-    log(f"{len(done)}/{len(runs)} runs finished; run the same command to go on")
+  kept = {name: rows for name, rows in kept.items()  # Unless since finished.
+          if name not in {r.name for r in done}}
+  n_done = len(done) + len(kept)
+  if n_done < len(runs) and not partial:
+    log(f"{n_done}/{len(runs)} runs finished; run the same command to go on")
     return 1
-  if not done:
+  if not n_done:
     log("no finished runs yet")
     return 1
   files.as_path(out).mkdir(parents=True, exist_ok=True)
-  collect(study, root, done, out)
+  earlier = kept_provenance(out, kept)
+  collect(study, root, done, out, kept)
   files.write_text_atomic(files.as_path(out) / "plan.txt",
                           format_plan(plan) + "\n")
-  lines = provenance_lines(command, config_path, len(done), len(runs),
-                           train_wall_s(root, runs), t0)
+  lines = provenance_lines(command, config_path, n_done, len(runs),
+                           train_wall_s(root, runs), t0) + earlier
   log(f"wrote {write_report(study, out, lines, n_boot)} and the results in {out}")
   return 0

@@ -12,7 +12,9 @@ core each outrun one two-threaded process (measured: 1.13x at cpu-xxs,
 1.31x at cpu-s); see `poisonjax study reproduce --worker`. A worker
 refuses a root held by a plain `study run`, and a plain run skips runs a
 worker holds. A run that continues another (grids.sources) waits, skipped,
-until that one has finished.
+until that one has finished. Runs named in `skip` (their results kept
+from an earlier collection: `study reproduce --keep_collected`) count as
+done and are not trained again.
 """
 
 from __future__ import annotations
@@ -59,11 +61,12 @@ def lock_timeout_s(study) -> float:
 
 
 def run_grid(study, root, only: str = "", log=print,
-             worker: bool = False) -> list[dict]:
+             worker: bool = False, skip=frozenset()) -> list[dict]:
   """Runs the grid's runs (those matching `only`) in root; one dict per run.
 
   Raises UserError if another live `study run` holds root. worker: share
-  root with other workers (see the module docstring).
+  root with other workers (see the module docstring). skip: names of runs
+  done elsewhere, not trained here.
   """
   runs = grids.select(grids.expand(study), only)
   root = files.as_path(root)
@@ -85,7 +88,7 @@ def run_grid(study, root, only: str = "", log=print,
     prepare = experiment.hook(study, "prepare")
     if prepare is not None:  # What the runs start from, before them.
       prepare(study, root, log)
-    return _run_all(study, root, runs, log, timeout_s)
+    return _run_all(study, root, runs, log, timeout_s, frozenset(skip))
 
 
 def _claim(root, run_name: str, timeout_s: float):
@@ -107,7 +110,8 @@ def _finished(workdir) -> bool:
   return distributed.agree(results.is_finished(workdir))
 
 
-def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float) -> list[dict]:
+def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float,
+             skip: frozenset) -> list[dict]:
   from poisonjax.training import train
 
   costs = {r["run"]: r["flops"] for r in plan_study(study)["runs"]}
@@ -118,6 +122,10 @@ def _run_all(study, root, runs: list[grids.Run], log, timeout_s: float) -> list[
   for i, run in enumerate(runs, 1):
     workdir, tag = root / run.name, f"[study] run {i}/{len(runs)} {run.name}"
     remaining_cost -= costs[run.name]
+    if run.name in skip:
+      log(f"{tag}: results kept from an earlier collection, skipped")
+      out.append({"run": run.name, "status": "kept"})
+      continue
     if _finished(workdir):
       log(f"{tag}: finished before, skipped")
       if after_run is not None:  # Finishes what an interrupted rerun left.
