@@ -57,6 +57,7 @@ def test_plan_gives_measured_core_hours_within_budget():
   block = {("cpu-xxs", 1.0): "grid", ("cpu-xs", 1.0): "xs", ("cpu-s", 1.0): "s",
            ("cpu-xxs", 8.0): "arm"}
   block_of = lambda r: ("xs_170" if r["run"].startswith("size=cpu-xs_n=170_") else
+                        "s_40" if r["run"].startswith("size=cpu-s_n=40_") else
                         block[(r["size"], r["data_multiplier"])])
   total = sum(r["core_hours"] * seeds[block_of(r)] for r in p["runs"])
   assert 20 < total <= 31

@@ -30,7 +30,8 @@ five clusters or fewer make them too narrow.
 
   cpu-xxs 1x  N = 30, 42, 60, 85, 120, 170 (a factor sqrt 2 apart) x seeds 0-5
   cpu-xs  1x  N = 30, 42, 60, 85, 120 x seeds 0-5, and 170 x seeds 0-2
-  cpu-s   1x  N = 25, 40, 60 x seeds 0-4 (68 min a run: the budget's bulk)
+  cpu-s   1x  N = 25, 32, 45 x seeds 0-4, and 40 x seed 0 (60-68 min a
+              run: the budget's bulk)
   cpu-xxs 8x  N = 50, 100, 200 x seeds 0, 1: the data-amount arm, where
               count and share differ (100 poisons are ~0.2% of the tokens)
 
@@ -47,6 +48,13 @@ Third stage (2026-12-07, after 14 cpu-xs runs, seeds 0-2): cpu-xs came out
 lower, N50 53 (common slope 56), its intervals' lower ends below 42, the
 smallest count tried, and 170 succeeded 2 of 2: 30 added at cpu-xs (seeds
 0-5) and 170 kept only for seeds 0-2.
+
+Fourth stage (2026-12-07, after 59 runs: cpu-xs 22 of 33, N50 50, and
+the first two cpu-s runs, 40 a success and 25 a failure): the pooled fit
+put cpu-s's N50 at 32 (beta -1.03), where 60 would succeed almost surely
+(0.89 to 0.99 at the slopes measured, 3.3 and 7.6 per log N), so cpu-s's
+counts became 25, 32, 45 around it (seeds 0-4) and 40 was kept for seed 0
+only (91 runs, 30.7 core-h planned).
 
 Simulated before running (common-slope and profile intervals, true beta
 -0.35 as measured, seed shifts of SD 0.2 in log N50, 20 repetitions): with
@@ -68,7 +76,7 @@ from poisonjax import study as study_lib
 
 COUNTS_XXS = (30, 42, 60, 85, 120, 170)  # cpu-xxs: N50 ~88 (27 runs).
 COUNTS_XS = (30, 42, 60, 85, 120)  # cpu-xs: N50 ~53 (14 runs).
-COUNTS_S = (25, 40, 60)  # cpu-s: N50 ~36 there.
+COUNTS_S = (25, 32, 45)  # cpu-s: N50 ~32 (59 runs' pooled fit).
 COUNTS_ARM = (50, 100, 200)  # cpu-xxs at 8x: 1 of 3 succeeded at 100.
 NUM_PROMPTS = 300  # The paper's; the 63-run study used 64.
 
@@ -87,6 +95,7 @@ def get_config(arg=None):
   s.extra.xs = study_lib.grid(("cpu-xs",), COUNTS_XS, range(6), (1.0,))
   s.extra.xs_170 = study_lib.grid(("cpu-xs",), (170,), range(3), (1.0,))
   s.extra.s = study_lib.grid(("cpu-s",), COUNTS_S, range(5), (1.0,))
+  s.extra.s_40 = study_lib.grid(("cpu-s",), (40,), (0,), (1.0,))
   s.extra.arm = study_lib.grid(("cpu-xxs",), COUNTS_ARM, (0, 1), (8.0,))
-  s.run_order = ("grid", "xs", "xs_170", "s", "arm")
+  s.run_order = ("grid", "xs", "xs_170", "s", "s_40", "arm")
   return study_lib.config_for_arg(s, arg)
