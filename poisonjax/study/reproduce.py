@@ -151,11 +151,12 @@ def kept_results(study, root, out) -> dict[str, list[dict]]:
     raise UserError(f"{flag}: {path} holds run {unknown[0]!r}, which study "
                     f"{study.name} does not have ({len(unknown)} such); keep "
                     "results only of the same study (or drop the flag)")
+  # Raw strings, not plots.read_csv's parsed numbers: written back unchanged.
   done = {r.name for r in finished_runs(root, runs)}
-  finished = {row["run"] for row in rows if row.get("finished") == "1"}
+  keep = {row["run"] for row in rows if row.get("finished") == "1"} - done
   kept = {}
   for row in rows:
-    if row["run"] in finished - done:
+    if row["run"] in keep:
       kept.setdefault(row["run"], []).append(row)
   return kept
 
@@ -207,10 +208,10 @@ def reproduce(study, config_path: str, *, root, out, command: str,
     log(f"{len(kept)} runs kept from {files.as_path(out) / RESULTS}: not "
         "trained again")
   if not partial:
-    runner.run_grid(study, root, log=log, worker=worker, skip=frozenset(kept))
+    runner.run_grid(study, root, log=log, worker=worker, skip=kept.keys())
   done = finished_runs(root, runs)
-  kept = {name: rows for name, rows in kept.items()  # Unless since finished.
-          if name not in {r.name for r in done}}
+  done_names = {r.name for r in done}  # A kept run another worker trained.
+  kept = {name: rows for name, rows in kept.items() if name not in done_names}
   n_done = len(done) + len(kept)
   if n_done < len(runs) and not partial:
     log(f"{n_done}/{len(runs)} runs finished; run the same command to go on")
