@@ -30,8 +30,8 @@ five clusters or fewer make them too narrow.
 
   cpu-xxs 1x  N = 30, 42, 60, 85, 120, 170 (a factor sqrt 2 apart) x seeds 0-5
   cpu-xs  1x  N = 30, 42, 60, 85, 120 x seeds 0-5, and 170 x seeds 0-2
-  cpu-s   1x  N = 25, 32, 45 x seeds 0-4, and 40 x seed 0 (60-68 min a
-              run: the budget's bulk)
+  cpu-s   1x  N = 20, 25, 32 x seeds 1-4, and 25, 32, 40, 45 x seed 0
+              (57-68 min a run: the budget's bulk)
   cpu-xxs 8x  N = 50, 100, 200 x seeds 0, 1: the data-amount arm, where
               count and share differ (100 poisons are ~0.2% of the tokens)
 
@@ -56,6 +56,13 @@ put cpu-s's N50 at 32 (beta -1.03), where 60 would succeed almost surely
 counts became 25, 32, 45 around it (seeds 0-4) and 40 was kept for seed 0
 only (91 runs, 30.7 core-h planned).
 
+Fifth stage (2026-12-08, after 73 runs: cpu-s seed 0 at 25, 32, 40 and 45
+gave one failure at 25 and three successes): cpu-s's N50 came out at 27
+(common slope; profile 95% [< 25, 43]), its interval's lower end below the
+smallest count tried, and 45 far enough above it to succeed almost surely.
+For seeds 1-4, 20 replaced 45 (the counts now 20, 25, 32; the same steps,
+so the same budget): a factor of 1.5 around 27 is 18 to 40.
+
 Simulated before running (common-slope and profile intervals, true beta
 -0.35 as measured, seed shifts of SD 0.2 in log N50, 20 repetitions): with
 a logistic slope of 3 per log N the beta target is met in every repetition
@@ -76,7 +83,8 @@ from poisonjax import study as study_lib
 
 COUNTS_XXS = (30, 42, 60, 85, 120, 170)  # cpu-xxs: N50 ~88 (27 runs).
 COUNTS_XS = (30, 42, 60, 85, 120)  # cpu-xs: N50 ~53 (14 runs).
-COUNTS_S = (25, 32, 45)  # cpu-s: N50 ~32 (59 runs' pooled fit).
+COUNTS_S = (20, 25, 32)  # cpu-s seeds 1-4: N50 ~27 (73 runs).
+COUNTS_S0 = (25, 32, 40, 45)  # cpu-s seed 0, run in stages 3-4.
 COUNTS_ARM = (50, 100, 200)  # cpu-xxs at 8x: 1 of 3 succeeded at 100.
 NUM_PROMPTS = 300  # The paper's; the 63-run study used 64.
 
@@ -94,8 +102,8 @@ def get_config(arg=None):
   s.grid = study_lib.grid(("cpu-xxs",), COUNTS_XXS, range(6), (1.0,))
   s.extra.xs = study_lib.grid(("cpu-xs",), COUNTS_XS, range(6), (1.0,))
   s.extra.xs_170 = study_lib.grid(("cpu-xs",), (170,), range(3), (1.0,))
-  s.extra.s = study_lib.grid(("cpu-s",), COUNTS_S, range(5), (1.0,))
-  s.extra.s_40 = study_lib.grid(("cpu-s",), (40,), (0,), (1.0,))
+  s.extra.s_0 = study_lib.grid(("cpu-s",), COUNTS_S0, (0,), (1.0,))
+  s.extra.s = study_lib.grid(("cpu-s",), COUNTS_S, range(1, 5), (1.0,))
   s.extra.arm = study_lib.grid(("cpu-xxs",), COUNTS_ARM, (0, 1), (8.0,))
-  s.run_order = ("grid", "xs", "xs_170", "s", "s_40", "arm")
+  s.run_order = ("grid", "xs", "xs_170", "s_0", "s", "arm")
   return study_lib.config_for_arg(s, arg)
