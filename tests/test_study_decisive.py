@@ -58,6 +58,8 @@ def test_plan_gives_measured_core_hours_within_budget():
            ("cpu-xxs", 8.0): "arm"}
   block_of = lambda r: ("xs_170" if r["run"].startswith("size=cpu-xs_n=170_") else
                         "s_0" if r["run"].startswith("size=cpu-s_") and "_seed=0_" in r["run"] else
+                        "s_45" if r["run"].startswith("size=cpu-s_n=45_") else
+                        "s_20" if r["run"].startswith("size=cpu-s_n=20_") else
                         block[(r["size"], r["data_multiplier"])])
   total = sum(r["core_hours"] * seeds[block_of(r)] for r in p["runs"])
   assert 20 < total <= 31

@@ -30,8 +30,9 @@ five clusters or fewer make them too narrow.
 
   cpu-xxs 1x  N = 30, 42, 60, 85, 120, 170 (a factor sqrt 2 apart) x seeds 0-5
   cpu-xs  1x  N = 30, 42, 60, 85, 120 x seeds 0-5, and 170 x seeds 0-2
-  cpu-s   1x  N = 20, 25, 32 x seeds 1-4, and 25, 32, 40, 45 x seed 0
-              (57-68 min a run: the budget's bulk)
+  cpu-s   1x  N = 25, 32, 40, 45 x seed 0; 25, 32 x seeds 1-4, with 45
+              for seeds 1 and 3 and 20 for seeds 2 and 4 (55-68 min a
+              run: the budget's bulk)
   cpu-xxs 8x  N = 50, 100, 200 x seeds 0, 1: the data-amount arm, where
               count and share differ (100 poisons are ~0.2% of the tokens)
 
@@ -63,6 +64,15 @@ smallest count tried, and 45 far enough above it to succeed almost surely.
 For seeds 1-4, 20 replaced 45 (the counts now 20, 25, 32; the same steps,
 so the same budget): a factor of 1.5 around 27 is 18 to 40.
 
+Sixth stage (2026-12-08, after 75 runs; seed 1 at 25 and 32: two
+failures): cpu-s's N50 moved back to 32 (common slope; profile 95%
+[< 25, > 45]), both ends of its interval beyond the counts tried. The
+fifth stage was decided on four runs, too early. Each seed 1-4 keeps 25
+and 32, the counts nearest N50; its third run goes to either tail, 45
+for seeds 1 and 3 and 20 for seeds 2 and 4 (at a slope of 5 per log N
+the two carry the same information), so both ends get runs (still 16
+cpu-s runs, the same budget).
+
 Simulated before running (common-slope and profile intervals, true beta
 -0.35 as measured, seed shifts of SD 0.2 in log N50, 20 repetitions): with
 a logistic slope of 3 per log N the beta target is met in every repetition
@@ -83,7 +93,7 @@ from poisonjax import study as study_lib
 
 COUNTS_XXS = (30, 42, 60, 85, 120, 170)  # cpu-xxs: N50 ~88 (27 runs).
 COUNTS_XS = (30, 42, 60, 85, 120)  # cpu-xs: N50 ~53 (14 runs).
-COUNTS_S = (20, 25, 32)  # cpu-s seeds 1-4: N50 ~27 (73 runs).
+COUNTS_S = (25, 32)  # cpu-s seeds 1-4: N50 ~32 (75 runs).
 COUNTS_S0 = (25, 32, 40, 45)  # cpu-s seed 0, run in stages 3-4.
 COUNTS_ARM = (50, 100, 200)  # cpu-xxs at 8x: 1 of 3 succeeded at 100.
 NUM_PROMPTS = 300  # The paper's; the 63-run study used 64.
@@ -104,6 +114,8 @@ def get_config(arg=None):
   s.extra.xs_170 = study_lib.grid(("cpu-xs",), (170,), range(3), (1.0,))
   s.extra.s_0 = study_lib.grid(("cpu-s",), COUNTS_S0, (0,), (1.0,))
   s.extra.s = study_lib.grid(("cpu-s",), COUNTS_S, range(1, 5), (1.0,))
+  s.extra.s_45 = study_lib.grid(("cpu-s",), (45,), (1, 3), (1.0,))
+  s.extra.s_20 = study_lib.grid(("cpu-s",), (20,), (2, 4), (1.0,))
   s.extra.arm = study_lib.grid(("cpu-xxs",), COUNTS_ARM, (0, 1), (8.0,))
-  s.run_order = ("grid", "xs", "xs_170", "s_0", "s", "arm")
+  s.run_order = ("grid", "xs", "xs_170", "s_0", "s", "s_45", "s_20", "arm")
   return study_lib.config_for_arg(s, arg)
